@@ -1,0 +1,305 @@
+"""The model stage: a model card plus safetensors weights -> a ready ``torch.nn.Module``.
+
+A model is two files side by side: ``NAME.safetensors`` (weights) and ``NAME.json`` (the card).
+Loading never unpickles anything: a ``torch.save`` / pickle file is refused with a clear message.
+The training package builds its networks with :func:`build_network`, so a trained model loads
+here without conversion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+CARD_SCHEMA_VERSION = 1
+DEFAULT_MODEL_PATH = Path(__file__).parent / "weights" / "cifake-resnet18.json"
+
+# Index of each class in the network's output. Folder names in training data map onto these.
+CLASS_NAMES = ("real", "ai-generated")
+AI_CLASS_INDEX = 1
+
+
+class ModelError(Exception):
+    """A model cannot be used; the user must act (wrong path, pickle file, broken card)."""
+
+
+# --------------------------------------------------------------------------- architectures
+
+
+def _resnet18_stock(num_classes: int) -> nn.Module:
+    from torchvision.models import resnet18
+
+    return resnet18(weights=None, num_classes=num_classes)
+
+
+def _resnet18_s1_stem(num_classes: int) -> nn.Module:
+    """ResNet18 with a 3x3 stride-1 stem that keeps the max-pool.
+
+    At 32x32 input the stock stem (7x7 stride 2 + max-pool) leaves layer4 at 1x1, which gives
+    Grad-CAM a single pixel. This stem keeps twice the resolution: layer3 is 4x4, layer4 2x2.
+    """
+    from torchvision.models import resnet18
+
+    net = resnet18(weights=None, num_classes=num_classes)
+    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    return net
+
+
+# A small registry in the spirit of timm's: card["variant"] -> constructor.
+ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {
+    "resnet18": _resnet18_stock,
+    "resnet18-s1stem": _resnet18_s1_stem,
+}
+
+
+def build_network(variant: str, num_classes: int = len(CLASS_NAMES)) -> nn.Module:
+    """Build an untrained network of a registered variant."""
+    try:
+        constructor = ARCHITECTURES[variant]
+    except KeyError:
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise ModelError(f"unknown model variant {variant!r}; known variants: {known}") from None
+    return constructor(num_classes)
+
+
+# --------------------------------------------------------------------------- the model card
+
+
+@dataclass
+class Preprocessing:
+    """Everything needed to turn a decoded RGB image into the network's input."""
+
+    input_size: int = 32
+    # "squash": the whole image is resized to input_size x input_size (aspect not kept),
+    # so that no part of the picture is cropped away before judging it.
+    resize_policy: str = "squash"
+    resample: str = "bilinear-antialias"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    # Transparent pixels are composited onto this colour before scoring.
+    alpha_background: tuple[int, int, int] = (255, 255, 255)
+
+
+@dataclass
+class ModelCard:
+    """What is needed to use the weights correctly and to judge them (see shared/DESIGN.md)."""
+
+    name: str
+    architecture: str = "resnet18"
+    variant: str = "resnet18-s1stem"
+    class_names: tuple[str, ...] = CLASS_NAMES
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    # Calibrated probability: softmax(logits / temperature)[AI_CLASS_INDEX].
+    temperature: float = 1.0
+    threshold: float = 0.5
+    threshold_method: str = "fixed at 0.5 (not chosen on data)"
+    gradcam_layer: str = "layer3"
+    weights_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    weights_sha256: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    validation_metrics: dict[str, Any] = field(default_factory=dict)
+    test_metrics: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    schema_version: int = CARD_SCHEMA_VERSION
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}@{self.weights_sha256[:12]}" if self.weights_sha256 else self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
+        if data.get("schema_version") != CARD_SCHEMA_VERSION:
+            raise ModelError(
+                f"model card schema version {data.get('schema_version')!r} is not supported "
+                f"(this tool reads version {CARD_SCHEMA_VERSION})"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelError(f"model card has unknown fields: {', '.join(unknown)}")
+        values = dict(data)
+        pre = dict(values.get("preprocessing", {}))
+        for key in ("mean", "std", "alpha_background"):
+            if key in pre:
+                pre[key] = tuple(pre[key])
+        values["preprocessing"] = Preprocessing(**pre)
+        values["class_names"] = tuple(values.get("class_names", CLASS_NAMES))
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelCard":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"model card is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ModelError("model card must be a JSON object")
+        return cls.from_dict(data)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def model_paths(path: str | Path) -> tuple[Path, Path]:
+    """Return (weights, card) for a model given as NAME, NAME.json or NAME.safetensors."""
+    path = Path(path)
+    if path.suffix in (".json", ".safetensors"):
+        stem = path.with_suffix("")
+    else:
+        stem = path
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+_PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"}
+
+
+def _refuse_pickle(path: Path) -> None:
+    """Raise a clear error for torch.save / pickle files: loading them can run arbitrary code."""
+    head = b""
+    if path.is_file():
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    # torch.save writes a zip archive (PK..); plain pickle starts with protocol marker 0x80.
+    if path.suffix.lower() in _PICKLE_SUFFIXES or head[:2] == b"PK" or head[:1] == b"\x80":
+        raise ModelError(
+            f"{path} looks like a pickle/torch.save checkpoint. Loading it could run arbitrary "
+            "code, so it is refused. Export a model as NAME.safetensors + NAME.json with "
+            "`python -m training export`."
+        )
+
+
+def save_model(net: nn.Module, card: ModelCard, path: str | Path, dtype: torch.dtype = torch.float16) -> ModelCard:
+    """Write NAME.safetensors and NAME.json; return the card with its weights hash filled in."""
+    from safetensors.torch import save_file
+
+    weights_path, card_path = model_paths(path)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        name: (tensor.detach().to(dtype) if tensor.is_floating_point() else tensor.detach()).contiguous().cpu()
+        for name, tensor in net.state_dict().items()
+    }
+    tmp_weights = weights_path.with_name(weights_path.name + ".tmp")
+    save_file(state, str(tmp_weights), metadata={"format": "pt"})
+    tmp_weights.replace(weights_path)
+    card = dataclasses.replace(
+        card, weights_dtype=str(dtype).removeprefix("torch."), weights_sha256=file_sha256(weights_path)
+    )
+    tmp_card = card_path.with_name(card_path.name + ".tmp")
+    tmp_card.write_text(card.to_json(), encoding="utf-8")
+    tmp_card.replace(card_path)
+    return card
+
+
+def read_card(path: str | Path) -> ModelCard:
+    _, card_path = model_paths(path)
+    if not card_path.is_file():
+        raise ModelError(f"model card not found: {card_path}")
+    return ModelCard.from_json(card_path.read_text(encoding="utf-8"))
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference (eval mode, compute dtype) with its card."""
+
+    network: nn.Module
+    card: ModelCard
+    weights_path: Path
+
+    @property
+    def model_id(self) -> str:
+        return self.card.model_id
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated probability of 'AI-generated' for a batch of logits."""
+        scaled = logits.float() / self.card.temperature
+        return torch.softmax(scaled, dim=1)[:, AI_CLASS_INDEX]
+
+
+def load_model(path: str | Path | None = None, verify_hash: bool = True) -> LoadedModel:
+    """Load a model from its card and safetensors weights; never unpickles."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    given = Path(path) if path is not None else DEFAULT_MODEL_PATH
+    if given.suffix.lower() in _PICKLE_SUFFIXES:
+        _refuse_pickle(given)
+    weights_path, card_path = model_paths(given)
+    if not weights_path.is_file():
+        raise ModelError(f"model weights not found: {weights_path}")
+    card = read_card(card_path)
+    if verify_hash and card.weights_sha256:
+        actual = file_sha256(weights_path)
+        if actual != card.weights_sha256:
+            raise ModelError(
+                f"{weights_path} does not match its card (sha256 {actual[:12]}, card says "
+                f"{card.weights_sha256[:12]}): the weights were changed or belong to another model"
+            )
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        _refuse_pickle(weights_path)
+        raise ModelError(f"cannot read {weights_path} as safetensors: {exc}") from None
+    net = build_network(card.variant, num_classes=len(card.class_names))
+    # Weights may be stored in fp16 to keep the package small; compute in fp32.
+    state = {name: (t.float() if t.is_floating_point() else t) for name, t in state.items()}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"weights in {weights_path} do not fit variant {card.variant!r}: {exc}") from None
+    net.eval()
+    return LoadedModel(network=net, card=card, weights_path=weights_path)
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def to_model_input(rgb_image: "Image.Image", pre: Preprocessing) -> torch.Tensor:
+    """Resize a decoded RGB image as the card says; return a uint8 CHW tensor.
+
+    Training and the audit both call this, so the network sees the same pixels in both.
+    """
+    import numpy as np
+    from PIL import Image
+
+    size = (pre.input_size, pre.input_size)
+    if rgb_image.mode != "RGB":
+        raise ValueError(f"expected an RGB image, got mode {rgb_image.mode}")
+    if rgb_image.size != size:
+        if pre.resize_policy != "squash":
+            raise ModelError(f"unsupported resize policy {pre.resize_policy!r}")
+        # Pillow's resize filters are antialiased when reducing.
+        rgb_image = rgb_image.resize(size, Image.Resampling.BILINEAR)
+    array = np.asarray(rgb_image, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def normalize(batch_uint8: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """uint8 NCHW -> normalised float NCHW, on the batch's device."""
+    mean = torch.tensor(pre.mean, device=batch_uint8.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(pre.std, device=batch_uint8.device).view(1, 3, 1, 1) * 255.0
+    return (batch_uint8.float() - mean) / std

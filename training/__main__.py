@@ -1,0 +1,29 @@
+"""``python -m training fit|evaluate ...``"""
+
+from __future__ import annotations
+
+import sys
+
+from audit.model import ModelError
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"fit": "training.train", "evaluate": "training.evaluate"}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m training {fit,evaluate} [options]  (add --help after a command)", file=sys.stderr)
+        return 2
+    import importlib
+
+    module = importlib.import_module(commands[argv[0]])
+    args = module.get_args_parser().parse_args(argv[1:])
+    try:
+        module.main(args)
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

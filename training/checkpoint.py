@@ -1,0 +1,98 @@
+"""Resumable training checkpoints without pickle: tensors in safetensors, the rest in JSON.
+
+``checkpoint.safetensors`` holds the network's state and the optimiser's momentum buffers;
+``checkpoint.json`` holds the epoch, step, arguments and history, and the sha256 of the tensor
+file it belongs to. The JSON is written last, so a checkpoint interrupted mid-write is never
+taken for a complete one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from audit.model import ModelError, _refuse_pickle, file_sha256
+
+TENSORS_NAME = "checkpoint.safetensors"
+STATE_NAME = "checkpoint.json"
+
+
+@dataclass
+class TrainingState:
+    epochs_done: int
+    step: int
+    args: dict[str, Any]
+    history: list[dict[str, Any]]
+    extra: dict[str, Any]
+
+
+def save_checkpoint(run_dir: Path, net: nn.Module, optimizer: torch.optim.Optimizer, state: TrainingState) -> None:
+    from safetensors.torch import save_file
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    for index, param in enumerate(p for group in optimizer.param_groups for p in group["params"]):
+        buffer = optimizer.state.get(param, {}).get("momentum_buffer")
+        if buffer is not None:
+            tensors[f"momentum.{index}"] = buffer.detach().contiguous().cpu()
+    tensors_path = run_dir / TENSORS_NAME
+    tmp = tensors_path.with_name(tensors_path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(tensors_path)
+    payload = {
+        "epochs_done": state.epochs_done,
+        "step": state.step,
+        "args": state.args,
+        "history": state.history,
+        "extra": state.extra,
+        "tensors_sha256": file_sha256(tensors_path),
+    }
+    state_path = run_dir / STATE_NAME
+    tmp_state = state_path.with_name(state_path.name + ".tmp")
+    tmp_state.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    tmp_state.replace(state_path)
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """Accept a run folder or its checkpoint.json; refuse pickle files with a clear message."""
+    if path.is_dir():
+        path = path / STATE_NAME
+    if path.suffix != ".json":
+        _refuse_pickle(path)
+        raise ModelError(f"{path}: give a run folder or its {STATE_NAME}")
+    if not path.is_file():
+        raise ModelError(f"no checkpoint to resume from: {path} does not exist")
+    return path
+
+
+def load_checkpoint(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer | None) -> TrainingState:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    state_path = resolve_checkpoint(path)
+    payload = json.loads(state_path.read_text(encoding="utf-8"))
+    tensors_path = state_path.parent / TENSORS_NAME
+    if file_sha256(tensors_path) != payload["tensors_sha256"]:
+        raise ModelError(f"{tensors_path} does not belong to {state_path} (sha256 differs)")
+    try:
+        tensors = load_file(str(tensors_path))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"cannot read {tensors_path}: {exc}") from None
+    net.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+    if optimizer is not None:
+        for index, param in enumerate(p for group in optimizer.param_groups for p in group["params"]):
+            key = f"momentum.{index}"
+            if key in tensors:
+                optimizer.state[param]["momentum_buffer"] = tensors[key].to(param.device)
+    return TrainingState(
+        epochs_done=payload["epochs_done"],
+        step=payload["step"],
+        args=payload["args"],
+        history=payload["history"],
+        extra=payload.get("extra", {}),
+    )

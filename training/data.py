@@ -1,0 +1,150 @@
+"""Data sets laid out as ``SPLIT/REAL|FAKE/...``, read from a folder or straight from a zip file.
+
+Any data set with that layout works, not only CIFAKE. The split and the label come from the
+folders, never from the file name (CIFAKE repeats file names across splits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from audit.model import Preprocessing, to_model_input
+
+LABEL_FOLDERS = {"real": 0, "fake": 1}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+class DataError(Exception):
+    """The data set cannot be read as SPLIT/REAL|FAKE folders."""
+
+
+@dataclass
+class ImageSet:
+    """Decoded images held in memory as uint8 NCHW, with labels (0 real, 1 fake) and hashes."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    names: list[str]
+    sha256: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def subset(self, indices: np.ndarray | list[int]) -> "ImageSet":
+        index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return ImageSet(
+            images=self.images[index],
+            labels=self.labels[index],
+            names=[self.names[i] for i in index.tolist()],
+            sha256=[self.sha256[i] for i in index.tolist()],
+        )
+
+
+def _split_and_label(relative: PurePosixPath, split: str) -> int | None:
+    """Return the label when the path lies under SPLIT/REAL or SPLIT/FAKE, else None."""
+    parts = relative.parts
+    for position in range(len(parts) - 2):
+        if parts[position].lower() == split and parts[position + 1].lower() in LABEL_FOLDERS:
+            return LABEL_FOLDERS[parts[position + 1].lower()]
+    return None
+
+
+def iter_files(source: Path, split: str) -> Iterator[tuple[str, int, bytes]]:
+    """Yield (relative name, label, file bytes) for every image of a split, in sorted order."""
+    split = split.lower()
+    if source.is_file() and zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as archive:
+            members = sorted(info.filename for info in archive.infolist() if not info.is_dir())
+            for member in members:
+                relative = PurePosixPath(member)
+                if relative.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                label = _split_and_label(relative, split)
+                if label is not None:
+                    yield member, label, archive.read(member)
+    elif source.is_dir():
+        paths = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        for path in paths:
+            relative = PurePosixPath(path.relative_to(source).as_posix())
+            label = _split_and_label(relative, split)
+            if label is not None:
+                yield relative.as_posix(), label, path.read_bytes()
+    else:
+        raise DataError(f"{source} is neither a folder nor a zip file")
+
+
+def decode_to_input(data: bytes, pre: Preprocessing) -> torch.Tensor:
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (pre.input_size, pre.input_size))
+        return to_model_input(image.convert("RGB"), pre)
+
+
+def load_split(source: str | Path, split: str, pre: Preprocessing, limit_per_class: int | None = None) -> ImageSet:
+    """Decode every image of a split into memory (CIFAKE's 100,000 train images take ~300 MB)."""
+    source = Path(source)
+    tensors: list[torch.Tensor] = []
+    labels: list[int] = []
+    names: list[str] = []
+    hashes: list[str] = []
+    per_class = {0: 0, 1: 0}
+    for name, label, data in iter_files(source, split):
+        if limit_per_class is not None and per_class[label] >= limit_per_class:
+            continue
+        per_class[label] += 1
+        tensors.append(decode_to_input(data, pre))
+        labels.append(label)
+        names.append(name)
+        hashes.append(hashlib.sha256(data).hexdigest())
+    if not names:
+        raise DataError(f"no images under {split}/REAL or {split}/FAKE in {source}")
+    if min(per_class.values()) == 0:
+        raise DataError(f"{split} split of {source} has only one class: {per_class}")
+    return ImageSet(torch.stack(tensors), torch.tensor(labels, dtype=torch.int64), names, hashes)
+
+
+def split_hashes(source: str | Path, split: str) -> set[str]:
+    """sha256 of every file of a split, without decoding (for de-duplicated test metrics)."""
+    return {hashlib.sha256(data).hexdigest() for _, _, data in iter_files(Path(source), split)}
+
+
+def stratified_split(labels: torch.Tensor, hashes: list[str], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, stratified train/validation split that keeps byte-identical files together.
+
+    CIFAKE's train/FAKE holds 920 duplicate pairs; splitting them apart would put validation
+    images into training and flatter the validation metrics.
+    """
+    rng = np.random.default_rng(seed)
+    labels_np = labels.numpy()
+    train_idx: list[int] = []
+    val_idx: list[int] = []
+    for label in np.unique(labels_np):
+        groups: dict[str, list[int]] = {}
+        for index in np.flatnonzero(labels_np == label):
+            groups.setdefault(hashes[index], []).append(int(index))
+        keys = sorted(groups)
+        rng.shuffle(keys)
+        wanted = round(val_fraction * int((labels_np == label).sum()))
+        taken = 0
+        for key in keys:
+            target = val_idx if taken < wanted else train_idx
+            target.extend(groups[key])
+            if target is val_idx:
+                taken += len(groups[key])
+    return np.array(sorted(train_idx)), np.array(sorted(val_idx))
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units."""
+    as_float = images.float().div_(255.0)
+    mean = as_float.mean(dim=(0, 2, 3))
+    std = as_float.std(dim=(0, 2, 3))
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
