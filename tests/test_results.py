@@ -1,0 +1,77 @@
+"""The record stage: one schema, spreadsheet-safe CSV, XLSX with frozen header and filters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from audit.results import RESULT_COLUMNS, ResultRow, ResultWriter, neutralise, read_results_csv
+
+EXPECTED_COLUMNS = (
+    "path", "root", "sha256", "bytes", "format", "width", "height", "status", "error",
+    "prob_ai", "verdict", "threshold", "true_label", "model_id", "scanned_at", "note",
+)
+
+
+def test_columns_are_the_documented_ones_in_order() -> None:
+    assert RESULT_COLUMNS == EXPECTED_COLUMNS
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for column in RESULT_COLUMNS:
+        assert f"| `{column}` |" in readme, f"column {column} is not documented in README.md"
+
+
+@pytest.mark.parametrize("text", ["=cmd|' /C calc'!A0", "+1", "-2", "@SUM(A1)", "\tx", "\rx"])
+def test_formula_cells_are_neutralised(text: str) -> None:
+    assert neutralise(text) == "'" + text
+
+
+@pytest.mark.parametrize("value", ["plain name.jpg", "a=b.jpg", "", 0.25, -1, None])
+def test_other_cells_are_left_alone(value) -> None:
+    assert neutralise(value) == value
+
+
+def write_rows(out: Path, rows: list[ResultRow]) -> None:
+    writer = ResultWriter(out)
+    for row in rows:
+        writer.write(row)
+    writer.close()
+
+
+ROWS = [
+    ResultRow(path="=cmd.jpg", root="/a", prob_ai=0.75, verdict="ai-generated", threshold=0.5, bytes=10),
+    ResultRow(path="new\nline, \"quoted\".jpg", root="/a", status="error", error="-bad", verdict="error"),
+    ResultRow(path="ünïcødé 画像.jpg", root="/a", prob_ai=0.125, verdict="real", note="ctrl\x01char"),
+]
+
+
+def test_csv_has_bom_quotes_newlines_and_neutralises(tmp_path: Path) -> None:
+    write_rows(tmp_path, ROWS)
+    raw = (tmp_path / "results.csv").read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbfpath,root,sha256,")
+    rows = read_results_csv(tmp_path / "results.csv")
+    assert [r["path"] for r in rows] == ["'=cmd.jpg", 'new\nline, "quoted".jpg', "ünïcødé 画像.jpg"]
+    assert rows[0]["prob_ai"] == "0.750000" and rows[0]["bytes"] == "10" and rows[0]["width"] == ""
+    assert rows[1]["error"] == "'-bad"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_xlsx_has_frozen_header_autofilter_and_the_same_cells(tmp_path: Path) -> None:
+    from openpyxl import load_workbook
+
+    write_rows(tmp_path, ROWS)
+    sheet = load_workbook(tmp_path / "results.xlsx").active
+    assert sheet.freeze_panes == "A2"
+    assert sheet.auto_filter.ref == "A1:P4"
+    values = list(sheet.iter_rows(values_only=True))
+    assert values[0] == EXPECTED_COLUMNS
+    assert values[1][0] == "'=cmd.jpg" and values[1][9] == 0.75
+    assert values[2][0] == 'new\nline, "quoted".jpg'
+    assert values[3][0] == "ünïcødé 画像.jpg" and values[3][15] == "ctrl\\x01char"
+
+
+def test_abort_leaves_nothing_behind(tmp_path: Path) -> None:
+    writer = ResultWriter(tmp_path)
+    writer.write(ROWS[0])
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
