@@ -1,0 +1,79 @@
+"""The ``audit`` command line: thin click commands that parse options and call the stages.
+
+Exit codes (also in README.md): 0 clean run; 2 usage error (bad option, missing or invalid
+model, unusable --labels); 3 some files could not be scored (their rows say why); 4 with
+--fail-on-flagged, something was flagged as AI-generated (4 wins over 3).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from audit import __version__
+from audit.labels import LabelsError
+from audit.loading import DEFAULT_MAX_PIXELS
+from audit.model import DEFAULT_MODEL_PATH, ModelError
+from audit.scan import EXIT_USAGE, ScanOptions, run_scan
+from audit.scoring import DEFAULT_BATCH_SIZE, DEVICE_CHOICES, PRECISION_CHOICES, ScoringError
+
+
+def _usage_failure(message: str) -> "click.exceptions.Exit":
+    click.echo(f"audit: error: {message}", err=True)
+    return click.exceptions.Exit(EXIT_USAGE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="audit")
+def main() -> None:
+    """Audit image archives for AI-generated images."""
+
+
+@main.command()
+@click.argument("archives", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder. Default: reports/<run-id>/ (run id = UTC start time).")
+@click.option("--model", "model_path", type=click.Path(path_type=str), default=None,
+              help=f"Model card or weights (NAME.json / NAME.safetensors). Default: {DEFAULT_MODEL_PATH.name}.")
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
+              help="auto takes CUDA when a GPU is present.")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
+              help="auto: fp16 autocast on CUDA; on the CPU fp32, or bf16 when the model card was validated in bf16 and the CPU has native bf16.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Decode worker processes (0: decode in the main process). Default: half the cores (at most 4) on CPU, cores-1 (at most 8) on CUDA.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Only files matching GLOB (repeatable). Without '/' a glob matches the file name, with '/' the path relative to the root.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files and folders matching GLOB (repeatable).")
+@click.option("--include-hidden", is_flag=True, help="Also scan hidden files and folders (names starting with '.').")
+@click.option("--labels", default=None, metavar="folders|CSV",
+              help="Ground truth: 'folders' (REAL/FAKE folder names) or a CSV file of path,label.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse images with more pixels than this before decoding them (decompression bombs).")
+@click.option("--fail-on-flagged", is_flag=True, help="Exit with 4 when any image is flagged as AI-generated.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress and no closing line on stderr.")
+def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None, device: str, precision: str,
+         workers: int | None, batch_size: int, include: tuple[str, ...], exclude: tuple[str, ...],
+         include_hidden: bool, labels: str | None, max_pixels: int, fail_on_flagged: bool, quiet: bool) -> None:
+    """Score every image under ARCHIVE... and write results.csv, results.xlsx and summary.json."""
+    options = ScanOptions(
+        archives=archives, out_dir=out_dir, model_path=model_path, device=device, precision=precision,
+        workers=workers, batch_size=batch_size, include=include, exclude=exclude,
+        include_hidden=include_hidden, labels=labels, max_pixels=max_pixels,
+        fail_on_flagged=fail_on_flagged, progress="none" if quiet else "auto",
+    )
+    try:
+        outcome = run_scan(options)
+    except ModelError as exc:
+        missing_default = model_path is None and "not found" in str(exc)
+        hint = " (the default model is not installed yet; pass --model PATH)" if missing_default else ""
+        raise _usage_failure(f"{exc}{hint}") from None
+    except (LabelsError, ScoringError) as exc:
+        raise _usage_failure(str(exc)) from None
+    sys.exit(outcome.exit_code)
+
+
+if __name__ == "__main__":
+    main()
