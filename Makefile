@@ -1,0 +1,26 @@
+# Quickstart: `make demo` scans the bundled example archive; `make test` runs the tests.
+# Both create .venv when it is missing and install the project into it once (a stamp file
+# records the install; it is redone when pyproject.toml changes).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.audit-installed
+
+.PHONY: demo test install
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/audit scan examples/cifake-sample --labels folders --out reports/demo
+
+# pytest's own exit code is make's: 1 failures, 2 interrupted, 5 no tests collected.
+test: $(STAMP)
+	$(PY) -m pytest -q
