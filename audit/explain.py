@@ -1,0 +1,302 @@
+"""The explain stage: flagged images -> Grad-CAM heatmaps and overlay thumbnails.
+
+Grad-CAM (Selvaraju et al., 2017) weights the feature maps of one convolutional layer by the
+gradient of the "ai-generated" logit, so the map says which regions of the *network input*
+raised that logit. It comes from the pytorch-grad-cam package (PyPI ``grad-cam``), used as a
+context manager so that its forward hooks are removed when the work is done.
+
+The layer is the one the model card names (``card.gradcam_layer``): for resnet18-s1stem at
+32x32 input that is ``layer3``, a 4x4 map; ``layer4`` would be 2x2, too coarse to point at
+anything. The map is computed on the 32x32 input that the detector judged, then stretched back
+over the whole thumbnail, because the input is the whole image squashed (resize policy
+"squash"): a cell of the map covers the same fraction of the picture in both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from audit.discover import FileRecord
+from audit.loading import LoadOptions, load_image, to_rgb
+from audit.model import AI_CLASS_INDEX, LoadedModel, Preprocessing, load_model, normalize
+
+# Longest side of a thumbnail in pixels: the PDF shows it about 38 mm wide, so 144 px is
+# ~96 dpi there. Larger thumbnails would only make the report heavier.
+THUMBNAIL_SIZE = 144
+# Share of the colour map in the overlay; the rest is the picture itself.
+OVERLAY_ALPHA = 0.45
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One image judged and explained; all pictures are RGB at thumbnail size."""
+
+    path: Path
+    sha256: str  # of the bytes judged now; differs from the run's if the file changed since
+    prob_ai: float
+    heatmap: np.ndarray  # float32, thumbnail height x width, values in [0, 1]
+    thumbnail: Image.Image
+    overlay: Image.Image
+
+
+@dataclass(frozen=True)
+class ExplainFailure:
+    """An image that could not be explained (unreadable now, moved, ...), and why."""
+
+    path: Path
+    error: str
+
+
+ExplainResult = Explanation | ExplainFailure
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """An image loaded and waiting for its batch."""
+
+    path: Path
+    sha256: str
+    thumbnail: Image.Image
+    model_input: torch.Tensor  # uint8 CHW at the model's input size
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def load_model_input(path: Path, pre: Preprocessing) -> tuple[torch.Tensor, str]:
+    """The model's uint8 input and the file's sha256, through the scan's own load stage.
+
+    The same decoder, draft decoding, orientation, alpha and size limits as the scan, so the
+    probability recomputed here is the one the scan wrote. Raises ValueError with the load
+    stage's message when the file cannot be loaded.
+    """
+    record = FileRecord(root=str(path.parent), rel_path=path.name, abs_path=str(path))
+    loaded = load_image(record, LoadOptions(preprocessing=pre))
+    if loaded.error is not None or loaded.tensor is None:
+        raise ValueError(loaded.error or "cannot load image")
+    return loaded.tensor, loaded.sha256
+
+
+def load_display_rgb(path: Path, pre: Preprocessing, size: int = THUMBNAIL_SIZE) -> Image.Image:
+    """Decode the picture for display: first frame, upright, RGB as the scan composites it.
+
+    JPEGs are decoded at reduced size (draft mode) down to twice the thumbnail, so a 12 MP
+    photo costs little. Called only after load_model_input accepted the file (size limits).
+    """
+    with Image.open(path) as opened:
+        if opened.format == "JPEG":
+            opened.draft("RGB", (2 * size, 2 * size))
+        opened.load()
+        upright = ImageOps.exif_transpose(opened)
+        return to_rgb(upright, pre.alpha_background)
+
+
+def make_thumbnail(rgb: Image.Image, size: int = THUMBNAIL_SIZE) -> Image.Image:
+    """Scale the longest side to ``size``, keeping the aspect ratio.
+
+    Small images (CIFAKE is 32x32) are enlarged with nearest-neighbour so the reviewer sees the
+    real pixels rather than detail invented by interpolation; large ones are reduced smoothly.
+    """
+    width, height = rgb.size
+    scale = size / max(width, height)
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
+    return rgb.resize(target, resample)
+
+
+def upsample_heatmap(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A map in [0, 1] resized (bilinear) to ``size`` = (width, height), still in [0, 1]."""
+    resized = cv2.resize(cam.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+    return np.clip(resized, 0.0, 1.0)
+
+
+def overlay_heatmap(thumbnail: Image.Image, heatmap: np.ndarray, alpha: float = OVERLAY_ALPHA) -> Image.Image:
+    """Blend a JET colour map of ``heatmap`` (same size as the thumbnail) over the picture."""
+    if heatmap.shape != (thumbnail.height, thumbnail.width):
+        raise ValueError(f"heatmap shape {heatmap.shape} does not match thumbnail {thumbnail.size}")
+    colour_bgr = cv2.applyColorMap(np.uint8(np.round(255 * heatmap)), cv2.COLORMAP_JET)
+    colour = cv2.cvtColor(colour_bgr, cv2.COLOR_BGR2RGB).astype(np.float32)
+    picture = np.asarray(thumbnail.convert("RGB"), dtype=np.float32)
+    blended = (1.0 - alpha) * picture + alpha * colour
+    return Image.fromarray(np.clip(np.round(blended), 0, 255).astype(np.uint8))
+
+
+# --------------------------------------------------------------------------- Grad-CAM
+
+
+def find_layer(network: torch.nn.Module, name: str) -> torch.nn.Module:
+    modules = dict(network.named_modules())
+    if name not in modules:
+        raise ValueError(f"the model has no layer {name!r} for Grad-CAM")
+    return modules[name]
+
+
+class GradCamExplainer:
+    """Grad-CAM of the "ai-generated" class on the layer the model card names.
+
+    Use it as a context manager: the hooks pytorch-grad-cam puts on the network are released on
+    exit, so the same network can go on scoring without them.
+    """
+
+    def __init__(self, model: LoadedModel, batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device = "cpu"):
+        from pytorch_grad_cam import GradCAM
+
+        self.model = model
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.model.network.to(self.device).eval()
+        layer = find_layer(model.network, model.card.gradcam_layer)
+        self._cam = GradCAM(model=model.network, target_layers=[layer])
+        # Make the input require grad, so that the graph (and the gradient hook on the layer)
+        # exists even when the caller froze the weights (requires_grad=False). GradCAM's
+        # constructor does not take this BaseCAM option, hence the attribute.
+        self._cam.compute_input_gradient = True
+
+    def __enter__(self) -> "GradCamExplainer":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._cam.activations_and_grads.release()
+        self._cam.outputs = None
+
+    def explain_batch(self, batch_uint8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 NCHW model inputs -> (prob_ai (N,), maps (N, H, W) in [0, 1] at input size).
+
+        The probability comes from the same forward pass as the map, so it cannot disagree
+        with the picture it explains.
+        """
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        inputs = normalize(batch_uint8.to(self.device), self.model.card.preprocessing)
+        targets = [ClassifierOutputTarget(AI_CLASS_INDEX)] * inputs.shape[0]
+        # A caller scoring under inference_mode must not make Grad-CAM silently empty.
+        with torch.inference_mode(False), torch.enable_grad():
+            maps = self._cam(input_tensor=inputs.clone(), targets=targets)
+            logits = self._cam.outputs.detach()
+        probs = self.model.probabilities(logits).cpu().numpy().astype(np.float64)
+        # Drop the references that keep this batch's graph alive until the next call.
+        self._cam.outputs = None
+        self._cam.activations_and_grads.activations.clear()
+        self._cam.activations_and_grads.gradients.clear()
+        self.model.network.zero_grad(set_to_none=True)
+        return probs, np.clip(maps, 0.0, 1.0).astype(np.float32)
+
+    def explain_paths(self, paths: Iterable[Path], thumbnail_size: int = THUMBNAIL_SIZE) -> Iterator[ExplainResult]:
+        """Explain images batch by batch, results in input order; one batch in memory at a time."""
+        pre = self.model.card.preprocessing
+        batch: list[_Pending | ExplainFailure] = []
+        for path in paths:
+            path = Path(path)
+            try:
+                model_input, sha256 = load_model_input(path, pre)
+                thumbnail = make_thumbnail(load_display_rgb(path, pre, thumbnail_size), thumbnail_size)
+                batch.append(_Pending(path, sha256, thumbnail, model_input))
+            except ValueError as exc:
+                batch.append(ExplainFailure(path, str(exc)))
+            except Exception as exc:  # noqa: BLE001 - a bad file is a result, never the end of the report
+                batch.append(ExplainFailure(path, f"{type(exc).__name__}: {exc}"))
+            if len(batch) >= self.batch_size:
+                yield from self._finish(batch)
+                batch = []
+        if batch:
+            yield from self._finish(batch)
+
+    def _finish(self, batch: list["_Pending | ExplainFailure"]) -> Iterator[ExplainResult]:
+        pending = [item for item in batch if isinstance(item, _Pending)]
+        explained: dict[int, Explanation] = {}
+        if pending:
+            probs, maps = self.explain_batch(torch.stack([item.model_input for item in pending]))
+            for item, prob_ai, cam in zip(pending, probs, maps):
+                heatmap = upsample_heatmap(cam, item.thumbnail.size)
+                explained[id(item)] = Explanation(
+                    path=item.path,
+                    sha256=item.sha256,
+                    prob_ai=float(prob_ai),
+                    heatmap=heatmap,
+                    thumbnail=item.thumbnail,
+                    overlay=overlay_heatmap(item.thumbnail, heatmap),
+                )
+        for item in batch:
+            yield explained[id(item)] if isinstance(item, _Pending) else item
+
+
+def explain_images(
+    paths: Sequence[str | Path],
+    model: LoadedModel | str | Path | None = None,
+    thumbnail_size: int = THUMBNAIL_SIZE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> list[ExplainResult]:
+    """Image paths -> one result each (prob_ai, heatmap, overlay, or why it failed), in order."""
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    with GradCamExplainer(loaded, batch_size=batch_size) as explainer:
+        return list(explainer.explain_paths([Path(p) for p in paths], thumbnail_size))
+
+
+def save_png(image: Image.Image, path: Path) -> Path:
+    """Write a PNG through a temporary name, so a killed run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    image.save(temporary, format="PNG", optimize=True)
+    temporary.replace(path)
+    return path
+
+
+# --------------------------------------------------------------------------- `audit explain`
+
+
+def safe_stem(path: Path, index: int) -> str:
+    """A file name for outputs that cannot escape the output folder or upset a shell."""
+    kept = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in path.stem)[:60].strip("._")
+    return f"{index:03d}-{kept or 'image'}"
+
+
+def explain_command(
+    images: Sequence[str | Path],
+    model_path: str | Path | None,
+    out_dir: str | Path,
+    echo: Callable[[str], None] = print,
+) -> int:
+    """Print prob_ai and verdict per image, write its overlay PNG; return an exit code.
+
+    0 when every image was explained, 3 when some could not be read (as the scan's exit code).
+    """
+    model = load_model(model_path)
+    threshold = model.card.threshold
+    out = Path(out_dir)
+    failures = 0
+    echo(f"model {model.model_id}, threshold {threshold:.3f}, Grad-CAM layer {model.card.gradcam_layer}")
+    for index, result in enumerate(explain_images(images, model)):
+        if isinstance(result, ExplainFailure):
+            failures += 1
+            echo(f"{result.path}\terror\t{result.error}")
+            continue
+        verdict = "ai-generated" if result.prob_ai >= threshold else "real"
+        overlay_path = save_png(result.overlay, out / f"{safe_stem(result.path, index)}-gradcam.png")
+        echo(f"{result.path}\tprob_ai={result.prob_ai:.4f}\t{verdict}\t{overlay_path}")
+    return 3 if failures else 0
+
+
+def heatmap_mass_by_cell(heatmap: np.ndarray, cells: int = 4) -> np.ndarray:
+    """Share of the map's total in each cell of a cells x cells grid (sums to 1; uniform if empty).
+
+    Used to state where a map points, independent of the thumbnail size.
+    """
+    height, width = heatmap.shape
+    rows = np.array_split(np.arange(height), cells)
+    cols = np.array_split(np.arange(width), cells)
+    mass = np.array([[heatmap[np.ix_(r, c)].sum() for c in cols] for r in rows], dtype=np.float64)
+    total = mass.sum()
+    return mass / total if total > 0 and math.isfinite(total) else np.full((cells, cells), 1.0 / cells**2)
