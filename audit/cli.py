@@ -7,6 +7,7 @@ model, unusable --labels); 3 some files could not be scored (their rows say why)
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from audit.scan import EXIT_USAGE, ScanOptions, run_scan
 from audit.scoring import DEFAULT_BATCH_SIZE, DEVICE_CHOICES, PRECISION_CHOICES, ScoringError
 
 
-def _usage_failure(message: str) -> "click.exceptions.Exit":
+def _usage_failure(message: str) -> click.exceptions.Exit:
     click.echo(f"audit: error: {message}", err=True)
     return click.exceptions.Exit(EXIT_USAGE)
 
@@ -64,6 +65,8 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
         include_hidden=include_hidden, labels=labels, max_pixels=max_pixels,
         fail_on_flagged=fail_on_flagged, progress="none" if quiet else "auto",
     )
+    # A nightly job is stopped with SIGTERM: unwind normally so the partial outputs are removed.
+    previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         outcome = run_scan(options)
     except ModelError as exc:
@@ -72,6 +75,8 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
         raise _usage_failure(f"{exc}{hint}") from None
     except (LabelsError, ScoringError) as exc:
         raise _usage_failure(str(exc)) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     sys.exit(outcome.exit_code)
 
 

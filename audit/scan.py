@@ -12,7 +12,6 @@ its presence means the run completed.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from dataclasses import dataclass, field

@@ -208,6 +208,6 @@ def score_records(
     loader = make_loader(records, options, batch_size, workers, scorer.plan.pin_memory)
     for batch in loader:
         probs = scorer.probabilities(batch.images).tolist()
-        prob_at = dict(zip(batch.ok_positions, probs))
+        prob_at = dict(zip(batch.ok_positions, probs, strict=True))
         for position, result in enumerate(batch.results):
             yield Scored(result=result, prob_ai=prob_at.get(position))

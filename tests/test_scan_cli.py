@@ -44,7 +44,7 @@ def test_bad_archive_gives_one_clear_row_per_file_and_exit_3(bad_run) -> None:
     rows = read_results_csv(out / "results.csv")
     paths = [row["path"].removeprefix("'") for row in rows]
     assert paths == sorted(expected)  # exactly one row each, in sorted order, nothing hidden
-    for row, path in zip(rows, paths):
+    for row, path in zip(rows, paths, strict=True):
         status, fragment = expected[path]
         assert row["status"] == status, (path, row["error"])
         assert fragment in row["error"], (path, row["error"])
