@@ -202,6 +202,20 @@ def test_animated_gif_scores_the_first_frame_and_says_so(tmp_path: Path) -> None
     assert result.ok and result.note == "animated: first of 4 frames scored"
 
 
+@pytest.mark.parametrize(("image_format", "note"), [("WEBP", "animated: first of 3 frames scored"),
+                                                    ("PNG", "animated: first of 3 frames scored"),
+                                                    ("TIFF", "multi-page: first of 3 pages scored")])
+def test_multi_frame_formats_say_which_frame_was_scored(tmp_path: Path, image_format: str, note: str) -> None:
+    import io
+
+    frames = [Image.new("RGB", (16, 16), (80 * i, 0, 0)) for i in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format=image_format, save_all=True, append_images=frames[1:])
+    result = load_bytes(tmp_path, f"multi.{image_format.lower()}", buffer.getvalue())
+    assert result.ok and result.format == image_format and result.note == note
+    assert pixels(result)[0, 0, 0] == 0  # the first frame (black), not a later one
+
+
 def test_content_decides_the_format(tmp_path: Path) -> None:
     result = load_bytes(tmp_path, "really-a-png.jpg", png_bytes(noise_image(8, 8)))
     assert result.ok and result.format == "PNG"
