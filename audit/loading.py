@@ -29,7 +29,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from audit.discover import SNIFF_BYTES, SUPPORTED_FORMATS, FileRecord, sniff_format
 from audit.model import Preprocessing, to_model_input
@@ -93,19 +93,23 @@ def read_file_bytes(path: str, max_bytes: int) -> bytes:
 
 
 @contextlib.contextmanager
-def _own_pixel_limit() -> Iterator[None]:
-    """Turn Pillow's global decompression-bomb check off while a file is opened and decoded.
+def _strict_pillow() -> Iterator[None]:
+    """Pillow settings for one decode, whatever other code in the process has set globally.
 
-    The audit makes its own check (``--max-pixels``) from the header, before decoding, with a
-    clear message; Pillow's would fire first with its own limit (89 MP, fixed per process).
-    Each worker process decodes one image at a time, so the global is not shared across decodes.
+    * ``LOAD_TRUNCATED_IMAGES`` off: a truncated file is an error row, not a half-grey image.
+      (WeasyPrint, used by the report stage, switches it on when it is imported.)
+    * Pillow's own decompression-bomb check off: the audit makes its own (``--max-pixels``)
+      from the header, before decoding, with a clear message; Pillow's would fire first with its
+      own fixed limit (89 MP).
+
+    Each worker process decodes one image at a time, so the globals are not shared across decodes.
     """
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
+    previous = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = None, False
     try:
         yield
     finally:
-        Image.MAX_IMAGE_PIXELS = previous
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 def _open_failure_reason(data: bytes, image_format: str) -> str:
@@ -174,7 +178,7 @@ def _decode(data: bytes, image_format: str, options: LoadOptions, result: LoadRe
     """Open (header only), check the size, then decode the first frame upright."""
     pre = options.preprocessing
     try:
-        with _own_pixel_limit():
+        with _strict_pillow():
             # Only the format the content was sniffed as: no other Pillow plugin parses the bytes.
             try:
                 image = Image.open(io.BytesIO(data), formats=[image_format])
