@@ -80,5 +80,43 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
     sys.exit(outcome.exit_code)
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "model_path", type=click.Path(path_type=str), default=None,
+              help="Model for the Grad-CAM heatmaps. Default: the one named in RUN_DIR/summary.json.")
+@click.option("--max-gallery", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Show at most N flagged images (most confident first); results.csv lists them all.")
+def report(run_dir: Path, model_path: str | None, max_gallery: int) -> None:
+    """Render RUN_DIR/report.html and report.pdf again from its results (nothing is rescored)."""
+    from audit.report import ReportError, render_report
+
+    try:
+        html_path, pdf_path = render_report(run_dir, model=model_path, max_gallery=max_gallery)
+    except (ReportError, ModelError) as exc:
+        raise _usage_failure(str(exc)) from None
+    click.echo(f"wrote {html_path}")
+    click.echo(f"wrote {pdf_path}")
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_path", type=click.Path(path_type=str), default=None,
+              help=f"Model card or weights. Default: {DEFAULT_MODEL_PATH.name}.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/explain"),
+              show_default=True, help="Folder for the Grad-CAM overlay PNGs.")
+def explain(images: tuple[Path, ...], model_path: str | None, out_dir: Path) -> None:
+    """Print the probability and verdict of each IMAGE and write its Grad-CAM overlay PNG.
+
+    Exit code 0, or 3 when some image could not be read.
+    """
+    from audit.explain import explain_command
+
+    try:
+        code = explain_command(images, model_path, out_dir, echo=click.echo)
+    except ModelError as exc:
+        raise _usage_failure(str(exc)) from None
+    sys.exit(code)
+
+
 if __name__ == "__main__":
     main()

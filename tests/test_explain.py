@@ -9,6 +9,7 @@ and the score, the map follows the patch, values lie in [0, 1], and shapes match
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import numpy as np
@@ -239,3 +240,18 @@ def test_explain_command_prints_probabilities_and_writes_overlays(model: LoadedM
     with Image.open(overlays[0]) as overlay:
         assert max(overlay.size) == THUMBNAIL_SIZE
     assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_audit_explain_command(model: LoadedModel, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from audit.cli import main
+
+    image = sd.write_png(tmp_path / "suspect.png", sd.with_patch(sd.background(np.random.default_rng(21)), 3, 0))
+    result = CliRunner().invoke(main, ["explain", str(image), "--model", str(model.weights_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    match = re.search(r"suspect\.png\tprob_ai=([\d.]+)\tai-generated\t", result.output)
+    assert match and float(match.group(1)) > 0.9, result.output
+    assert (tmp_path / "o" / "000-suspect-gradcam.png").is_file()
+    missing_model = CliRunner().invoke(main, ["explain", str(image), "--model", str(tmp_path / "none.json")])
+    assert missing_model.exit_code == 2 and "not found" in missing_model.output
