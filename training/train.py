@@ -16,7 +16,6 @@ import logging
 import math
 import platform
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -156,6 +155,20 @@ def predict_logits(
     return torch.cat(outputs)
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The fit command that reproduces these arguments (options left at their default omitted)."""
+    words = ["python", "-m", "training", "fit"]
+    for action in get_args_parser()._actions:
+        if not action.option_strings or action.dest in ("help", "resume", "stop_after_epochs", "print_freq"):
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default:
+            continue
+        flag = action.option_strings[-1]
+        words += [flag] if isinstance(action, argparse._StoreTrueAction) else [flag, str(value)]
+    return shlex.join(words)
+
+
 def dataset_fingerprint(source: Path) -> dict[str, Any]:
     """Name and hash of the training data, for the model card."""
     info: dict[str, Any] = {"path_given": str(source), "name": source.stem if source.is_file() else source.name}
@@ -219,7 +232,7 @@ def main(args: argparse.Namespace) -> Path:
         log.info("starting from scratch: random initialisation, no pretrained weights")
     if state is None:
         state = TrainingState(0, 0, vars(args).copy(), [], {"seconds": 0.0})
-        state.extra["command"] = shlex.join(["python", "-m", "training", *sys.argv[1:]])
+        state.extra["command"] = command_line(args)
     state.extra["data_counts"] = {
         "train_images": len(train_set), "validation_images": len(val_set),
         "train_real": int((train_set.labels == 0).sum()), "train_ai": int((train_set.labels == 1).sum()),
@@ -338,7 +351,7 @@ def export_model(
         threshold_method=method,
         training={
             "data": {**dataset_fingerprint(data_source), **state.extra.get("data_counts", {})},
-            "command": state.extra.get("command") or shlex.join(["python", "-m", "training", *sys.argv[1:]]),
+            "command": state.extra.get("command") or command_line(args),
             "seed": args.seed,
             "epochs": args.epochs,
             "batch_size": args.batch_size,

@@ -1,0 +1,224 @@
+"""Evaluate an exported model on the test split: ``python -m training evaluate MODEL --data DATA``.
+
+Metrics are computed twice: on the official test split, and on the de-duplicated test split,
+which drops every test file whose sha256 also occurs in train (CIFAKE has 378 such files).
+A robustness table re-scores the test split after the damage archives do to images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from audit.model import LoadedModel, load_model, model_paths
+from training.data import ImageSet, load_split, split_hashes
+from training.metrics import classification_metrics, reliability_table
+from training.train import autocast_dtype, pick_device, predict_logits
+
+log = logging.getLogger("training")
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Evaluate an exported detector on the test split", add_help=add_help)
+    parser.add_argument("model", help="NAME.json or NAME.safetensors of an exported model")
+    parser.add_argument("--data", required=True, help="folder or zip with test/REAL|FAKE (and train/ for de-duplication)")
+    parser.add_argument("--output-dir", default=None, help="where metrics.json and the plots go (default: beside the model)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--amp", default="off", choices=["auto", "bf16", "fp16", "off"], help="precision of the evaluation (default fp32)")
+    parser.add_argument("--no-robustness", action="store_true", help="skip the robustness table")
+    parser.add_argument("--update-card", action="store_true", help="write the test metrics into the model card (weights unchanged)")
+    return parser
+
+
+# --------------------------------------------------------------------------- damage
+
+
+def _per_image(transform: Callable[[Image.Image], Image.Image]) -> Callable[[torch.Tensor], torch.Tensor]:
+    def apply(images: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(images)
+        for index in range(len(images)):
+            pil = Image.fromarray(images[index].permute(1, 2, 0).numpy())
+            damaged = np.asarray(transform(pil).convert("RGB"), dtype=np.uint8)
+            out[index] = torch.from_numpy(damaged.copy()).permute(2, 0, 1)
+        return out
+
+    return apply
+
+
+def _jpeg(quality: int) -> Callable[[Image.Image], Image.Image]:
+    def encode(image: Image.Image) -> Image.Image:
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        buffer.seek(0)
+        return Image.open(buffer).convert("RGB")
+
+    return encode
+
+
+def _down_up(factor: int) -> Callable[[Image.Image], Image.Image]:
+    def resample(image: Image.Image) -> Image.Image:
+        small = image.resize((image.width // factor, image.height // factor), Image.Resampling.BILINEAR)
+        return small.resize(image.size, Image.Resampling.BILINEAR)
+
+    return resample
+
+
+# Independent of training.augment on purpose: the test damage is Pillow's, not the training code's.
+ROBUSTNESS_CASES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "jpeg_q90": _per_image(_jpeg(90)),
+    "jpeg_q75": _per_image(_jpeg(75)),
+    "jpeg_q50": _per_image(_jpeg(50)),
+    "downscale_x2_upscale": _per_image(_down_up(2)),
+    "gaussian_blur_sigma1": _per_image(lambda image: image.filter(ImageFilter.GaussianBlur(radius=1))),
+}
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def score(model: LoadedModel, images: torch.Tensor, device: torch.device, dtype: torch.dtype | None) -> np.ndarray:
+    net = model.network.to(device)
+    logits = predict_logits(net, images, model.card.preprocessing, device, dtype)
+    return model.probabilities(logits).numpy()
+
+
+def evaluate_model(
+    model: LoadedModel, test: ImageSet, train_hashes: set[str], device: torch.device, dtype: torch.dtype | None,
+    robustness: bool = True,
+) -> dict[str, Any]:
+    threshold = model.card.threshold
+    labels = test.labels.numpy()
+    started = time.perf_counter()
+    prob_ai = score(model, test.images, device, dtype)
+    seconds = time.perf_counter() - started
+    kept = np.array([digest not in train_hashes for digest in test.sha256])
+    results: dict[str, Any] = {
+        "model_id": model.model_id,
+        "threshold": threshold,
+        "temperature": model.card.temperature,
+        "official_test": classification_metrics(prob_ai, labels, threshold),
+        "deduplicated_test": {
+            **classification_metrics(prob_ai[kept], labels[kept], threshold),
+            "dropped_files_also_in_train": int((~kept).sum()),
+        },
+        "reliability_official_test": reliability_table(prob_ai, labels),
+        "images_per_second": round(len(labels) / seconds, 1),
+    }
+    if robustness:
+        clean = results["official_test"]
+        table = {}
+        for case, damage in ROBUSTNESS_CASES.items():
+            damaged_prob = score(model, damage(test.images), device, dtype)
+            metrics = classification_metrics(damaged_prob, labels, threshold)
+            table[case] = {
+                "accuracy": metrics["accuracy"],
+                "roc_auc": metrics["roc_auc"],
+                "accuracy_drop_points": round(100 * (clean["accuracy"] - metrics["accuracy"]), 3),
+            }
+            log.info("robustness %-22s accuracy %.4f auc %.5f", case, metrics["accuracy"], metrics["roc_auc"])
+        results["robustness_official_test"] = table
+    results["_prob_ai"] = prob_ai
+    results["_labels"] = labels
+    return results
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def write_plots(prob_ai: np.ndarray, labels: np.ndarray, threshold: float, output_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+
+    written = []
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    RocCurveDisplay.from_predictions(labels, prob_ai, ax=ax, name="detector")
+    ax.set_title("ROC, official CIFAKE test split")
+    fig.tight_layout()
+    fig.savefig(output_dir / "roc.png", dpi=120)
+    plt.close(fig)
+    written.append("roc.png")
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ConfusionMatrixDisplay.from_predictions(
+        labels, (prob_ai >= threshold).astype(int), display_labels=["real", "ai-generated"], ax=ax, colorbar=False, values_format="d"
+    )
+    ax.set_title(f"Confusion matrix (threshold {threshold:.3f})")
+    fig.tight_layout()
+    fig.savefig(output_dir / "confusion_matrix.png", dpi=120)
+    plt.close(fig)
+    written.append("confusion_matrix.png")
+
+    rows = [row for row in reliability_table(prob_ai, labels) if row["count"]]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    ax.plot([r["mean_prob_ai"] for r in rows], [r["fraction_ai"] for r in rows], marker="o", label="detector")
+    ax.set_xlabel("predicted probability of AI-generated")
+    ax.set_ylabel("fraction that is AI-generated")
+    ax.set_title("Reliability diagram")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(output_dir / "reliability.png", dpi=120)
+    plt.close(fig)
+    written.append("reliability.png")
+    return written
+
+
+def card_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The part of the metrics that goes into the model card."""
+    keep = ("count", "accuracy", "precision", "recall", "f1", "roc_auc", "ece", "confusion_matrix")
+    summary = {
+        "official_test": {k: results["official_test"][k] for k in keep},
+        "deduplicated_test": {k: results["deduplicated_test"][k] for k in keep + ("dropped_files_also_in_train",)},
+    }
+    if "robustness_official_test" in results:
+        summary["robustness_official_test"] = results["robustness_official_test"]
+    return summary
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    model = load_model(args.model)
+    device = pick_device(args.device)
+    dtype = autocast_dtype(args.amp, device)
+    test = load_split(args.data, "test", model.card.preprocessing)
+    train_hashes = split_hashes(args.data, "train")
+    log.info("test split: %d images; train hashes: %d", len(test), len(train_hashes))
+    results = evaluate_model(model, test, train_hashes, device, dtype, robustness=not args.no_robustness)
+    prob_ai, labels = results.pop("_prob_ai"), results.pop("_labels")
+    weights_path, card_path = model_paths(args.model)
+    output_dir = Path(args.output_dir) if args.output_dir else weights_path.parent
+    output_dir.mkdir(parents=True, exist_ok=True)
+    results["data"] = str(args.data)
+    results["precision"] = str(dtype or "float32")
+    results["plots"] = write_plots(prob_ai, labels, model.card.threshold, output_dir)
+    metrics_path = output_dir / "metrics.json"
+    tmp = metrics_path.with_name(metrics_path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(metrics_path)
+    for name in ("official_test", "deduplicated_test"):
+        m = results[name]
+        log.info(
+            "%-18s n=%d accuracy %.4f precision %.4f recall %.4f f1 %.4f auc %.5f ece %.4f confusion %s",
+            name, m["count"], m["accuracy"], m["precision"], m["recall"], m["f1"], m["roc_auc"], m["ece"], m["confusion_matrix"],
+        )
+    log.info("wrote %s", metrics_path)
+    if args.update_card:
+        card = model.card
+        card.test_metrics = card_summary(results)
+        tmp_card = card_path.with_name(card_path.name + ".tmp")
+        tmp_card.write_text(card.to_json(), encoding="utf-8")
+        tmp_card.replace(card_path)
+        log.info("updated the test metrics in %s", card_path)
+    return results
