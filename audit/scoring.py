@@ -10,7 +10,7 @@ Compute paths (chosen by :func:`plan_compute`):
 * CUDA: pinned host memory, ``non_blocking`` copies of uint8 batches (4x less to copy than
   floats; normalisation runs on the GPU) and fp16 autocast (``--precision bf16`` on request;
   fp16 keeps 3 more mantissa bits than bf16).
-* CPU: channels_last (measured 1.4-1.7x faster than NCHW for this ResNet18) and
+* CPU: channels_last (measured 1.4-2x faster than NCHW for this ResNet18) and
   ``torch.inference_mode``, in fp32 by default. bf16 autocast (oneDNN, on a CPU with avx512_bf16
   or amx_bf16) was about 1.8x faster per core but moved probabilities by up to 0.11 on the test
   model (README, "CPU and GPU"), so ``--precision auto`` uses it only when the model card says
@@ -55,9 +55,14 @@ def cpu_has_native_bf16(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
 
 
 def default_workers(device: torch.device) -> int:
-    """Decode workers: on CUDA decoding is the bottleneck, so use most cores; on the CPU the
-    workers share the cores with the model, and one worker (overlapping decode with compute)
-    was measured best on 2 cores. Capped at 4 either way (diminishing returns, memory)."""
+    """Decode worker processes when --workers is not given.
+
+    On CUDA decoding is the bottleneck, so most cores decode. On the CPU the workers share the
+    cores with the model, and decoding a CIFAKE-sized image costs about a tenth of scoring it, so
+    half the cores (at least one, so decoding overlaps compute) is enough. On the 2-core
+    development machine, busy with a training run, 0, 1 and 2 workers measured within noise of
+    each other; ``benchmarks/bench_scan.py --workers-sweep 0,1,2`` settles it on an idle machine.
+    """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if device.type == "cuda":
         return max(1, min(8, cores - 1))
