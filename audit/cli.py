@@ -55,15 +55,20 @@ def main() -> None:
               help="Refuse images with more pixels than this before decoding them (decompression bombs).")
 @click.option("--fail-on-flagged", is_flag=True, help="Exit with 4 when any image is flagged as AI-generated.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no closing line on stderr.")
+@click.option("--no-report", is_flag=True, help="Skip report.html/report.pdf (render later with `audit report OUT`).")
+@click.option("--max-gallery", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Flagged images shown in the report, most confident first; results.csv lists them all.")
 def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None, device: str, precision: str,
          workers: int | None, batch_size: int, include: tuple[str, ...], exclude: tuple[str, ...],
-         include_hidden: bool, labels: str | None, max_pixels: int, fail_on_flagged: bool, quiet: bool) -> None:
+         include_hidden: bool, labels: str | None, max_pixels: int, fail_on_flagged: bool, quiet: bool,
+         no_report: bool, max_gallery: int) -> None:
     """Score every image under ARCHIVE... and write results.csv, results.xlsx and summary.json."""
     options = ScanOptions(
         archives=archives, out_dir=out_dir, model_path=model_path, device=device, precision=precision,
         workers=workers, batch_size=batch_size, include=include, exclude=exclude,
         include_hidden=include_hidden, labels=labels, max_pixels=max_pixels,
         fail_on_flagged=fail_on_flagged, progress="none" if quiet else "auto",
+        report=not no_report, max_gallery=max_gallery,
     )
     # A nightly job is stopped with SIGTERM: unwind normally so the partial outputs are removed.
     previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

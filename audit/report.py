@@ -91,8 +91,9 @@ class RunData:
 
     @property
     def cwd(self) -> Path:
-        """Where the scan ran: relative roots and model paths in its files are relative to it."""
-        return Path(self.summary.get("cwd") or self.run_dir)
+        """Where relative roots and model paths in the run's files start: the scan's working
+        folder when summary.json records it, else this process's (run the report from there)."""
+        return Path(self.summary.get("cwd") or Path.cwd())
 
     def image_path(self, row: pd.Series) -> Path | None:
         """root/path of a row; None for a path that climbs out of its root (a tampered CSV)."""

@@ -64,6 +64,8 @@ class ScanOptions:
     progress: str = "auto"  # auto: a bar on a terminal, log lines otherwise; none: quiet
     draft: bool = True  # JPEG draft decoding (the benchmark turns it off to compare)
     write_xlsx: bool = True
+    report: bool = True  # render report.html / report.pdf (audit.report) after the results
+    max_gallery: int = 200  # flagged images shown in the report (most confident first)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -264,7 +266,8 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
     summary = build_summary(options, model, plan.describe(), workers, tally, seconds, started, exit_code, labeller.unmatched)
     renames.append(write_json_tmp(out_dir / "summary.json", summary))
     commit(renames)  # summary.json last: its presence means the run is complete
-    # The report stage (report.html/report.pdf) is rendered here once it exists.
+    if options.report:
+        _render_report(out_dir, model, options, progress)
     progress.message(_closing_line(tally, out_dir))
     return ScanOutcome(out_dir=out_dir, summary=summary, exit_code=exit_code)
 
@@ -316,6 +319,21 @@ def build_summary(
         "options": options.to_json(),
         "outputs": ["results.csv", "results.xlsx", "summary.json"] if options.write_xlsx else ["results.csv", "summary.json"],
     }
+
+
+def _render_report(out_dir: Path, model: LoadedModel, options: ScanOptions, progress: Progress) -> None:
+    """report.html, report.pdf and heatmaps/ from the files just written (audit.report).
+
+    The results are complete and committed before this runs, so a report that fails does not
+    cost the run: the error is said on stderr and `audit report OUT_DIR` renders it again.
+    """
+    from audit.report import render_report
+
+    try:
+        render_report(out_dir, model=model, max_gallery=options.max_gallery)
+    except Exception as exc:  # noqa: BLE001 - the results stand; the report can be rendered again
+        print(f"audit scan: warning: the report was not rendered ({type(exc).__name__}: {exc}); "
+              f"run `audit report {out_dir}` to try again", file=sys.stderr, flush=True)
 
 
 def _throughput(files: int, seconds: dict[str, float]) -> float | None:

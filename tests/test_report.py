@@ -361,3 +361,29 @@ def test_fetcher_refuses_what_is_not_the_run_folder(tmp_path: Path) -> None:
         with pytest.raises(ValueError):
             fetcher.fetch(url)
     assert len(fetcher.refused) == 6
+
+
+def test_audit_scan_writes_the_report(run: rf.FixtureRun, tmp_path: Path) -> None:
+    """End to end: a real scan renders the report; its confusion matrix is results.csv's."""
+    from click.testing import CliRunner
+
+    from audit.cli import main
+
+    out = tmp_path / "scan"
+    result = CliRunner().invoke(main, ["scan", str(run.archive), "--model", str(run.model_path), "--labels", "folders",
+                                       "--out", str(out), "--workers", "0", "--quiet", "--max-gallery", "5"])
+    assert result.exit_code == 0, result.output
+    rows = read_csv_rows(out / "results.csv")
+    expected = Counter((r["true_label"], r["verdict"]) for r in rows if r["true_label"])
+    html = (out / "report.html").read_text(encoding="utf-8")
+    cells = {name: int(value) for name, value in re.findall(r'data-cell="(\w+)">(\d+)<', html)}
+    assert cells["true_positive"] == expected[("ai-generated", "ai-generated")] > 0
+    assert cells["true_negative"] == expected[("real", "real")] > 0
+    assert html.count('class="card"') == 5 and (out / "report.pdf").stat().st_size > 0
+    assert "no Grad-CAM" not in html and "changed since the scan" not in html
+
+    skipped = tmp_path / "no-report"
+    result = CliRunner().invoke(main, ["scan", str(run.archive), "--model", str(run.model_path), "--out", str(skipped),
+                                       "--workers", "0", "--quiet", "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert not (skipped / "report.html").exists() and (skipped / "results.csv").is_file()
