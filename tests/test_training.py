@@ -15,7 +15,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from audit.model import LoadedModel, ModelCard, ModelError, Preprocessing, build_network, load_model, read_card, save_model
-from training import evaluate, train
+from training import evaluate, export, train
+from training.__main__ import main as training_cli
 from training.checkpoint import resolve_checkpoint
 from training.data import ImageSet, load_split, stratified_split
 from training.metrics import choose_threshold, classification_metrics, expected_calibration_error, fit_temperature
@@ -121,6 +122,9 @@ def test_resume_continues_where_the_last_run_stopped(dataset_zip, tmp_path):
     state = json.loads((tmp_path / "split" / "checkpoint.json").read_text())
     assert state["epochs_done"] == 1 and not (tmp_path / "split" / "tiny.json").exists()
 
+    interim = export.main(export.get_args_parser().parse_args([str(tmp_path / "split"), "--output", str(tmp_path / "interim")]))
+    assert any(note.startswith("INTERIM: exported after epoch 1 of a 2-epoch") for note in load_model(interim).card.notes)
+
     resumed = train.main(fit_args(dataset_zip, tmp_path / "split", resume="auto"))
 
     history = (tmp_path / "split" / "history.csv").read_text().splitlines()
@@ -130,13 +134,15 @@ def test_resume_continues_where_the_last_run_stopped(dataset_zip, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run must end with the same weights as a straight one"
 
 
-def test_pickle_checkpoints_are_refused(tmp_path):
+def test_pickle_checkpoints_are_refused(tmp_path, capsys):
     net = build_network("resnet18-s1stem")
     torch.save(net.state_dict(), tmp_path / "model.pth")
     with pytest.raises(ModelError, match="pickle"):
         load_model(tmp_path / "model.pth")
     with pytest.raises(ModelError, match="pickle"):
         resolve_checkpoint(tmp_path / "model.pth")
+    assert training_cli(["fit", "--data", str(tmp_path), "--resume", str(tmp_path / "model.pth")]) == 2
+    assert "refused" in capsys.readouterr().err
     # A pickle hiding behind the safetensors name is refused too, not unpickled.
     card = save_model(net, ModelCard(name="disguised"), tmp_path / "disguised")
     torch.save(net.state_dict(), tmp_path / "disguised.safetensors")

@@ -9,9 +9,9 @@ from audit.model import ModelError
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"fit": "training.train", "evaluate": "training.evaluate"}
+    commands = {"fit": "training.train", "evaluate": "training.evaluate", "export": "training.export"}
     if not argv or argv[0] not in commands:
-        print("usage: python -m training {fit,evaluate} [options]  (add --help after a command)", file=sys.stderr)
+        print("usage: python -m training {fit,evaluate,export} [options]  (add --help after a command)", file=sys.stderr)
         return 2
     import importlib
 

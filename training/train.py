@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -180,6 +179,22 @@ def dataset_fingerprint(source: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- main
 
 
+def prepare_data(data_source: Path, args: argparse.Namespace) -> tuple[ImageSet, ImageSet, Preprocessing]:
+    """Decode train, split off validation (seeded, stratified) and derive the normalisation."""
+    started = time.perf_counter()
+    full = load_split(data_source, "train", Preprocessing(), limit_per_class=args.limit_per_class)
+    train_idx, val_idx = stratified_split(full.labels, full.sha256, args.val_fraction, args.seed)
+    train_set, val_set = full.subset(train_idx), full.subset(val_idx)
+    del full
+    mean, std = channel_stats(train_set.images)
+    pre = Preprocessing(mean=mean, std=std)
+    log.info(
+        "data: %d train / %d validation images from %s (decoded in %.0f s); mean %s std %s",
+        len(train_set), len(val_set), data_source, time.perf_counter() - started, mean, std,
+    )
+    return train_set, val_set, pre
+
+
 def main(args: argparse.Namespace) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.threads:
@@ -201,18 +216,7 @@ def main(args: argparse.Namespace) -> Path:
             setattr(args, key, saved_args[key])
 
     torch.manual_seed(args.seed)
-    started = time.perf_counter()
-    pre = Preprocessing()
-    full = load_split(data_source, "train", pre, limit_per_class=args.limit_per_class)
-    train_idx, val_idx = stratified_split(full.labels, full.sha256, args.val_fraction, args.seed)
-    train_set, val_set = full.subset(train_idx), full.subset(val_idx)
-    del full
-    mean, std = channel_stats(train_set.images)
-    pre = dataclasses.replace(pre, mean=mean, std=std)
-    log.info(
-        "data: %d train / %d validation images from %s (decoded in %.0f s); mean %s std %s",
-        len(train_set), len(val_set), data_source, time.perf_counter() - started, mean, std,
-    )
+    train_set, val_set, pre = prepare_data(data_source, args)
 
     net = build_network(args.variant).to(device).to(memory_format=torch.channels_last)
     decay, no_decay = [], []
@@ -308,7 +312,7 @@ def main(args: argparse.Namespace) -> Path:
         )
         epochs_this_call += 1
 
-    model_path = export_model(net, pre, args, state, val_set, device, data_source)
+    model_path = export_model(net, pre, args, state, val_set, device, data_source, run_dir / args.name)
     log.info("exported %s", model_path)
     return model_path
 
@@ -327,7 +331,7 @@ def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
 
 def export_model(
     net: nn.Module, pre: Preprocessing, args: argparse.Namespace, state: TrainingState, val_set: ImageSet,
-    device: torch.device, data_source: Path,
+    device: torch.device, data_source: Path, model_path: Path,
 ) -> Path:
     """Calibrate on validation, choose the threshold there, and write NAME.safetensors + NAME.json."""
     val_logits = predict_logits(net, val_set.images, pre, device, None)
@@ -354,6 +358,7 @@ def export_model(
             "command": state.extra.get("command") or command_line(args),
             "seed": args.seed,
             "epochs": args.epochs,
+            "epochs_done": state.epochs_done,
             "batch_size": args.batch_size,
             "optimizer": f"SGD nesterov momentum {args.momentum}, weight decay {args.weight_decay}, one-cycle peak lr {args.lr}",
             "augmentation": "none beyond crop and flip" if args.no_archive_augment else dataclasses.asdict(AugmentConfig()),
@@ -367,11 +372,13 @@ def export_model(
             "history": state.history,
         },
         validation_metrics=validation,
-        notes=[
+        notes=([] if state.epochs_done >= args.epochs else [
+            f"INTERIM: exported after epoch {state.epochs_done} of a {args.epochs}-epoch schedule; "
+            "the learning rate had not yet annealed, so this is not the finished model.",
+        ]) + [
             "Variant resnet18-s1stem: 3x3 stride-1 stem, max-pool kept; at 32x32 input layer3 is 4x4 "
             "(the Grad-CAM layer) and layer4 2x2.",
         ],
     )
-    model_path = Path(args.output_dir) / args.name
     save_model(net, card, model_path)
     return model_path.with_name(model_path.name + ".json")
