@@ -24,6 +24,7 @@ STATUS_ERROR = "error"
 VERDICT_AI = "ai-generated"
 VERDICT_REAL = "real"
 VERDICT_ERROR = "error"
+OUTPUT_NAMES = ("results.csv", "results.xlsx", "summary.json")
 
 
 @dataclass
@@ -141,9 +142,14 @@ class ResultWriter:
         self._csv_file.close()
         if self._workbook is not None:
             self._sheet.close()  # ends openpyxl's streaming writer; its own temp file goes with it
-        for path in (self.csv_path, self.xlsx_path):
-            if path is not None:
-                _tmp_path(path).unlink(missing_ok=True)
+        discard_partial_outputs(self.csv_path.parent)
+
+
+def discard_partial_outputs(out_dir: Path) -> None:
+    """Remove the temporary files of an unfinished run (also when the writer was never built:
+    a signal can arrive between creating the first file and finishing the constructor)."""
+    for name in OUTPUT_NAMES:
+        _tmp_path(out_dir / name).unlink(missing_ok=True)
 
 
 def commit(renames: list[tuple[Path, Path]]) -> None:

@@ -33,6 +33,7 @@ from audit.results import (
     ResultRow,
     ResultWriter,
     commit,
+    discard_partial_outputs,
     write_json_tmp,
 )
 from audit.scoring import DEFAULT_BATCH_SIZE, Scored, Scorer, default_workers, plan_compute, score_records
@@ -235,10 +236,11 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
     if not records:
         progress.message("audit scan: warning: no image files found under the given archive(s)")
     tally = Tally()
-    writer = ResultWriter(out_dir, write_xlsx=options.write_xlsx)
+    writer: ResultWriter | None = None
     seconds_writing_rows = 0.0
     t0 = time.perf_counter()
     try:
+        writer = ResultWriter(out_dir, write_xlsx=options.write_xlsx)
         scored_stream = score_records(records, scorer, load_options, options.batch_size, workers)
         for row in _rows(scored_stream, labeller, model):
             tw = time.perf_counter()
@@ -250,8 +252,10 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
         tw = time.perf_counter()
         renames = writer.finish()
         seconds_finishing = time.perf_counter() - tw
-    except BaseException:
-        writer.abort()
+    except BaseException:  # also SystemExit from SIGTERM and KeyboardInterrupt
+        if writer is not None:
+            writer.abort()
+        discard_partial_outputs(out_dir)
         raise
     finally:
         progress.close()

@@ -1,0 +1,34 @@
+"""A scan stopped with SIGTERM (how a nightly job is stopped) leaves complete outputs or none."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from scan_fixtures import jpeg_bytes, model_dir, model_path, noise_image  # noqa: F401 - fixtures
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_sigterm_mid_scan_leaves_no_partial_outputs(tmp_path: Path, model_path: Path) -> None:
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "0.jpg").write_bytes(jpeg_bytes(noise_image(32, 32)))
+    for i in range(1, 3000):  # hard links: a large archive that costs no disk
+        os.link(archive / "0.jpg", archive / f"{i}.jpg")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "audit.cli", "scan", str(archive), "--model", str(model_path),
+               "--out", str(out), "--workers", "0", "--batch-size", "8", "--quiet", "--no-report"]
+    process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "results.csv.tmp").exists():  # the scan has started writing rows
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert sorted(p.name for p in out.iterdir()) == []  # neither partial nor temporary files
