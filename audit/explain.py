@@ -320,6 +320,21 @@ def explain_command(
     return 3 if failures else 0
 
 
+def gradcam_grid(model: LoadedModel) -> tuple[int, int]:
+    """(rows, columns) of the Grad-CAM map: the card's layer's output size at the input size."""
+    layer = find_layer(model.network, model.card.gradcam_layer)
+    size = model.card.preprocessing.input_size
+    shapes: list[tuple[int, ...]] = []
+    handle = layer.register_forward_hook(lambda module, inputs, output: shapes.append(tuple(output.shape)))
+    try:
+        device = next(model.network.parameters()).device
+        with torch.no_grad():
+            model.network(torch.zeros(1, 3, size, size, device=device))
+    finally:
+        handle.remove()
+    return shapes[0][-2], shapes[0][-1]
+
+
 def heatmap_mass_by_cell(heatmap: np.ndarray, cells: int = 4) -> np.ndarray:
     """Share of the map's total in each cell of a cells x cells grid (sums to 1; uniform if empty).
 

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 import audit
-from audit.explain import GradCamExplainer, Explanation, THUMBNAIL_SIZE, save_image
+from audit.explain import GradCamExplainer, Explanation, THUMBNAIL_SIZE, gradcam_grid, save_image
 from audit.model import LoadedModel, ModelCard, ModelError, load_model, read_card
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -493,9 +493,10 @@ class ModelFacts:
     notes: tuple[str, ...] = ()
     input_size: int | None = None
     gradcam_layer: str = ""
+    gradcam_grid: tuple[int, int] | None = None  # (rows, columns) of the map, when the model loads
 
 
-def model_facts(summary: dict[str, Any], card: ModelCard | None) -> ModelFacts:
+def model_facts(summary: dict[str, Any], card: ModelCard | None, model: LoadedModel | None = None) -> ModelFacts:
     """The model as the run recorded it, completed from its card when that can be read."""
     recorded = summary.get("model") or {}
     official = (card.test_metrics.get("official_test") or {}) if card else {}
@@ -514,6 +515,7 @@ def model_facts(summary: dict[str, Any], card: ModelCard | None) -> ModelFacts:
         notes=tuple(card.notes) if card else (),
         input_size=card.preprocessing.input_size if card else None,
         gradcam_layer=card.gradcam_layer if card else "",
+        gradcam_grid=gradcam_grid(model) if model is not None else None,
     )
 
 
@@ -564,6 +566,12 @@ def _format_bytes(value: int | None) -> str:
     return str(value)
 
 
+def _compact(value: Any, limit: int = 300) -> str:
+    """A card value as one bounded line: JSON for nested values, text otherwise."""
+    text = json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, (dict, list, tuple)) else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def template_environment():
     import jinja2
 
@@ -578,6 +586,7 @@ def template_environment():
     environment.filters["metric"] = _format_metric
     environment.filters["percent"] = _format_percent
     environment.filters["filesize"] = _format_bytes
+    environment.filters["compact"] = _compact
     return environment
 
 
@@ -614,7 +623,7 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
     started = time.perf_counter()
     frame = run.results
     summary = run.summary
-    facts = model_facts(summary, card)
+    facts = model_facts(summary, card, model)
     threshold = summary.get("threshold", facts.threshold)
     if threshold is None and frame["threshold"].notna().any():
         threshold = float(frame["threshold"].dropna().iloc[0])

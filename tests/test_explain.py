@@ -24,6 +24,7 @@ from audit.explain import (
     GradCamExplainer,
     explain_command,
     explain_images,
+    gradcam_grid,
     heatmap_mass_by_cell,
     make_thumbnail,
     THUMBNAIL_SIZE,
@@ -65,6 +66,11 @@ def test_the_tiny_detector_has_learnt_the_task(model: LoadedModel) -> None:
         prob_ai = model.probabilities(model.network(normalize(images, model.card.preprocessing)))
     accuracy = ((prob_ai >= 0.5).long() == labels).float().mean().item()
     assert accuracy >= 0.95, "the sanity checks below mean nothing unless the model works"
+
+
+def test_the_cards_layer_gives_a_map_with_spatial_resolution(model: LoadedModel) -> None:
+    assert model.card.gradcam_layer == "layer3"
+    assert gradcam_grid(model) == (4, 4), "layer3 of resnet18-s1stem at 32x32; layer4 would be 2x2"
 
 
 def test_randomised_weights_change_the_map(model: LoadedModel) -> None:

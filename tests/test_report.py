@@ -179,6 +179,7 @@ def test_pdf_holds_the_counts_the_names_and_the_page_furniture(run: rf.FixtureRu
     assert 4 <= pages <= 12
     assert re.search(rf"{len(run.rows)}\s+{verdicts['ai-generated']}\s+{verdicts['real']}\s+{verdicts['error']}\s", text)
     assert "files scanned" in text and "not yet evaluated" in text
+    assert re.search(r"4×4\s+grid\s+over\s+the\s+32×32\s+input", text), "the method section states the map's resolution"
     for row in flagged(run.rows):
         assert unneutralise(row["path"]) in text, row["path"]
     assert "REAL/broken <b>x</b>.jpg" in text and "truncated JPEG file" in text, "errors section"
