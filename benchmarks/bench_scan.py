@@ -92,7 +92,9 @@ def model_only(scorer: Scorer, images: torch.Tensor, batch_size: int) -> tuple[t
 
 
 def full_scan(data: Path, model: LoadedModel, args, out: Path, **overrides) -> dict:
-    settings = {"device": args.device, "precision": args.precision, "workers": args.workers, "batch_size": args.batch_size}
+    # report=False: the benchmark measures the scan; the report stage has benchmarks/bench_report.py.
+    settings = {"device": args.device, "precision": args.precision, "workers": args.workers,
+                "batch_size": args.batch_size, "report": False}
     settings.update(overrides)
     options = ScanOptions(archives=(str(data),), out_dir=out, progress="none", **settings)
     return run_scan(options, model=model).summary
@@ -193,7 +195,7 @@ def tree_memory_mb(pid: int) -> float:
 
 
 def memory_run(folder: Path, args, out: Path) -> dict:
-    command = [sys.executable, "-m", "audit.cli", "scan", str(folder), "--out", str(out), "--quiet",
+    command = [sys.executable, "-m", "audit.cli", "scan", str(folder), "--out", str(out), "--quiet", "--no-report",
                "--batch-size", str(args.batch_size), "--device", args.device, "--precision", args.precision]
     if args.model:
         command += ["--model", str(args.model)]
