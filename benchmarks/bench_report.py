@@ -6,6 +6,7 @@ more than 60 s on this CPU. Run by hand, from the repository root:
     .venv/bin/python benchmarks/bench_report.py                      # CIFAKE sample, default model
     .venv/bin/python benchmarks/bench_report.py --model PATH.json    # another model
     .venv/bin/python benchmarks/bench_report.py --photos             # 200 flagged 12 MP JPEGs
+    .venv/bin/python benchmarks/bench_report.py --memory-images 5000 # RSS over a long Grad-CAM stream
 
 The run folder is written with the record stage's own writer (audit.results), so the report
 reads exactly what a scan writes; nothing is scored by the scan. Without a trained model the
@@ -124,6 +125,32 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory_over_many_images(model_path: Path, count: int) -> None:
+    """Explain ``count`` images in one stream and print the RSS as it goes: it must stay flat."""
+    from audit.explain import GradCamExplainer
+
+    model = load_model(model_path)
+    paths = [path for path, _, _ in sample_images(count)]
+    checkpoints = {max(1, count // 10) * k for k in range(1, 11)}
+    started = time.perf_counter()
+    readings = []
+    with GradCamExplainer(model) as explainer:
+        for done, result in enumerate(explainer.explain_paths(paths), start=1):
+            del result  # as the report does: written to disk, then dropped
+            if done in checkpoints:
+                readings.append((done, round(current_rss_mb(), 1)))
+    seconds = time.perf_counter() - started
+    print(json.dumps({"images": count, "seconds": round(seconds, 2), "images_per_s": round(count / seconds, 1),
+                      "rss_mb_after_n_images": readings}))
+    growth = readings[-1][1] - readings[0][1]
+    print(f"RSS from {readings[0][0]} to {readings[-1][0]} images: {growth:+.1f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model card (default: the installed default model, else an untrained one)")
@@ -131,12 +158,17 @@ def main() -> None:
     parser.add_argument("--unflagged", type=int, default=800, help="further rows judged real (default 800)")
     parser.add_argument("--photos", action="store_true", help="flag 12 MP JPEGs instead of the CIFAKE sample")
     parser.add_argument("--keep", type=Path, help="write the run here and keep it (default: a temporary folder)")
+    parser.add_argument("--memory-images", type=int, default=0,
+                        help="instead: explain N images in one stream and report the RSS along the way")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-report-") as temporary:
         workdir = args.keep or Path(temporary)
         workdir.mkdir(parents=True, exist_ok=True)
         model_path = model_for_benchmark(args.model, workdir)
+        if args.memory_images:
+            memory_over_many_images(model_path, args.memory_images)
+            return
         if args.photos:
             flagged = make_photos(workdir / "photos", args.flagged)
             unflagged = sample_images(args.unflagged)  # only feed the table and charts
