@@ -35,6 +35,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--amp", default="off", choices=["auto", "bf16", "fp16", "off"], help="precision of the evaluation (default fp32)")
     parser.add_argument("--no-robustness", action="store_true", help="skip the robustness table")
+    parser.add_argument("--compare-bf16", action="store_true", help="also score in bf16 autocast and report how far its probabilities move")
     parser.add_argument("--update-card", action="store_true", help="write the test metrics into the model card (weights unchanged)")
     return parser
 
@@ -131,6 +132,23 @@ def evaluate_model(
     return results
 
 
+def bf16_agreement(model: LoadedModel, test: ImageSet, prob_fp32: np.ndarray, device: torch.device) -> dict[str, Any]:
+    """How far bf16 autocast moves the calibrated probabilities, and what it does to accuracy."""
+    started = time.perf_counter()
+    prob_bf16 = score(model, test.images, device, torch.bfloat16)
+    seconds = time.perf_counter() - started
+    threshold = model.card.threshold
+    difference = np.abs(prob_bf16 - prob_fp32)
+    return {
+        "max_abs_diff": float(difference.max()),
+        "mean_abs_diff": float(difference.mean()),
+        "p99_abs_diff": float(np.quantile(difference, 0.99)),
+        "verdicts_changed": int(((prob_bf16 >= threshold) != (prob_fp32 >= threshold)).sum()),
+        "accuracy_bf16": classification_metrics(prob_bf16, test.labels.numpy(), threshold)["accuracy"],
+        "images_per_second_bf16": round(len(test) / seconds, 1),
+    }
+
+
 # --------------------------------------------------------------------------- plots
 
 
@@ -200,6 +218,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     weights_path, card_path = model_paths(args.model)
     output_dir = Path(args.output_dir) if args.output_dir else weights_path.parent
     output_dir.mkdir(parents=True, exist_ok=True)
+    if args.compare_bf16 and device.type == "cpu":
+        results["bf16_agreement"] = bf16_agreement(model, test, prob_ai, device)
+        log.info("bf16 against fp32: %s", results["bf16_agreement"])
     results["data"] = str(args.data)
     results["precision"] = str(dtype or "float32")
     results["plots"] = write_plots(prob_ai, labels, model.card.threshold, output_dir)
