@@ -18,8 +18,10 @@ from scan_fixtures import build_bad_archive, jpeg_bytes, make_model, model_dir, 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
-def scan(*args: str | Path):
-    return CliRunner().invoke(main, ["scan", *map(str, args)], catch_exceptions=False)
+def scan(*args: str | Path, report: bool = False):
+    """Run `audit scan`; without the report stage unless asked (tests/test_report.py covers it)."""
+    extra = [] if report else ["--no-report"]
+    return CliRunner().invoke(main, ["scan", *map(str, args), *extra], catch_exceptions=False)
 
 
 def good_archive(root: Path, n: int = 3) -> Path:
@@ -34,7 +36,7 @@ def good_archive(root: Path, n: int = 3) -> Path:
 def bad_run(tmp_path_factory: pytest.TempPathFactory, model_path: Path):
     base = tmp_path_factory.mktemp("bad")
     expected = build_bad_archive(base / "archive")
-    result = scan(base / "archive", "--model", model_path, "--out", base / "out", "--workers", "0")
+    result = scan(base / "archive", "--model", model_path, "--out", base / "out", "--workers", "0", report=True)
     return result, expected, base / "out"
 
 
