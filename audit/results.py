@@ -10,6 +10,7 @@ killed run leaves either a complete file or none under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -141,7 +142,10 @@ class ResultWriter:
         """Leave no partial file behind (a complete run's outputs or none)."""
         self._csv_file.close()
         if self._workbook is not None:
-            self._sheet.close()  # ends openpyxl's streaming writer; its own temp file goes with it
+            # Ends openpyxl's streaming writer (its own temp file goes with it); after finish()
+            # the sheet is already closed, and an abort must not fail on that.
+            with contextlib.suppress(Exception):
+                self._sheet.close()
         discard_partial_outputs(self.csv_path.parent)
 
 

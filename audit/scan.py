@@ -251,7 +251,16 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
         seconds_loop = time.perf_counter() - t0
         tw = time.perf_counter()
         renames = writer.finish()
-        seconds_finishing = time.perf_counter() - tw
+        seconds = {
+            "discover": seconds_discover,
+            "load_and_score": seconds_loop - seconds_writing_rows,
+            "write": seconds_writing_rows + time.perf_counter() - tw,
+            "total": time.perf_counter() - clock,
+        }
+        exit_code = exit_code_for(tally.by_status[STATUS_ERROR], tally.by_verdict[VERDICT_AI], options.fail_on_flagged)
+        summary = build_summary(options, model, plan.describe(), workers, tally, seconds, started, exit_code, labeller.unmatched)
+        renames.append(write_json_tmp(out_dir / "summary.json", summary))
+        commit(renames)  # summary.json last: its presence means the run is complete
     except BaseException:  # also SystemExit from SIGTERM and KeyboardInterrupt
         if writer is not None:
             writer.abort()
@@ -260,16 +269,6 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
     finally:
         progress.close()
 
-    exit_code = exit_code_for(tally.by_status[STATUS_ERROR], tally.by_verdict[VERDICT_AI], options.fail_on_flagged)
-    seconds = {
-        "discover": seconds_discover,
-        "load_and_score": seconds_loop - seconds_writing_rows,
-        "write": seconds_writing_rows + seconds_finishing,
-    }
-    seconds["total"] = time.perf_counter() - clock
-    summary = build_summary(options, model, plan.describe(), workers, tally, seconds, started, exit_code, labeller.unmatched)
-    renames.append(write_json_tmp(out_dir / "summary.json", summary))
-    commit(renames)  # summary.json last: its presence means the run is complete
     if options.report:
         _render_report(out_dir, model, options, progress)
     progress.message(_closing_line(tally, out_dir))
