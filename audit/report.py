@@ -40,6 +40,8 @@ TABLE_COLUMNS = ("path", "verdict", "prob_ai", "true_label", "status", "width", 
 VERDICT_AI = "ai-generated"
 VERDICT_REAL = "real"
 VERDICT_ERROR = "error"
+# results.csv columns the report cannot do without (the others are filled in when absent).
+REQUIRED_COLUMNS = ("path", "status", "verdict", "prob_ai", "threshold")
 # Evidence text comes from file metadata: bounded before it reaches the page.
 MAX_EVIDENCE_LINES = 8
 MAX_EVIDENCE_CHARS = 300
@@ -66,14 +68,18 @@ def read_results(csv_path: Path) -> pd.DataFrame:
     added empty so the rest of the report need not ask.
     """
     frame = pd.read_csv(csv_path, encoding="utf-8-sig", dtype=str, keep_default_na=False, na_filter=False)
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ReportError(f"{csv_path} lacks the column(s) {', '.join(missing)}: not a results.csv of audit scan")
     for column in ("evidence", "evidence_source", "note", "error", "true_label", "sha256", "format", "root"):
         if column not in frame.columns:
             frame[column] = ""
     for column in frame.columns:
         frame[column] = frame[column].map(unneutralise)
     for column in ("prob_ai", "threshold", "bytes", "width", "height"):
-        if column in frame.columns:
-            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+        if column not in frame.columns:
+            frame[column] = ""
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
 
 

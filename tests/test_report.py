@@ -396,3 +396,23 @@ def test_audit_scan_writes_the_report(run: rf.FixtureRun, tmp_path: Path) -> Non
                                        "--workers", "0", "--quiet", "--no-report"])
     assert result.exit_code == 0, result.output
     assert not (skipped / "report.html").exists() and (skipped / "results.csv").is_file()
+
+
+def test_an_empty_run_renders_and_a_foreign_csv_is_refused(tmp_path: Path) -> None:
+    from audit.report import ReportError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "results.csv").write_text(",".join(rf.COLUMNS) + "\r\n", encoding="utf-8-sig")
+    html_path, pdf_path = render_report(empty)
+    html = html_path.read_text(encoding="utf-8")
+    assert 'data-count="scanned">0<' in html and "No image was flagged." in html
+    assert pdf_path.stat().st_size > 0
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "results.csv").write_text("name,score\r\na.png,0.9\r\n", encoding="utf-8")
+    with pytest.raises(ReportError, match="lacks the column"):
+        render_report(foreign)
+    with pytest.raises(ReportError, match="no results.csv"):
+        render_report(tmp_path)
