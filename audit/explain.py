@@ -166,9 +166,10 @@ class GradCamExplainer:
         layer = find_layer(model.network, model.card.gradcam_layer)
         # Grad-CAM needs the gradient at this layer's output only. Making that output a fresh
         # leaf of the autograd graph stops backpropagation there: the layers below (most of
-        # the compute at 32x32) are never differentiated, which halves the cost, and the map
-        # still exists when the caller froze the weights. Prepended, so pytorch-grad-cam's own
-        # hooks on the layer see (and hook the gradient of) this leaf.
+        # the compute at 32x32) are never differentiated, and the map still exists when the
+        # caller froze the weights. With the weights frozen during the call (explain_batch)
+        # this halved the time per image (0.16 -> 0.08 s on the busy 2-core dev machine).
+        # Prepended, so pytorch-grad-cam's own hooks on the layer see this leaf.
         self._graph_start = layer.register_forward_hook(_start_autograd_here, prepend=True)
         self._cam = GradCAM(model=model.network, target_layers=[layer])
 
