@@ -270,7 +270,7 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
         progress.close()
 
     if options.report:
-        _render_report(out_dir, model, options, progress)
+        _render_report(out_dir, model, options)
     progress.message(_closing_line(tally, out_dir))
     return ScanOutcome(out_dir=out_dir, summary=summary, exit_code=exit_code)
 
@@ -324,11 +324,12 @@ def build_summary(
     }
 
 
-def _render_report(out_dir: Path, model: LoadedModel, options: ScanOptions, progress: Progress) -> None:
+def _render_report(out_dir: Path, model: LoadedModel, options: ScanOptions) -> None:
     """report.html, report.pdf and heatmaps/ from the files just written (audit.report).
 
     The results are complete and committed before this runs, so a report that fails does not
-    cost the run: the error is said on stderr and `audit report OUT_DIR` renders it again.
+    cost the run: the error is said on stderr (even with --quiet: it is a failure) and
+    `audit report OUT_DIR` renders it again.
     """
     from audit.report import render_report
 
