@@ -17,6 +17,7 @@ from audit import __version__
 from audit.labels import LabelsError
 from audit.loading import DEFAULT_MAX_PIXELS
 from audit.model import DEFAULT_MODEL_PATH, ModelError
+from audit.provenance import ProvenanceError
 from audit.scan import EXIT_USAGE, ScanOptions, run_scan
 from audit.scoring import DEFAULT_BATCH_SIZE, DEVICE_CHOICES, PRECISION_CHOICES, ScoringError
 
@@ -58,17 +59,22 @@ def main() -> None:
 @click.option("--no-report", is_flag=True, help="Skip report.html/report.pdf (render later with `audit report OUT`).")
 @click.option("--max-gallery", type=click.IntRange(min=0), default=200, show_default=True,
               help="Flagged images shown in the report, most confident first; results.csv lists them all.")
+@click.option("--no-evidence", is_flag=True,
+              help="Do not read provenance metadata (C2PA, generator text, EXIF/XMP); the model alone decides.")
+@click.option("--trust-anchors", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
+              metavar="FILE.pem", help="PEM root certificates a C2PA signer may chain to. Default: no trust list "
+              "(nothing is downloaded; signers are reported as not checked against a trust list).")
 def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None, device: str, precision: str,
          workers: int | None, batch_size: int, include: tuple[str, ...], exclude: tuple[str, ...],
          include_hidden: bool, labels: str | None, max_pixels: int, fail_on_flagged: bool, quiet: bool,
-         no_report: bool, max_gallery: int) -> None:
+         no_report: bool, max_gallery: int, no_evidence: bool, trust_anchors: str | None) -> None:
     """Score every image under ARCHIVE... and write results.csv, results.xlsx and summary.json."""
     options = ScanOptions(
         archives=archives, out_dir=out_dir, model_path=model_path, device=device, precision=precision,
         workers=workers, batch_size=batch_size, include=include, exclude=exclude,
         include_hidden=include_hidden, labels=labels, max_pixels=max_pixels,
         fail_on_flagged=fail_on_flagged, progress="none" if quiet else "auto",
-        report=not no_report, max_gallery=max_gallery,
+        report=not no_report, max_gallery=max_gallery, evidence=not no_evidence, trust_anchors=trust_anchors,
     )
     # A nightly job is stopped with SIGTERM: unwind normally so the partial outputs are removed.
     previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -78,7 +84,7 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
         missing_default = model_path is None and "not found" in str(exc)
         hint = " (the default model is not installed yet; pass --model PATH)" if missing_default else ""
         raise _usage_failure(f"{exc}{hint}") from None
-    except (LabelsError, ScoringError) as exc:
+    except (LabelsError, ScoringError, ProvenanceError) as exc:
         raise _usage_failure(str(exc)) from None
     finally:
         signal.signal(signal.SIGTERM, previous_handler)

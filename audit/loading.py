@@ -33,6 +33,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from audit.discover import SNIFF_BYTES, SUPPORTED_FORMATS, FileRecord, sniff_format
 from audit.model import Preprocessing, to_model_input
+from audit.provenance import EvidenceOptions, Finding, read_evidence
 
 DEFAULT_MAX_PIXELS = 100_000_000
 # Reading a file means holding it in memory once; bigger files are refused before reading.
@@ -49,6 +50,8 @@ class LoadOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     draft: bool = True
+    # The evidence stage reads metadata from the same bytes and opened image; None: off.
+    evidence: EvidenceOptions | None = field(default_factory=EvidenceOptions)
 
 
 @dataclass
@@ -64,6 +67,7 @@ class LoadResult:
     tensor: torch.Tensor | None = None  # uint8 CHW, the model's input size
     error: str | None = None
     note: str = ""
+    evidence: list[Finding] = field(default_factory=list)  # audit.provenance findings, strongest first
 
     @property
     def ok(self) -> bool:
@@ -194,6 +198,9 @@ def _decode(data: bytes, image_format: str, options: LoadOptions, result: LoadRe
                 target = pre.input_size * DRAFT_MARGIN
                 image.draft(None, (target, target))
             image.load()
+            if options.evidence is not None:
+                # After load(): PNG text chunks that follow the image data are in image.info.
+                result.evidence = read_evidence(data, image_format, image, options.evidence)
     except _LoadFailure:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -36,7 +36,8 @@ from audit.model import LoadedModel, ModelCard, ModelError, load_model, read_car
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 DEFAULT_MAX_GALLERY = 200
 # The all-results table is data for the page's script; these columns, in this order.
-TABLE_COLUMNS = ("path", "verdict", "prob_ai", "true_label", "status", "width", "height", "bytes", "sha256", "error", "note")
+TABLE_COLUMNS = ("path", "verdict", "prob_ai", "true_label", "status", "width", "height", "bytes", "sha256", "error", "note",
+                 "verdict_reason", "evidence_source")
 VERDICT_AI = "ai-generated"
 VERDICT_REAL = "real"
 VERDICT_ERROR = "error"
@@ -64,14 +65,14 @@ def unneutralise(text: str) -> str:
 def read_results(csv_path: Path) -> pd.DataFrame:
     """results.csv as a DataFrame: text columns un-neutralised, numbers as numbers.
 
-    Missing optional columns (evidence, evidence_source from the later evidence stage) are
-    added empty so the rest of the report need not ask.
+    Missing optional columns (evidence, evidence_source, verdict_reason from the evidence
+    stage, absent in older runs) are added empty so the rest of the report need not ask.
     """
     frame = pd.read_csv(csv_path, encoding="utf-8-sig", dtype=str, keep_default_na=False, na_filter=False)
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ReportError(f"{csv_path} lacks the column(s) {', '.join(missing)}: not a results.csv of audit scan")
-    for column in ("evidence", "evidence_source", "note", "error", "true_label", "sha256", "format", "root"):
+    for column in ("evidence", "evidence_source", "verdict_reason", "note", "error", "true_label", "sha256", "format", "root"):
         if column not in frame.columns:
             frame[column] = ""
     for column in frame.columns:
@@ -386,6 +387,8 @@ class GalleryItem:
     true_label: str
     evidence_lines: tuple[str, ...]
     evidence_source: str
+    threshold: float | None  # the model's threshold, shown beside its score
+    verdict_reason: str  # "model", or the declaration of AI generation that flagged the image
     original_src: str | None  # relative URL under heatmaps/, None when not available
     overlay_src: str | None
     problem: str = ""  # why there is no heatmap, or that the file changed since the scan
@@ -403,6 +406,10 @@ def flagged_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Every flagged image, most confident first (ties in discovery order)."""
     flagged = frame[(frame["verdict"] == VERDICT_AI) & (frame["status"] == "ok")]
     return flagged.sort_values("prob_ai", ascending=False, kind="stable")
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None or value == "" or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -472,6 +479,8 @@ def build_gallery(
                 true_label=str(row.get("true_label", "")),
                 evidence_lines=evidence_lines(row.get("evidence", "")),
                 evidence_source=str(row.get("evidence_source", "")),
+                threshold=_float_or_none(row.get("threshold")),
+                verdict_reason=str(row.get("verdict_reason", "")),
                 original_src=original,
                 overlay_src=overlay,
                 problem=problem,

@@ -1,8 +1,9 @@
 """The record stage: result rows -> results.csv, results.xlsx and summary.json.
 
 The row schema is defined once, by :class:`ResultRow`; :data:`RESULT_COLUMNS` is derived from it.
-New columns (the evidence stage's ``evidence`` and ``evidence_source``) are appended as new
-fields with defaults at the end, so existing readers that go by column name keep working.
+New columns (the evidence stage's ``evidence``, ``evidence_source`` and ``verdict_reason``) are
+appended as new fields with defaults at the end, so existing readers that go by column name keep
+working. Every text cell, evidence included, goes through :func:`neutralise`.
 
 Everything is written to ``NAME.tmp`` beside the final name and renamed when complete, so a
 killed run leaves either a complete file or none under the final name.
@@ -48,6 +49,11 @@ class ResultRow:
     model_id: str = ""
     scanned_at: str = ""  # ISO 8601 UTC
     note: str = ""  # e.g. "animated: first of 12 frames scored"
+    # The evidence stage (audit.provenance): findings one a line, strongest first; their sources;
+    # and what decided the verdict ("model", or the declaration of AI generation that did).
+    evidence: str = ""
+    evidence_source: str = ""
+    verdict_reason: str = ""
 
     def cells(self) -> list[Any]:
         return [getattr(self, name) for name in RESULT_COLUMNS]

@@ -24,6 +24,7 @@ from audit.discover import DiscoverOptions, FileRecord, discover
 from audit.labels import Labeller
 from audit.loading import DEFAULT_MAX_PIXELS, LoadOptions
 from audit.model import LoadedModel, load_model
+from audit.provenance import EvidenceOptions, check_options, decide, evidence_cell, evidence_sources, load_trust_anchors
 from audit.results import (
     STATUS_ERROR,
     STATUS_OK,
@@ -67,6 +68,8 @@ class ScanOptions:
     write_xlsx: bool = True
     report: bool = True  # render report.html / report.pdf (audit.report) after the results
     max_gallery: int = 200  # flagged images shown in the report (most confident first)
+    evidence: bool = True  # read provenance metadata (audit.provenance); off: the model alone decides
+    trust_anchors: str | None = None  # PEM file of C2PA trust anchors; None: no trust list
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -177,7 +180,11 @@ def make_row(scored: Scored, true_label: str, model: LoadedModel, scanned_at: st
         row.status, row.error, row.verdict = STATUS_ERROR, result.error or "not scored", VERDICT_ERROR
     else:
         row.status, row.prob_ai = STATUS_OK, scored.prob_ai
-        row.verdict = VERDICT_AI if scored.prob_ai >= threshold else VERDICT_REAL
+        # prob_ai stays the model's; a declaration of AI generation can still flag the image.
+        decision = decide(scored.prob_ai >= threshold, result.evidence)
+        row.verdict = VERDICT_AI if decision.is_ai else VERDICT_REAL
+        row.verdict_reason = decision.reason
+    row.evidence, row.evidence_source = evidence_cell(result.evidence), evidence_sources(result.evidence)
     return row
 
 
@@ -230,7 +237,12 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
     records = list(discover(options.archives, discover_options))
     seconds_discover = time.perf_counter() - t0
 
-    load_options = LoadOptions(preprocessing=model.card.preprocessing, max_pixels=options.max_pixels, draft=options.draft)
+    evidence_options = None
+    if options.evidence:
+        evidence_options = EvidenceOptions(trust_anchors_pem=load_trust_anchors(options.trust_anchors))
+        check_options(evidence_options)  # bad trust anchors are a usage error, before any file
+    load_options = LoadOptions(preprocessing=model.card.preprocessing, max_pixels=options.max_pixels, draft=options.draft,
+                               evidence=evidence_options)
     scorer = Scorer(model, plan)
     progress = Progress(len(records), options.progress)
     if not records:

@@ -11,6 +11,7 @@ from audit.results import RESULT_COLUMNS, ResultRow, ResultWriter, neutralise, r
 EXPECTED_COLUMNS = (
     "path", "root", "sha256", "bytes", "format", "width", "height", "status", "error",
     "prob_ai", "verdict", "threshold", "true_label", "model_id", "scanned_at", "note",
+    "evidence", "evidence_source", "verdict_reason",
 )
 
 
