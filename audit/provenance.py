@@ -215,6 +215,8 @@ def png_text_findings(info: Mapping[str, Any]) -> list[Finding]:
 
 def exif_findings(exif: Mapping[int, Any], exif_ifd: Mapping[int, Any]) -> list[Finding]:
     """Generator text in UserComment/ImageDescription, Software, and camera fields (weak)."""
+    if not exif and not exif_ifd:
+        return []  # most archive images (CIFAKE included): no EXIF at all
     findings = []
     for tag, name, value in (
         (_TAG_USER_COMMENT, "UserComment", exif_ifd.get(_TAG_USER_COMMENT)),
