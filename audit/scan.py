@@ -229,6 +229,10 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
     plan = plan_compute(options.device, options.precision, model.card.compute_dtype)
     labeller = Labeller(options.labels)
     workers = options.workers if options.workers is not None else default_workers(plan.device)
+    evidence_options = None
+    if options.evidence:
+        evidence_options = EvidenceOptions(trust_anchors_pem=load_trust_anchors(options.trust_anchors))
+        check_options(evidence_options)  # bad trust anchors are a usage error: no output folder yet
     out_dir = options.out_dir or default_out_dir(started)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -237,10 +241,6 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
     records = list(discover(options.archives, discover_options))
     seconds_discover = time.perf_counter() - t0
 
-    evidence_options = None
-    if options.evidence:
-        evidence_options = EvidenceOptions(trust_anchors_pem=load_trust_anchors(options.trust_anchors))
-        check_options(evidence_options)  # bad trust anchors are a usage error, before any file
     load_options = LoadOptions(preprocessing=model.card.preprocessing, max_pixels=options.max_pixels, draft=options.draft,
                                evidence=evidence_options)
     scorer = Scorer(model, plan)

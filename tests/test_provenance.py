@@ -223,6 +223,15 @@ def test_generator_parameters_in_exif_user_comment_and_description() -> None:
     assert strongest(evidence_of(jpeg_with(exif=exif))).strength == DECLARES_AI
 
 
+def test_generator_parameters_in_webp_exif() -> None:
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\x00" + A1111_PARAMETERS.encode("utf-16-be")
+    buffer = io.BytesIO()
+    image().save(buffer, "WEBP", exif=exif)
+    top = strongest(evidence_of(buffer.getvalue()))
+    assert (top.strength, top.source) == (DECLARES_AI, "exif") and "Steps: 20" in top.text
+
+
 @pytest.mark.parametrize(("software", "strength"), [("NovelAI", DECLARES_AI), ("Adobe Firefly 2", DECLARES_AI),
                                                     ("GIMP 2.10.36", INFO), ("Imagenomic Portraiture", INFO)])
 def test_software_declares_ai_only_for_known_generator_names(software: str, strength: str) -> None:
@@ -428,6 +437,22 @@ def test_camera_exif_and_c2pa_capture_do_not_clear_what_the_model_flags(archive:
     rows = scan(archive, "--model", always_flags, "--out", tmp_path / "out", "--no-report")
     for path in ("camera.jpg", "capture_c2pa.jpg", "plain.jpg"):
         assert (rows[path]["verdict"], rows[path]["verdict_reason"]) == ("ai-generated", "model"), path
+
+
+def test_trust_anchors_option_trusts_the_signer_and_refuses_a_file_without_certificates(
+        archive: Path, tmp_path: Path, chain: SigningChain) -> None:
+    model = make_model(tmp_path, threshold=1.0)
+    anchors = tmp_path / "anchors.pem"
+    anchors.write_bytes(chain.ca_pem)
+    rows = scan(archive, "--model", model, "--out", tmp_path / "out", "--no-report", "--include", "signed_ai.jpg",
+                "--trust-anchors", anchors)
+    assert "signature valid; signer on the configured trust list" in rows["signed_ai.jpg"]["evidence"]
+    assert "untrusted" not in rows["signed_ai.jpg"]["evidence"]
+
+    result = CliRunner().invoke(main, ["scan", str(archive), "--model", str(model), "--out", str(tmp_path / "out2"),
+                                       "--no-report", "--trust-anchors", str(model)])
+    assert result.exit_code == 2 and "--trust-anchors" in result.output
+    assert not (tmp_path / "out2").exists(), "a usage error writes nothing"
 
 
 def test_no_evidence_leaves_the_verdict_to_the_model(archive: Path, tmp_path: Path) -> None:
