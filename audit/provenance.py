@@ -31,6 +31,7 @@ that says so; :func:`read_evidence` never raises.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -448,9 +449,7 @@ def c2pa_findings(data: bytes, image_format: str, options: EvidenceOptions) -> l
     mime = _MIME_TYPES.get(image_format)
     if mime is None:
         return [Finding("manifest", INFO, SOURCE_C2PA, f"JUMBF data present, but C2PA is not read from {image_format} files")]
-    import io
-
-    import c2pa
+    import c2pa  # imported here: files without a JUMBF marker never load the native library
 
     try:
         with c2pa.Reader(mime, io.BytesIO(data), context=c2pa_context(options)) as reader:
