@@ -2,7 +2,8 @@
 
 Exit codes (also in README.md): 0 clean run; 2 usage error (bad option, missing or invalid
 model, unusable --labels); 3 some files could not be scored (their rows say why); 4 with
---fail-on-flagged, something was flagged as AI-generated (4 wins over 3).
+--fail-on-flagged, something was flagged as AI-generated (4 wins over 3); 5 the run store is
+in use by another run (nothing was written).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from audit.model import DEFAULT_MODEL_PATH, ModelError
 from audit.provenance import ProvenanceError
 from audit.scan import EXIT_USAGE, ScanOptions, run_scan
 from audit.scoring import DEFAULT_BATCH_SIZE, DEVICE_CHOICES, PRECISION_CHOICES, ScoringError
+from audit.store import EXIT_LOCKED, RUN_TABLE_HEADER, STORE_FILE_NAME, StoreError, StoreLocked
 
 
 def _usage_failure(message: str) -> click.exceptions.Exit:
@@ -64,10 +66,15 @@ def main() -> None:
 @click.option("--trust-anchors", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
               metavar="FILE.pem", help="PEM root certificates a C2PA signer may chain to. Default: no trust list "
               "(nothing is downloaded; signers are reported as not checked against a trust list).")
+@click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help=f"Run store (SQLite) for incremental scans, resume and run history. Default: {STORE_FILE_NAME} "
+              "beside the output folder (reports/audit-store.sqlite).")
+@click.option("--full", is_flag=True, help="Score every file again, even those the run store already has results for.")
 def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None, device: str, precision: str,
          workers: int | None, batch_size: int, include: tuple[str, ...], exclude: tuple[str, ...],
          include_hidden: bool, labels: str | None, max_pixels: int, fail_on_flagged: bool, quiet: bool,
-         no_report: bool, max_gallery: int, no_evidence: bool, trust_anchors: str | None) -> None:
+         no_report: bool, max_gallery: int, no_evidence: bool, trust_anchors: str | None, store_path: Path | None,
+         full: bool) -> None:
     """Score every image under ARCHIVE... and write results.csv, results.xlsx and summary.json."""
     options = ScanOptions(
         archives=archives, out_dir=out_dir, model_path=model_path, device=device, precision=precision,
@@ -75,6 +82,7 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
         include_hidden=include_hidden, labels=labels, max_pixels=max_pixels,
         fail_on_flagged=fail_on_flagged, progress="none" if quiet else "auto",
         report=not no_report, max_gallery=max_gallery, evidence=not no_evidence, trust_anchors=trust_anchors,
+        store=store_path, full=full,
     )
     # A nightly job is stopped with SIGTERM: unwind normally so the partial outputs are removed.
     previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -84,7 +92,10 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
         missing_default = model_path is None and "not found" in str(exc)
         hint = " (the default model is not installed yet; pass --model PATH)" if missing_default else ""
         raise _usage_failure(f"{exc}{hint}") from None
-    except (LabelsError, ScoringError, ProvenanceError) as exc:
+    except StoreLocked as exc:
+        click.echo(f"audit: error: {exc}", err=True)
+        raise click.exceptions.Exit(EXIT_LOCKED) from None
+    except (LabelsError, ScoringError, ProvenanceError, StoreError) as exc:
         raise _usage_failure(str(exc)) from None
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
@@ -127,6 +138,71 @@ def explain(images: tuple[Path, ...], model_path: str | None, out_dir: Path) -> 
     except ModelError as exc:
         raise _usage_failure(str(exc)) from None
     sys.exit(code)
+
+
+_STORE_OPTION = click.option(
+    "--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports") / STORE_FILE_NAME,
+    show_default=True, help="The run store the scans used.")
+
+
+def _existing_store(store_path: Path):
+    from audit.store import RunStore
+
+    if not store_path.is_file():
+        raise _usage_failure(f"no run store at {store_path} (pass --store PATH)")
+    try:
+        return RunStore(store_path)
+    except StoreError as exc:
+        raise _usage_failure(str(exc)) from None
+
+
+@main.command()
+@_STORE_OPTION
+def runs(store_path: Path) -> None:
+    """List the runs recorded in the run store, oldest first."""
+    from audit.store import describe_run
+
+    store = _existing_store(store_path)
+    try:
+        table = [RUN_TABLE_HEADER] + [describe_run(run) for run in store.runs()]
+    finally:
+        store.close()
+    widths = [max(len(row[i]) for row in table) for i in range(len(RUN_TABLE_HEADER) - 1)]
+    for row in table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+
+
+@main.command()
+@_STORE_OPTION
+@click.option("--keep", type=click.IntRange(min=1), required=True, help="How many of the newest runs to keep.")
+def prune(store_path: Path, keep: int) -> None:
+    """Remove all but the KEEP newest runs: their records, and their folders when a run made them.
+
+    Only folders the store records as created by its own runs are removed; a folder that existed
+    before its run (an --out given twice, say) is left in place.
+    """
+    from audit.store import StoreLock
+
+    lock = StoreLock(store_path)
+    if not store_path.is_file():
+        raise _usage_failure(f"no run store at {store_path} (pass --store PATH)")
+    try:
+        lock.acquire()  # never prune under a running scan
+    except StoreLocked as exc:
+        click.echo(f"audit: error: {exc}", err=True)
+        raise click.exceptions.Exit(EXIT_LOCKED) from None
+    try:
+        store = _existing_store(store_path)
+        try:
+            store.close_abandoned_runs()
+            removed = store.prune(keep)
+        finally:
+            store.close()
+    finally:
+        lock.release()
+    for run, what in removed:
+        click.echo(f"run {run.id} ({run.started_at}): {what}")
+    click.echo(f"pruned {len(removed)} run(s), kept the newest {keep}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ its presence means the run completed.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from audit.loading import DEFAULT_MAX_PIXELS, LoadOptions
 from audit.model import LoadedModel, load_model
 from audit.provenance import EvidenceOptions, check_options, decide, evidence_cell, evidence_sources, load_trust_anchors
 from audit.results import (
+    RESULT_COLUMNS,
     STATUS_ERROR,
     STATUS_OK,
     VERDICT_AI,
@@ -38,6 +41,15 @@ from audit.results import (
     write_json_tmp,
 )
 from audit.scoring import DEFAULT_BATCH_SIZE, Scored, Scorer, default_workers, plan_compute, score_records
+from audit.store import (
+    Changes,
+    FileUpdate,
+    RunCounts,
+    RunStore,
+    StoredScore,
+    default_store_path,
+    open_locked,
+)
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -70,10 +82,13 @@ class ScanOptions:
     max_gallery: int = 200  # flagged images shown in the report (most confident first)
     evidence: bool = True  # read provenance metadata (audit.provenance); off: the model alone decides
     trust_anchors: str | None = None  # PEM file of C2PA trust anchors; None: no trust list
+    store: Path | None = None  # the run store (audit.store); default: beside the run folder
+    full: bool = False  # score every file again instead of reusing the store's results
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["out_dir"] = str(self.out_dir) if self.out_dir else None
+        data["store"] = str(self.store) if self.store else None
         data["archives"] = list(self.archives)
         data["include"], data["exclude"] = list(self.include), list(self.exclude)
         return data
@@ -234,8 +249,112 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
         evidence_options = EvidenceOptions(trust_anchors_pem=load_trust_anchors(options.trust_anchors))
         check_options(evidence_options)  # bad trust anchors are a usage error: no output folder yet
     out_dir = options.out_dir or default_out_dir(started)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # The lock comes after every usage check (a usage error writes nothing) and before the output
+    # folder: a second run on the same store leaves at once (StoreLocked) and touches nothing.
+    store, lock = open_locked(options.store or default_store_path(out_dir))
+    try:
+        return _run_with_store(options, model, plan, labeller, workers, evidence_options, out_dir, store, started, clock)
+    finally:
+        store.close()
+        lock.release()
 
+
+def scoring_key(model: LoadedModel, load_options: LoadOptions) -> str:
+    """What a stored result depends on besides the file's bytes: the model (id, calibration,
+    threshold, preprocessing), the evidence settings, the decode limits and the row schema.
+    Any of them changing means the file is scored again."""
+    evidence = load_options.evidence
+    parts = {
+        "model_id": model.model_id,
+        "temperature": model.card.temperature,
+        "threshold": model.card.threshold,
+        "preprocessing": repr(model.card.preprocessing),
+        "evidence": None if evidence is None else hashlib.sha256(evidence.trust_anchors_pem.encode()).hexdigest(),
+        "max_pixels": load_options.max_pixels,
+        "max_file_bytes": load_options.max_file_bytes,
+        "draft": load_options.draft,
+        "columns": RESULT_COLUMNS,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+# The ResultRow fields kept in the store: all but where the file is and its ground truth.
+_STORED_FIELDS = tuple(name for name in RESULT_COLUMNS if name not in ("path", "root", "true_label"))
+
+
+def stored_row(row: ResultRow) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in _STORED_FIELDS}
+
+
+def reusable_sha256(store: RunStore, record: FileRecord, key: str) -> str | None:
+    """The sha256 of a file whose (root, path, size, mtime) is unchanged since a run recorded it,
+    when that sha256 has a result under the same key; None: score the file."""
+    if record.error or record.size is None:
+        return None
+    known = store.known_file(record.root, record.rel_path)
+    if known is None or not known.sha256 or known.size != record.size or known.mtime != record.mtime:
+        return None
+    return known.sha256 if store.has_score(known.sha256, key) else None
+
+
+def reused_row(store: RunStore, record: FileRecord, sha256: str, key: str, true_label: str) -> ResultRow:
+    stored = store.score(sha256, key)
+    if stored is None:  # the lock keeps other runs out, so this is a bug, not a user's problem
+        raise RuntimeError(f"the stored result for {record.rel_path} vanished from the run store during the run")
+    return ResultRow(path=record.rel_path, root=record.root, true_label=true_label, **stored.row)
+
+
+@dataclass
+class BatchCommitter:
+    """Collects what the run learns and commits it to the store one scored batch at a time, so a
+    killed run loses at most the batch in flight."""
+
+    store: RunStore
+    run_id: int
+    key: str
+    batch_size: int
+    scores: list[StoredScore] = field(default_factory=list)
+    updates: list[FileUpdate] = field(default_factory=list)
+    reused: list[tuple[str, str]] = field(default_factory=list)
+    pending_scored: int = 0
+
+    def scored(self, record: FileRecord, row: ResultRow) -> None:
+        if row.sha256:  # the bytes were read: the same bytes give the same row under the same key
+            self.scores.append(StoredScore(row.sha256, self.key, row.model_id, stored_row(row)))
+        self.updates.append(FileUpdate(record.root, record.rel_path, record.size, record.mtime, row.sha256, row.verdict))
+        self.pending_scored += 1
+        if self.pending_scored >= self.batch_size:
+            self.commit()
+
+    def reused_file(self, record: FileRecord) -> None:
+        self.reused.append((record.root, record.rel_path))
+
+    def commit(self) -> None:
+        if self.scores or self.updates:
+            self.store.commit_batch(self.run_id, self.scores, self.updates)
+        if self.reused:
+            self.store.touch_files(self.run_id, self.reused)
+        self.scores, self.updates, self.reused, self.pending_scored = [], [], [], 0
+
+
+def _run_with_store(options: ScanOptions, model: LoadedModel, plan: Any, labeller: Labeller, workers: int,
+                    evidence_options: EvidenceOptions | None, out_dir: Path, store: RunStore, started: datetime,
+                    clock: float) -> ScanOutcome:
+    out_dir_created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    baseline = store.baseline_run()
+    run_id = store.start_run(iso_utc(started), options.to_json(), out_dir, out_dir_created)
+    try:
+        return _scan_into_store(options, model, plan, labeller, workers, evidence_options, out_dir, store, started, clock,
+                                baseline, run_id)
+    except BaseException as exc:  # a stop before the row loop (discovery, lookups): no counts yet
+        _record_stop(store, run_id, exc)
+        raise
+
+
+def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: Any, labeller: Labeller, workers: int,
+                     evidence_options: EvidenceOptions | None, out_dir: Path, store: RunStore, started: datetime,
+                     clock: float, baseline: int | None, run_id: int) -> ScanOutcome:
     t0 = time.perf_counter()
     discover_options = DiscoverOptions(tuple(options.include), tuple(options.exclude), options.include_hidden)
     records = list(discover(options.archives, discover_options))
@@ -243,40 +362,70 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
 
     load_options = LoadOptions(preprocessing=model.card.preprocessing, max_pixels=options.max_pixels, draft=options.draft,
                                evidence=evidence_options)
-    scorer = Scorer(model, plan)
+    key = scoring_key(model, load_options)
+    t0 = time.perf_counter()
+    # None: score it; a sha256: re-emit its stored row. Decided before scoring starts, so the
+    # DataLoader gets exactly the files to decode, in discovery order. Only the sha256 is kept
+    # here (the rows are read one at a time below), so memory does not grow with stored rows.
+    plan_rows = [None if options.full else reusable_sha256(store, record, key) for record in records]
+    seconds_lookup = time.perf_counter() - t0
+    to_score = [record for record, stored in zip(records, plan_rows) if stored is None]
+
+    scorer = Scorer(model, plan) if to_score else None  # a rerun with nothing new never runs the model
     progress = Progress(len(records), options.progress)
     if not records:
         progress.message("audit scan: warning: no image files found under the given archive(s)")
     tally = Tally()
+    committer = BatchCommitter(store, run_id, key, options.batch_size)
     writer: ResultWriter | None = None
     seconds_writing_rows = 0.0
     t0 = time.perf_counter()
     try:
         writer = ResultWriter(out_dir, write_xlsx=options.write_xlsx)
-        scored_stream = score_records(records, scorer, load_options, options.batch_size, workers)
-        for row in _rows(scored_stream, labeller, model):
+        scored_stream = iter(score_records(to_score, scorer, load_options, options.batch_size, workers) if scorer else ())
+        for record, reuse_sha256 in zip(records, plan_rows):
+            if reuse_sha256 is None:
+                row = make_row(next(scored_stream), labeller.label_for(record), model, iso_utc(utc_now()))
+                committer.scored(record, row)
+            else:
+                row = reused_row(store, record, reuse_sha256, key, labeller.label_for(record))
+                committer.reused_file(record)
             tw = time.perf_counter()
             writer.write(row)
             seconds_writing_rows += time.perf_counter() - tw
             tally.add(row)
             progress.update()
+        committer.commit()
         seconds_loop = time.perf_counter() - t0
+        roots = {*options.archives, *(record.root for record in records)}
+        changes = store.changes_since(run_id, roots, baseline)
         tw = time.perf_counter()
         renames = writer.finish()
         seconds = {
             "discover": seconds_discover,
+            "store_lookup": seconds_lookup,
             "load_and_score": seconds_loop - seconds_writing_rows,
             "write": seconds_writing_rows + time.perf_counter() - tw,
             "total": time.perf_counter() - clock,
         }
         exit_code = exit_code_for(tally.by_status[STATUS_ERROR], tally.by_verdict[VERDICT_AI], options.fail_on_flagged)
+        counts = RunCounts(tally.files, len(to_score), tally.files - len(to_score), tally.by_verdict[VERDICT_AI],
+                           tally.by_status[STATUS_ERROR])
         summary = build_summary(options, model, plan.describe(), workers, tally, seconds, started, exit_code, labeller.unmatched)
+        summary.update(store_summary(store.path, run_id, counts, changes, options.full))
         renames.append(write_json_tmp(out_dir / "summary.json", summary))
         commit(renames)  # summary.json last: its presence means the run is complete
-    except BaseException:  # also SystemExit from SIGTERM and KeyboardInterrupt
+        store.forget_unseen(run_id, roots)
+        store.finish_run(run_id, counts, exit_code, partial=False)
+    except BaseException as exc:  # also SystemExit from SIGTERM and KeyboardInterrupt
         if writer is not None:
             writer.abort()
         discard_partial_outputs(out_dir)
+        # Batches already committed stay in the store (the next run reuses them); the run's
+        # record says it is partial and why.
+        scored_so_far = sum(1 for stored in plan_rows[: tally.files] if stored is None)
+        _record_stop(store, run_id, exc, RunCounts(tally.files, scored_so_far, tally.files - scored_so_far,
+                                                   tally.by_verdict[VERDICT_AI], tally.by_status[STATUS_ERROR]))
         raise
     finally:
         progress.close()
@@ -285,6 +434,31 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
         _render_report(out_dir, model, options)
     progress.message(_closing_line(tally, out_dir))
     return ScanOutcome(out_dir=out_dir, summary=summary, exit_code=exit_code)
+
+
+def _record_stop(store: RunStore, run_id: int, exc: BaseException, counts: RunCounts | None = None) -> None:
+    """Mark the run partial with why it stopped; its committed batches stay for the next run."""
+    if isinstance(exc, KeyboardInterrupt):
+        code, note = 130, "stopped by SIGINT"
+    elif isinstance(exc, SystemExit):
+        code = exc.code if isinstance(exc.code, int) else 1
+        note = f"stopped by signal {code - 128}" if isinstance(code, int) and code > 128 else "stopped"
+    else:
+        code, note = None, f"failed: {type(exc).__name__}: {exc}"[:300]
+    try:
+        store.finish_run(run_id, counts, code, partial=True, note=note, only_if_open=True)
+    except Exception:  # noqa: BLE001 - the original exception is what the caller must see
+        pass
+
+
+def store_summary(store_path: Path, run_id: int, counts: RunCounts, changes: Changes, full: bool) -> dict[str, Any]:
+    """summary.json's run-store fields: how much was reused, and what changed since the last run."""
+    return {
+        "files_scored": counts.files_scored,
+        "files_reused": counts.files_reused,
+        "store": {"path": str(store_path), "run_id": run_id, "mode": "full" if full else "incremental"},
+        "changes": changes.to_json(),
+    }
 
 
 def _rows(scored_stream: Iterable[Scored], labeller: Labeller, model: LoadedModel) -> Iterable[ResultRow]:

@@ -86,7 +86,7 @@ def test_bad_archive_summary(bad_run) -> None:
     assert summary["model"]["name"] == "test-model" and len(summary["model"]["sha256"]) == 64
     assert summary["model"]["id"] == f"test-model@{summary['model']['sha256'][:12]}"
     assert summary["threshold"] == 0.5
-    assert set(summary["seconds"]) == {"discover", "load_and_score", "write", "total"}
+    assert set(summary["seconds"]) == {"discover", "store_lookup", "load_and_score", "write", "total"}
     assert summary["throughput_files_per_s"] > 0
     assert ISO_UTC.match(summary["started_at"]) and ISO_UTC.match(summary["finished_at"])
     assert summary["options"]["workers"] == 0 and summary["options"]["max_pixels"] == 100_000_000
@@ -225,7 +225,8 @@ def test_default_out_dir_is_reports_run_id(tmp_path: Path, model_path: Path, mon
     archive = good_archive(tmp_path / "a")
     monkeypatch.chdir(tmp_path)
     assert scan(archive, "--model", model_path, "--workers", "0", "--quiet").exit_code == 0
-    (run_dir,) = (tmp_path / "reports").iterdir()
+    (run_dir,) = [path for path in (tmp_path / "reports").iterdir() if path.is_dir()]
+    assert (tmp_path / "reports" / "audit-store.sqlite").is_file()  # the run store, beside the run folders
     assert re.fullmatch(r"\d{8}T\d{6}Z", run_dir.name) and (run_dir / "summary.json").is_file()
 
 

@@ -1,0 +1,225 @@
+"""Nightly operation through `audit scan`: incremental reruns, changes since the last run, --full,
+a new model, resume after SIGKILL, and the lock against a concurrent run on the same store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from audit.cli import main
+from audit.results import read_results_csv
+from audit.store import EXIT_LOCKED, RunStore
+from scan_fixtures import jpeg_bytes, make_model, model_dir, model_path, noise_image  # noqa: F401 - fixtures
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def scan(archive: Path, model: Path, out: Path, store: Path, *extra: str):
+    args = ["scan", str(archive), "--model", str(model), "--out", str(out), "--store", str(store),
+            "--workers", "0", "--batch-size", "8", "--quiet", "--no-report", *extra]
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def summary_of(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+
+
+def rows_of(out: Path) -> list[tuple[str, str, str]]:
+    return [(row["path"], row["sha256"], row["prob_ai"]) for row in read_results_csv(out / "results.csv")]
+
+
+def since_last_run_section(out: Path) -> str:
+    """The report page's "Since the last run" section, rendered from the run folder (no PDF)."""
+    from audit.report import build_content, read_run, render_page
+
+    content = build_content(read_run(out), None, None, "not needed here", out / "unused-heatmaps", 0)
+    page = render_page(content, "html")
+    start = page.index('<div id="changes">')
+    return page[start: page.index("</div>", start)]
+
+
+def write_images(archive: Path, names: list[str], seed: int = 0) -> None:
+    archive.mkdir(parents=True, exist_ok=True)
+    for index, name in enumerate(names):
+        (archive / name).write_bytes(jpeg_bytes(noise_image(32, 32, seed=seed + index)))
+
+
+def test_rerun_reuses_unchanged_files_and_reports_changes(tmp_path: Path, model_path: Path) -> None:
+    archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
+    write_images(archive, [f"{i}.jpg" for i in range(6)])
+    first = scan(archive, model_path, tmp_path / "r1", store)
+    assert first.exit_code == 0, first.output
+    assert (summary_of(tmp_path / "r1")["files_scored"], summary_of(tmp_path / "r1")["files_reused"]) == (6, 0)
+    before = {path: (sha, prob) for path, sha, prob in rows_of(tmp_path / "r1")}
+
+    write_images(archive, ["1.jpg"], seed=100)  # new content: changed
+    os.utime(archive / "1.jpg", (1, 1))  # whatever the clock did, its mtime differs
+    (archive / "2.jpg").unlink()  # deleted
+    write_images(archive, ["9.jpg"], seed=200)  # new
+    second = scan(archive, model_path, tmp_path / "r2", store)
+    assert second.exit_code == 0, second.output
+    summary = summary_of(tmp_path / "r2")
+    assert (summary["files_scored"], summary["files_reused"]) == (2, 4)
+    changes = summary["changes"]
+    assert changes["baseline_run"] == summary["store"]["run_id"] - 1
+    assert changes["counts"] == {"new": 1, "changed": 1, "deleted": 1, "newly_flagged": changes["counts"]["newly_flagged"]}
+    assert [item["path"] for item in changes["listed"]["new"]] == ["9.jpg"]
+    assert [item["path"] for item in changes["listed"]["changed"]] == ["1.jpg"]
+    assert [item["path"] for item in changes["listed"]["deleted"]] == ["2.jpg"]
+
+    rows = rows_of(tmp_path / "r2")
+    assert [path for path, _, _ in rows] == ["0.jpg", "1.jpg", "3.jpg", "4.jpg", "5.jpg", "9.jpg"]  # every file once, in order
+    for path, sha, prob in rows:
+        if path in ("0.jpg", "3.jpg", "4.jpg", "5.jpg"):
+            assert (sha, prob) == before[path]  # reused from the store, not decoded
+    assert dict((p, s) for p, s, _ in rows)["1.jpg"] != before["1.jpg"][0]
+    page = since_last_run_section(tmp_path / "r2")
+    assert 'data-change="new">1<' in page and 'data-change="deleted">1<' in page and 'data-change="changed">1<' in page
+    assert page.index("<code>9.jpg</code>") < page.index("<code>1.jpg</code>") < page.index("<code>2.jpg</code>")
+
+    third = scan(archive, model_path, tmp_path / "r3", store)
+    assert third.exit_code == 0
+    assert summary_of(tmp_path / "r3")["changes"]["counts"] == {"new": 0, "changed": 0, "deleted": 0, "newly_flagged": 0}
+    assert rows_of(tmp_path / "r3") == rows
+
+
+def test_full_and_a_different_model_score_everything_again(tmp_path: Path, model_path: Path) -> None:
+    archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
+    write_images(archive, [f"{i}.jpg" for i in range(3)])
+    assert scan(archive, model_path, tmp_path / "r1", store).exit_code == 0
+    assert scan(archive, model_path, tmp_path / "r2", store, "--full").exit_code == 0
+    assert (summary_of(tmp_path / "r2")["files_scored"], summary_of(tmp_path / "r2")["files_reused"]) == (3, 0)
+    assert summary_of(tmp_path / "r2")["store"]["mode"] == "full"
+    other = make_model(tmp_path / "models", name="other-model")  # another model id
+    assert scan(archive, other, tmp_path / "r3", store).exit_code == 0
+    assert summary_of(tmp_path / "r3")["files_scored"] == 3
+    assert {row["model_id"].split("@")[0] for row in read_results_csv(tmp_path / "r3" / "results.csv")} == {"other-model"}
+    assert scan(archive, model_path, tmp_path / "r4", store).exit_code == 0  # the first model's results are still there
+    assert summary_of(tmp_path / "r4")["files_reused"] == 3
+
+
+def test_runs_and_prune_commands(tmp_path: Path, model_path: Path) -> None:
+    archive, store = tmp_path / "archive", tmp_path / "reports" / "audit-store.sqlite"
+    write_images(archive, ["a.jpg"])
+    kept_anyway = tmp_path / "reports" / "mine"
+    kept_anyway.mkdir(parents=True)
+    (kept_anyway / "notes.txt").write_text("the user's own folder")
+    for out in ("r1", "mine", "r3", "r4"):
+        assert scan(archive, model_path, tmp_path / "reports" / out, store).exit_code == 0
+    listing = CliRunner().invoke(main, ["runs", "--store", str(store)])
+    assert listing.exit_code == 0, listing.output
+    lines = listing.output.splitlines()
+    assert lines[0].split()[:4] == ["id", "started", "finished", "files"] and len(lines) == 5
+    pruned = CliRunner().invoke(main, ["prune", "--store", str(store), "--keep", "2"])
+    assert pruned.exit_code == 0, pruned.output
+    assert not (tmp_path / "reports" / "r1").exists()  # made by its run: removed
+    assert (kept_anyway / "notes.txt").exists()  # existed before its run: left alone
+    assert (tmp_path / "reports" / "r3" / "results.csv").exists() and (tmp_path / "reports" / "r4").exists()
+    assert "kept" in pruned.output and "pruned 2 run(s)" in pruned.output
+    store_db = RunStore(store)
+    try:
+        assert [run.out_dir for run in store_db.runs()] == [str((tmp_path / "reports" / name).resolve()) for name in ("r3", "r4")]
+    finally:
+        store_db.close()
+
+
+def committed_scores(store: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT count(*) FROM scores").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run_and_a_second_run_is_locked_out(tmp_path: Path, model_path: Path) -> None:
+    archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
+    write_images(archive, [f"{i:03d}.jpg" for i in range(160)])
+    command = [sys.executable, "-m", "audit.cli", "scan", str(archive), "--model", str(model_path), "--out",
+               str(tmp_path / "killed"), "--store", str(store), "--workers", "0", "--batch-size", "8", "--quiet", "--no-report"]
+    process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while committed_scores(store) < 8:  # at least one batch committed
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # A second run on the same store while the first holds it: refused at once, nothing written.
+        locked = scan(archive, model_path, tmp_path / "second", store)
+        assert locked.exit_code == EXIT_LOCKED
+        assert "in use by another run" in locked.output and f"pid {process.pid}" in locked.output
+        assert not (tmp_path / "second").exists()
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    committed = committed_scores(store)
+    assert committed % 8 == 0 and 8 <= committed < 160, committed  # whole batches only
+
+    resumed = scan(archive, model_path, tmp_path / "resumed", store)  # the kernel dropped the dead run's lock
+    assert resumed.exit_code == 0, resumed.output
+    summary = summary_of(tmp_path / "resumed")
+    # Only what was not committed is scored again: the batch in flight and those after it.
+    assert (summary["files_reused"], summary["files_scored"]) == (committed, 160 - committed)
+    assert summary["changes"]["counts"]["new"] == 160  # the killed run never completed: still new
+
+    reference = scan(archive, model_path, tmp_path / "reference", tmp_path / "other-store.sqlite")
+    assert reference.exit_code == 0
+    resumed_rows, reference_rows = rows_of(tmp_path / "resumed"), rows_of(tmp_path / "reference")
+    assert len({path for path, _, _ in resumed_rows}) == len(resumed_rows) == 160
+    assert resumed_rows == reference_rows
+
+    db = RunStore(store)
+    try:
+        assert db.integrity_ok()
+        killed, last = db.runs()
+        assert killed.partial and killed.finished_at is None and "killed" in killed.note
+        assert not last.partial and last.exit_code == 0 and last.files_reused == committed
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM])
+def test_sigterm_marks_the_run_partial_in_the_store(tmp_path: Path, model_path: Path, signum: int) -> None:
+    """Covered in-process: the SIGTERM handler's SystemExit unwinds through run_scan."""
+    from audit.model import load_model
+    from audit.scan import ScanOptions, run_scan
+    from audit import scan as scan_module
+
+    archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
+    write_images(archive, [f"{i}.jpg" for i in range(20)])
+    real_make_row = scan_module.make_row
+    calls = {"n": 0}
+
+    def make_row_then_stop(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 12:  # in the second batch: the first one is committed
+            raise SystemExit(128 + signum)
+        return real_make_row(*args, **kwargs)
+
+    scan_module.make_row = make_row_then_stop
+    try:
+        with pytest.raises(SystemExit):
+            run_scan(ScanOptions(archives=(str(archive),), out_dir=tmp_path / "out", model_path=str(model_path),
+                                 workers=0, batch_size=8, progress="none", report=False, store=store),
+                     model=load_model(str(model_path)))
+    finally:
+        scan_module.make_row = real_make_row
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []  # no partial result files
+    db = RunStore(store)
+    try:
+        (run,) = db.runs()
+        assert run.partial and run.exit_code == 128 + signum and run.note == f"stopped by signal {signum}"
+        assert (run.files, run.files_scored) == (11, 11)
+    finally:
+        db.close()
+    resumed = scan(archive, model_path, tmp_path / "again", store)
+    assert resumed.exit_code == 0
+    assert (summary_of(tmp_path / "again")["files_reused"], summary_of(tmp_path / "again")["files_scored"]) == (8, 12)
