@@ -629,6 +629,9 @@ class ReportContent:
     errors: list[tuple[str, str]]
     table: list[list[Any]]
     table_columns: tuple[str, ...] = TABLE_COLUMNS
+    # summary.json's "changes" (audit.store): what is new since the last run on the store; None
+    # for a run folder written before the run store existed.
+    changes: dict[str, Any] | None = None
 
 
 def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | None, model_problem: str,
@@ -676,6 +679,7 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
         max_gallery=max_gallery,
         errors=[(str(path), str(error) or "unknown error") for path, error in zip(errors["path"], errors["error"])],
         table=table_records(frame),
+        changes=summary.get("changes"),
     )
 
 
