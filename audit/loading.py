@@ -226,6 +226,22 @@ def load_image(record: FileRecord, options: LoadOptions) -> LoadResult:
         return result
     try:
         data = read_file_bytes(record.abs_path, options.max_file_bytes)
+    except _LoadFailure as failure:
+        result.error = str(failure)
+        return result
+    except Exception as exc:  # noqa: BLE001 - the last guard: a row, never a stopped run
+        result.error = f"cannot load image: {_one_line(exc) or exc.__class__.__name__}"
+        return result
+    return load_bytes(data, options, result)
+
+
+def load_bytes(data: bytes, options: LoadOptions, result: LoadResult) -> LoadResult:
+    """Decode a file's bytes into the model's input, filling ``result``; never raises.
+
+    Training decodes its data sets through here too, so the network is trained on exactly the
+    pixels the scan will give it.
+    """
+    try:
         result.n_bytes = len(data)
         result.sha256 = hashlib.sha256(data).hexdigest()
         if not data:

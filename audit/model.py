@@ -29,6 +29,11 @@ CLASS_NAMES = ("real", "ai-generated")
 AI_CLASS_INDEX = 1
 
 
+RESIZE_POLICIES = ("squash",)
+# Pillow's bilinear filter, which antialiases when it reduces.
+RESAMPLE_FILTERS = ("bilinear-antialias",)
+
+
 class ModelError(Exception):
     """A model cannot be used; the user must act (wrong path, pickle file, broken card)."""
 
@@ -136,9 +141,35 @@ class ModelCard:
         for key in ("mean", "std", "alpha_background"):
             if key in pre:
                 pre[key] = tuple(pre[key])
-        values["preprocessing"] = Preprocessing(**pre)
-        values["class_names"] = tuple(values.get("class_names", CLASS_NAMES))
-        return cls(**values)
+        try:
+            values["preprocessing"] = Preprocessing(**pre)
+            values["class_names"] = tuple(values.get("class_names", CLASS_NAMES))
+            card = cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"model card is malformed: {exc}") from None
+        card.validate()
+        return card
+
+    def validate(self) -> None:
+        """Refuse values that would give silently wrong probabilities rather than an error."""
+        problems = []
+        pre = self.preprocessing
+        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+            problems.append(f"temperature must be > 0 (got {self.temperature!r})")
+        if not isinstance(self.threshold, (int, float)) or not 0.0 <= self.threshold <= 1.0:
+            problems.append(f"threshold must lie in [0, 1] (got {self.threshold!r})")
+        if not isinstance(pre.input_size, int) or pre.input_size <= 0:
+            problems.append(f"input_size must be a positive integer (got {pre.input_size!r})")
+        if pre.resize_policy not in RESIZE_POLICIES:
+            problems.append(f"resize_policy {pre.resize_policy!r} is not one of {', '.join(RESIZE_POLICIES)}")
+        if pre.resample not in RESAMPLE_FILTERS:
+            problems.append(f"resample {pre.resample!r} is not one of {', '.join(RESAMPLE_FILTERS)}")
+        if len(pre.mean) != 3 or len(pre.std) != 3 or not all(v > 0 for v in pre.std):
+            problems.append("mean and std need three values each, std > 0")
+        if tuple(self.class_names) != CLASS_NAMES:
+            problems.append(f"class_names must be {list(CLASS_NAMES)} (got {list(self.class_names)})")
+        if problems:
+            raise ModelError("model card is invalid: " + "; ".join(problems))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
@@ -178,7 +209,7 @@ def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
 _PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"}
 
 
-def _refuse_pickle(path: Path) -> None:
+def refuse_pickle(path: Path) -> None:
     """Raise a clear error for torch.save / pickle files: loading them can run arbitrary code."""
     head = b""
     if path.is_file():
@@ -247,7 +278,7 @@ def load_model(path: str | Path | None = None, verify_hash: bool = True) -> Load
 
     given = Path(path) if path is not None else DEFAULT_MODEL_PATH
     if given.suffix.lower() in _PICKLE_SUFFIXES:
-        _refuse_pickle(given)
+        refuse_pickle(given)
     weights_path, card_path = model_paths(given)
     if not weights_path.is_file():
         raise ModelError(f"model weights not found: {weights_path}")
@@ -262,7 +293,7 @@ def load_model(path: str | Path | None = None, verify_hash: bool = True) -> Load
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
-        _refuse_pickle(weights_path)
+        refuse_pickle(weights_path)
         raise ModelError(f"cannot read {weights_path} as safetensors: {exc}") from None
     net = build_network(card.variant, num_classes=len(card.class_names))
     # Weights may be stored in fp16 to keep the package small; compute in fp32.
@@ -290,9 +321,7 @@ def to_model_input(rgb_image: "Image.Image", pre: Preprocessing) -> torch.Tensor
     if rgb_image.mode != "RGB":
         raise ValueError(f"expected an RGB image, got mode {rgb_image.mode}")
     if rgb_image.size != size:
-        if pre.resize_policy != "squash":
-            raise ModelError(f"unsupported resize policy {pre.resize_policy!r}")
-        # Pillow's resize filters are antialiased when reducing.
+        # The card was validated on load: "squash" with Pillow's (antialiasing) bilinear filter.
         rgb_image = rgb_image.resize(size, Image.Resampling.BILINEAR)
     array = np.asarray(rgb_image, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1)

@@ -269,3 +269,29 @@ def test_temperature_and_threshold_are_fitted_on_held_out_scores():
     assert 1.7 < temperature < 2.3
     threshold, method = choose_threshold(np.array([0.1, 0.2, 0.7, 0.9]), np.array([0, 0, 1, 1]))
     assert 0.2 < threshold < 0.7 and "validation" in method
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"temperature": 0}, "temperature must be > 0"),
+        ({"threshold": 1.5}, "threshold must lie in"),
+        ({"preprocessing": {"input_size": 32, "colour": "blue"}}, "malformed"),
+        ({"class_names": ["cat", "dog"]}, "class_names"),
+    ],
+)
+def test_a_card_that_would_give_wrong_probabilities_is_refused(tmp_path, change, message):
+    save_model(build_network("resnet18-s1stem"), ModelCard(name="m"), tmp_path / "m")
+    data = json.loads((tmp_path / "m.json").read_text()) | change
+    (tmp_path / "m.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match=message):
+        load_model(tmp_path / "m.json")
+
+
+def test_a_broken_file_in_a_training_folder_is_skipped_not_fatal(tmp_path, caplog):
+    make_dataset(tmp_path, {"train": 4})
+    (tmp_path / "train" / "FAKE" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    caplog.set_level(logging.WARNING, logger="training")
+    loaded = load_split(tmp_path, "train", Preprocessing())
+    assert len(loaded) == 8
+    assert "skipped 1 unreadable files" in caplog.text and "broken.jpg" in caplog.text

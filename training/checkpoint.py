@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from audit.model import ModelError, _refuse_pickle, file_sha256
+from audit.model import ModelError, refuse_pickle, file_sha256
 
 TENSORS_NAME = "checkpoint.safetensors"
 STATE_NAME = "checkpoint.json"
@@ -63,7 +63,7 @@ def resolve_checkpoint(path: Path) -> Path:
     if path.is_dir():
         path = path / STATE_NAME
     if path.suffix != ".json":
-        _refuse_pickle(path)
+        refuse_pickle(path)
         raise ModelError(f"{path}: give a run folder or its {STATE_NAME}")
     if not path.is_file():
         raise ModelError(f"no checkpoint to resume from: {path} does not exist")

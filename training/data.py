@@ -7,7 +7,7 @@ folders, never from the file name (CIFAKE repeats file names across splits).
 from __future__ import annotations
 
 import hashlib
-import io
+import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -15,9 +15,12 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 
-from audit.model import Preprocessing, to_model_input
+from audit.discover import FileRecord
+from audit.loading import LoadOptions, LoadResult, load_bytes
+from audit.model import Preprocessing
+
+log = logging.getLogger("training")
 
 LABEL_FOLDERS = {"real": 0, "fake": 1}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -82,10 +85,11 @@ def iter_files(source: Path, split: str) -> Iterator[tuple[str, int, bytes]]:
         raise DataError(f"{source} is neither a folder nor a zip file")
 
 
-def decode_to_input(data: bytes, pre: Preprocessing) -> torch.Tensor:
-    with Image.open(io.BytesIO(data)) as image:
-        image.draft("RGB", (pre.input_size, pre.input_size))
-        return to_model_input(image.convert("RGB"), pre)
+def decode_to_input(name: str, data: bytes, pre: Preprocessing) -> tuple[torch.Tensor | None, str | None]:
+    """Decode exactly as the scan does (EXIF orientation, modes, alpha, draft); (tensor, error)."""
+    options = LoadOptions(preprocessing=pre, evidence=None)
+    result = load_bytes(data, options, LoadResult(record=FileRecord(root="", rel_path=name, abs_path=name)))
+    return result.tensor, result.error
 
 
 def load_split(source: str | Path, split: str, pre: Preprocessing, limit_per_class: int | None = None) -> ImageSet:
@@ -96,14 +100,22 @@ def load_split(source: str | Path, split: str, pre: Preprocessing, limit_per_cla
     names: list[str] = []
     hashes: list[str] = []
     per_class = {0: 0, 1: 0}
+    skipped: list[str] = []
     for name, label, data in iter_files(source, split):
         if limit_per_class is not None and per_class[label] >= limit_per_class:
             continue
+        tensor, error = decode_to_input(name, data, pre)
+        if tensor is None:
+            # A user's own data set may hold a broken file; one bad file must not end a long run.
+            skipped.append(f"{name}: {error}")
+            continue
         per_class[label] += 1
-        tensors.append(decode_to_input(data, pre))
+        tensors.append(tensor)
         labels.append(label)
         names.append(name)
         hashes.append(hashlib.sha256(data).hexdigest())
+    if skipped:
+        log.warning("%s split: skipped %d unreadable files, e.g. %s", split, len(skipped), skipped[0])
     if not names:
         raise DataError(f"no images under {split}/REAL or {split}/FAKE in {source}")
     if min(per_class.values()) == 0:

@@ -28,7 +28,7 @@ from audit.model import (
     ModelCard,
     ModelError,
     Preprocessing,
-    _refuse_pickle,
+    refuse_pickle,
     build_network,
     file_sha256,
     normalize,
@@ -40,6 +40,12 @@ from training.data import ImageSet, channel_stats, load_split, stratified_split
 from training.metrics import choose_threshold, classification_metrics, fit_temperature
 
 log = logging.getLogger("training")
+
+VARIANT_NOTES = {
+    "resnet18-s1stem": "Variant resnet18-s1stem: 3x3 stride-1 stem, max-pool kept; at 32x32 input layer3 is 4x4 "
+    "(the Grad-CAM layer) and layer4 2x2.",
+    "resnet18": "Variant resnet18: torchvision's stock stem; at 32x32 input layer3 is 2x2 and layer4 1x1.",
+}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -130,7 +136,7 @@ def load_pretrained(net: nn.Module, spec: str) -> list[str]:
 
         path = Path(spec)
         if path.suffix != ".safetensors":
-            _refuse_pickle(path)
+            refuse_pickle(path)
             raise ModelError(f"--pretrained {spec}: give a .safetensors file or 'imagenet'")
         state = load_file(str(path))
     own = net.state_dict()
@@ -376,8 +382,7 @@ def export_model(
             f"INTERIM: exported after epoch {state.epochs_done} of a {args.epochs}-epoch schedule; "
             "the learning rate had not yet annealed, so this is not the finished model.",
         ]) + [
-            "Variant resnet18-s1stem: 3x3 stride-1 stem, max-pool kept; at 32x32 input layer3 is 4x4 "
-            "(the Grad-CAM layer) and layer4 2x2.",
+            VARIANT_NOTES.get(args.variant, f"Variant {args.variant}."),
         ],
     )
     save_model(net, card, model_path)
