@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 
 from audit.discover import FileRecord
 from audit.loading import LoadOptions, load_image, to_rgb
-from audit.model import AI_CLASS_INDEX, LoadedModel, Preprocessing, load_model, normalize
+from audit.model import AI_CLASS_INDEX, LoadedModel, ModelError, Preprocessing, load_model, normalize
 
 # Longest side of a thumbnail in pixels: the PDF shows it about 38 mm wide, so 144 px is
 # ~96 dpi there. Larger thumbnails would only make the report heavier.
@@ -139,7 +139,8 @@ def overlay_heatmap(thumbnail: Image.Image, heatmap: np.ndarray, alpha: float = 
 def find_layer(network: torch.nn.Module, name: str) -> torch.nn.Module:
     modules = dict(network.named_modules())
     if name not in modules:
-        raise ValueError(f"the model has no layer {name!r} for Grad-CAM")
+        # A card naming a layer the network lacks is the model's fault: the user must act.
+        raise ModelError(f"the model card's gradcam_layer {name!r} is not a layer of the network")
     return modules[name]
 
 

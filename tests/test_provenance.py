@@ -34,7 +34,7 @@ from audit.provenance import (
 )
 from audit.results import ResultRow, ResultWriter, read_results_csv
 
-c2pa = pytest.importorskip("c2pa")
+import c2pa  # a hard dependency: a broken install must fail here, not skip the C2PA tests
 
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 A1111_PARAMETERS = (
