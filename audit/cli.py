@@ -70,11 +70,12 @@ def main() -> None:
               help=f"Run store (SQLite) for incremental scans, resume and run history. Default: {STORE_FILE_NAME} "
               "beside the output folder (reports/audit-store.sqlite).")
 @click.option("--full", is_flag=True, help="Score every file again, even those the run store already has results for.")
+@click.option("--no-xlsx", is_flag=True, help="Write results.csv but not results.xlsx (the XLSX costs most of an unchanged rerun).")
 def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None, device: str, precision: str,
          workers: int | None, batch_size: int, include: tuple[str, ...], exclude: tuple[str, ...],
          include_hidden: bool, labels: str | None, max_pixels: int, fail_on_flagged: bool, quiet: bool,
          no_report: bool, max_gallery: int, no_evidence: bool, trust_anchors: str | None, store_path: Path | None,
-         full: bool) -> None:
+         full: bool, no_xlsx: bool) -> None:
     """Score every image under ARCHIVE... and write results.csv, results.xlsx and summary.json."""
     options = ScanOptions(
         archives=archives, out_dir=out_dir, model_path=model_path, device=device, precision=precision,
@@ -82,7 +83,7 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
         include_hidden=include_hidden, labels=labels, max_pixels=max_pixels,
         fail_on_flagged=fail_on_flagged, progress="none" if quiet else "auto",
         report=not no_report, max_gallery=max_gallery, evidence=not no_evidence, trust_anchors=trust_anchors,
-        store=store_path, full=full,
+        store=store_path, full=full, write_xlsx=not no_xlsx,
     )
     # A nightly job is stopped with SIGTERM: unwind normally so the partial outputs are removed.
     previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

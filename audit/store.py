@@ -19,6 +19,7 @@ its owner; the pid, host and start time written into the lock file only serve th
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -28,7 +29,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 STORE_FILE_NAME = "audit-store.sqlite"
 SCHEMA_VERSION = 1
@@ -251,45 +252,32 @@ class RunStore:
             self._migrate(version)
 
     def _create(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
-                    self.db.execute(statement)
-            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _migrate(self, version: int) -> None:
         missing = [v for v in range(version, SCHEMA_VERSION) if v not in MIGRATIONS]
         if missing:
             raise StoreError(f"the run store {self.path} has schema version {version}, which this audit "
                              f"(schema {SCHEMA_VERSION}) cannot migrate; move it aside or pass another --store")
+        with self._transaction() as db:  # all steps or none
+            for step in range(version, SCHEMA_VERSION):
+                MIGRATIONS[step](db)
+                db.execute(f"PRAGMA user_version = {step + 1}")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (a signal's SystemExit too)."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            for step in range(version, SCHEMA_VERSION):
-                MIGRATIONS[step](self.db)
-                self.db.execute(f"PRAGMA user_version = {step + 1}")
-            self.db.execute("COMMIT")
+            yield self.db
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
-
-    class _Tx:
-        def __init__(self, db: sqlite3.Connection) -> None:
-            self.db = db
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.db.execute("BEGIN IMMEDIATE")
-            return self.db
-
-        def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
-            self.db.execute("COMMIT" if kind is None else "ROLLBACK")
-
-    def _transaction(self) -> "RunStore._Tx":
-        return RunStore._Tx(self.db)
+        self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
