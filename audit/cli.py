@@ -85,8 +85,10 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
         report=not no_report, max_gallery=max_gallery, evidence=not no_evidence, trust_anchors=trust_anchors,
         store=store_path, full=full, write_xlsx=not no_xlsx,
     )
-    # A nightly job is stopped with SIGTERM: unwind normally so the partial outputs are removed.
+    # A nightly job is stopped with SIGTERM (Ctrl-C sends SIGINT): unwind normally so the partial
+    # outputs are removed and the run store records the run as partial; exit 128 + the signal.
     previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    previous_int_handler = signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
     try:
         outcome = run_scan(options)
     except ModelError as exc:
@@ -100,6 +102,7 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
         raise _usage_failure(str(exc)) from None
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+        signal.signal(signal.SIGINT, previous_int_handler)
     sys.exit(outcome.exit_code)
 
 

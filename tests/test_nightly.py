@@ -187,9 +187,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run_and_a_second_run_is_lo
         db.close()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM])
-def test_sigterm_marks_the_run_partial_in_the_store(tmp_path: Path, model_path: Path, signum: int) -> None:
-    """Covered in-process: the SIGTERM handler's SystemExit unwinds through run_scan."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_sigint_marks_the_run_partial_in_the_store(tmp_path: Path, model_path: Path, signum: int) -> None:
+    """In-process: the SystemExit(128 + signal) that the CLI's SIGTERM/SIGINT handlers raise unwinds
+    through run_scan (tests/test_scan_interrupted.py sends a real SIGTERM to a scan process)."""
     from audit.model import load_model
     from audit.scan import ScanOptions, run_scan
     from audit import scan as scan_module
