@@ -97,6 +97,20 @@ def _has_image_content(path: str) -> bool:
         return False
 
 
+def printable_name(name: str) -> str:
+    """A file name as text that any UTF-8 output can hold.
+
+    A name that is not valid UTF-8 reaches Python with surrogate escapes, which the CSV, the
+    XLSX and SQLite refuse to encode; its undecodable bytes are written as \\xNN instead. The
+    file itself is still opened through ``abs_path``, which keeps the real bytes.
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class _Walker:
     def __init__(self, root: str, options: DiscoverOptions) -> None:
         self.root = root
@@ -104,8 +118,8 @@ class _Walker:
 
     def _record(self, rel: str, abs_path: str, st: os.stat_result | None = None, error: str | None = None) -> FileRecord:
         return FileRecord(
-            root=self.root,
-            rel_path=rel,
+            root=printable_name(self.root),
+            rel_path=printable_name(rel),
             abs_path=abs_path,
             size=st.st_size if st else None,
             mtime=st.st_mtime if st else None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -483,6 +484,8 @@ def build_summary(
         "tool": {"name": "ai-image-audit", "version": audit.__version__},
         "started_at": iso_utc(started),
         "finished_at": iso_utc(utc_now()),
+        # Relative roots and model paths start here (audit report resolves them from it).
+        "cwd": os.getcwd(),
         "exit_code": exit_code,
         "files": tally.files,
         "counts": {"by_status": tally.by_status, "by_verdict": tally.by_verdict},

@@ -171,9 +171,13 @@ def build_bad_archive(root: Path) -> dict[str, tuple[str, str]]:
     (root / ".hidden-folder").mkdir()
     (root / ".hidden-folder" / "inside.jpg").write_bytes(good)
     (root / "unreadable.jpg").chmod(0)
+    # A Latin-1 name that is not valid UTF-8, as old archives hold: its row spells the byte \xe9.
+    with open(os.fsencode(root) + b"/caf\xe9.jpg", "wb") as handle:
+        handle.write(good)
     os.symlink(".", root / "loop")  # a folder that contains itself
     os.symlink("self-loop.jpg", root / "self-loop.jpg")  # a link to itself (ELOOP)
     expected = dict(BAD_ARCHIVE_EXPECTED)
+    expected["caf\\xe9.jpg"] = ("ok", "")
     if running_as_root():
         # root reads a chmod 000 file anyway; tests/test_loading.py covers the error path.
         expected["unreadable.jpg"] = ("ok", "")
