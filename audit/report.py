@@ -626,12 +626,18 @@ class ReportContent:
     charts: dict[str, str]
     gallery: list[GalleryItem]
     max_gallery: int
-    errors: list[tuple[str, str]]
+    errors: list[tuple[str, str]]  # the first MAX_ERRORS_LISTED
+    errors_total: int
     table: list[list[Any]]
     table_columns: tuple[str, ...] = TABLE_COLUMNS
     # summary.json's "changes" (audit.store): what is new since the last run on the store; None
     # for a run folder written before the run store existed.
     changes: dict[str, Any] | None = None
+
+
+# A half-broken mount can make every file an error; listing 100,000 of them would stall the PDF
+# renderer for no reader's benefit. results.csv holds them all.
+MAX_ERRORS_LISTED = 500
 
 
 def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | None, model_problem: str,
@@ -677,7 +683,11 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
         charts=charts,
         gallery=gallery,
         max_gallery=max_gallery,
-        errors=[(str(path), str(error) or "unknown error") for path, error in zip(errors["path"], errors["error"])],
+        errors=[
+            (str(path), str(error) or "unknown error")
+            for path, error in zip(errors["path"][:MAX_ERRORS_LISTED], errors["error"][:MAX_ERRORS_LISTED])
+        ],
+        errors_total=len(errors),
         table=table_records(frame),
         changes=summary.get("changes"),
     )

@@ -416,3 +416,23 @@ def test_an_empty_run_renders_and_a_foreign_csv_is_refused(tmp_path: Path) -> No
         render_report(foreign)
     with pytest.raises(ReportError, match="no results.csv"):
         render_report(tmp_path)
+
+
+def test_a_run_of_mostly_errors_lists_the_first_ones_and_counts_all(tmp_path: Path) -> None:
+    from audit.report import MAX_ERRORS_LISTED
+
+    total = MAX_ERRORS_LISTED + 20
+    run_dir = tmp_path / "broken-mount"
+    run_dir.mkdir()
+    lines = [",".join(rf.COLUMNS)]
+    for index in range(total):
+        row = dict.fromkeys(rf.COLUMNS, "") | {
+            "path": f"lost-{index:04d}.jpg", "root": "/mnt/archive", "status": "error",
+            "error": "cannot read file: Input/output error", "verdict": "error",
+        }
+        lines.append(",".join(row[column] for column in rf.COLUMNS))
+    (run_dir / "results.csv").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8-sig")
+    html = render_report(run_dir)[0].read_text(encoding="utf-8")
+    assert f"Errors ({total})" in html and f"The first {MAX_ERRORS_LISTED} are listed here." in html
+    errors_table = html.split('class="errors-table"', 1)[1].split("</table>", 1)[0]
+    assert errors_table.count("lost-") == MAX_ERRORS_LISTED
