@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import audit
-from audit.discover import DiscoverOptions, FileRecord, discover
+from audit.discover import DiscoverOptions, FileRecord, discover, printable_name
 from audit.labels import Labeller
 from audit.loading import DEFAULT_MAX_PIXELS, LoadOptions
 from audit.model import LoadedModel, load_model
@@ -398,7 +398,7 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: Any, labell
             progress.update()
         committer.commit()
         seconds_loop = time.perf_counter() - t0
-        roots = {*options.archives, *(record.root for record in records)}
+        roots = roots_seen_whole(options, records)
         changes = store.changes_since(run_id, roots, baseline)
         tw = time.perf_counter()
         renames = writer.finish()
@@ -466,6 +466,27 @@ def _rows(scored_stream: Iterable[Scored], labeller: Labeller, model: LoadedMode
     for scored in scored_stream:
         record: FileRecord = scored.result.record
         yield make_row(scored, labeller.label_for(record), model, iso_utc(utc_now()))
+
+
+def roots_seen_whole(options: ScanOptions, records: Sequence[FileRecord]) -> set[str]:
+    """The roots under which a file this run did not see may be called deleted.
+
+    Only folders walked whole: not a single file given as a root (its folder's other files were
+    never looked at), not a scan narrowed by --include/--exclude, not a root that could not be
+    read, and not a root that yielded nothing at all (an unmounted share looks like an empty
+    folder). Otherwise a one-off check of one image would make the nightly store forget, and
+    then score again, the whole archive.
+    """
+    if options.include or options.exclude:
+        return set()
+    failed = {record.root for record in records if record.error and record.rel_path == "."}
+    populated = {record.root for record in records}
+    whole = set()
+    for archive in options.archives:
+        root = printable_name(archive)
+        if os.path.isdir(archive) and root not in failed and root in populated:
+            whole.add(root)
+    return whole
 
 
 def build_summary(

@@ -225,3 +225,22 @@ def test_sigterm_or_sigint_marks_the_run_partial_in_the_store(tmp_path: Path, mo
     resumed = scan(archive, model_path, tmp_path / "again", store)
     assert resumed.exit_code == 0
     assert (summary_of(tmp_path / "again")["files_reused"], summary_of(tmp_path / "again")["files_scored"]) == (8, 12)
+
+
+def test_a_one_off_or_filtered_scan_does_not_make_the_store_forget_the_archive(tmp_path: Path, model_path: Path) -> None:
+    archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
+    write_images(archive, [f"{i}.jpg" for i in range(4)])
+    assert scan(archive, model_path, tmp_path / "night1", store).exit_code == 0
+
+    one_off = scan(archive / "2.jpg", model_path, tmp_path / "check", store)
+    assert one_off.exit_code == 0, one_off.output
+    filtered = scan(archive, model_path, tmp_path / "subset", store, "--include", "0.jpg")
+    assert filtered.exit_code == 0, filtered.output
+    assert summary_of(tmp_path / "check")["changes"]["counts"]["deleted"] == 0
+    assert summary_of(tmp_path / "subset")["changes"]["counts"]["deleted"] == 0
+
+    night2 = scan(archive, model_path, tmp_path / "night2", store)
+    assert night2.exit_code == 0, night2.output
+    summary = summary_of(tmp_path / "night2")
+    assert (summary["files_scored"], summary["files_reused"]) == (0, 4)
+    assert summary["changes"]["counts"]["new"] == 0 and summary["changes"]["counts"]["deleted"] == 0
