@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -149,6 +150,17 @@ def collate_results(items: list[LoadResult]) -> Batch:
     return Batch(results=items, images=images, ok_positions=ok_positions)
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Decode workers leave SIGINT/SIGTERM to the main process.
+
+    `systemctl stop` and Ctrl-C signal the whole process group. A worker that died of the signal
+    first would make torch raise "worker exited unexpectedly" in the middle of the main process's
+    orderly stop; the main process shuts its workers down itself.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(records: Sequence[FileRecord], options: LoadOptions, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
     return DataLoader(
         RecordDataset(records, options),
@@ -157,6 +169,7 @@ def make_loader(records: Sequence[FileRecord], options: LoadOptions, batch_size:
         num_workers=workers,
         collate_fn=collate_results,
         pin_memory=pin_memory,
+        worker_init_fn=_ignore_stop_signals if workers > 0 else None,
         # Two batches in flight per worker bounds memory while keeping the model fed.
         prefetch_factor=2 if workers > 0 else None,
     )
