@@ -180,12 +180,28 @@ class _Walker:
         return _has_image_content(entry.path)
 
 
+def _skip_files_of_earlier_roots(records: Iterator[FileRecord], earlier: set[str]) -> Iterator[FileRecord]:
+    """Drop files an earlier root already listed; add this root's files to ``earlier`` after it."""
+    this_root: set[str] = set()
+    for record in records:
+        if record.error is None:
+            real = os.path.realpath(record.abs_path)
+            if real in earlier:
+                continue
+            this_root.add(real)
+        yield record
+    earlier |= this_root
+
+
 def discover(roots: Iterable[str | os.PathLike[str]], options: DiscoverOptions = DiscoverOptions()) -> Iterator[FileRecord]:
     """Yield file records for every image under the roots, in a deterministic order.
 
     A root may be a folder or a single file. The same folder given twice is walked once.
     """
     seen_roots: set[tuple[int, int]] = set()
+    # Overlapping roots (`audit scan photos photos/2024`) would list a file twice.
+    files_of_earlier_roots: set[str] = set()
+    roots = list(roots)
     for given in roots:
         root = os.fspath(given)
         walker = _Walker(root, options)
@@ -199,10 +215,18 @@ def discover(roots: Iterable[str | os.PathLike[str]], options: DiscoverOptions =
             continue
         seen_roots.add(key)
         if stat.S_ISDIR(st.st_mode):
-            yield from walker.walk(os.path.abspath(root), ".", frozenset({key}))
+            records = walker.walk(os.path.abspath(root), ".", frozenset({key}))
+            if len(roots) > 1:
+                records = _skip_files_of_earlier_roots(records, files_of_earlier_roots)
+            yield from records
         else:
             # A single file given as the archive: its folder is the root, so the path is its name.
             abs_path = os.path.abspath(root)
+            if len(roots) > 1:
+                real = os.path.realpath(abs_path)
+                if real in files_of_earlier_roots:
+                    continue
+                files_of_earlier_roots.add(real)
             yield FileRecord(
                 root=os.path.dirname(root) or ".",
                 rel_path=os.path.basename(abs_path),

@@ -151,3 +151,13 @@ def test_a_single_file_can_be_a_root(tmp_path: Path) -> None:
 )
 def test_sniff_format(head: bytes, expected: str | None) -> None:
     assert sniff_format(head) == expected
+
+
+def test_overlapping_roots_list_each_file_once(tmp_path: Path) -> None:
+    make_tree(tmp_path / "photos", ["a.jpg", "2024/b.jpg", "2024/c.jpg"])
+    inner, outer = tmp_path / "photos" / "2024", tmp_path / "photos"
+    records = list(discover([inner, outer, inner / "b.jpg"]))
+    assert [(Path(r.root).name, r.rel_path) for r in records] == [("2024", "b.jpg"), ("2024", "c.jpg"), ("photos", "a.jpg")]
+    # Hard links are separate files and keep their rows.
+    os.link(outer / "a.jpg", outer / "a-link.jpg")
+    assert sorted(r.rel_path for r in discover([outer, inner])) == ["2024/b.jpg", "2024/c.jpg", "a-link.jpg", "a.jpg"]
