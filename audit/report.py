@@ -32,6 +32,7 @@ import pandas as pd
 import audit
 from audit.explain import GradCamExplainer, Explanation, THUMBNAIL_SIZE, gradcam_grid, save_image
 from audit.model import LoadedModel, ModelCard, ModelError, load_model, read_card
+from audit.results import unneutralise
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 DEFAULT_MAX_GALLERY = 200
@@ -47,7 +48,6 @@ REQUIRED_COLUMNS = ("path", "status", "verdict", "prob_ai", "threshold")
 MAX_EVIDENCE_LINES = 8
 MAX_EVIDENCE_CHARS = 300
 # The scan neutralises cells that a spreadsheet would run (see audit/results.py).
-_NEUTRALISED_PREFIXES = ("'=", "'+", "'-", "'@", "'\t", "'\r")
 
 
 class ReportError(Exception):
@@ -55,11 +55,6 @@ class ReportError(Exception):
 
 
 # --------------------------------------------------------------------------- reading a run
-
-
-def unneutralise(text: str) -> str:
-    """Undo the CSV's formula neutralisation for display: "'=cmd" was written for "=cmd"."""
-    return text[1:] if text.startswith(_NEUTRALISED_PREFIXES) else text
 
 
 def read_results(csv_path: Path) -> pd.DataFrame:

@@ -69,10 +69,19 @@ _XLSX_MAX_CELL_CHARS = 32767
 
 
 def neutralise(value: Any) -> Any:
-    """Prefix a text cell that a spreadsheet would evaluate with a single quote."""
-    if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
+    """Prefix a text cell that a spreadsheet would evaluate with a single quote.
+
+    A cell that already starts with a quote gets one more, so that :func:`unneutralise` can
+    always strip exactly one (a file really named ``'=x.jpg`` survives the round trip).
+    """
+    if isinstance(value, str) and value.startswith((*_FORMULA_PREFIXES, "'")):
         return "'" + value
     return value
+
+
+def unneutralise(text: str) -> str:
+    """The cell's original text: undoes :func:`neutralise`."""
+    return text[1:] if text.startswith(tuple("'" + prefix for prefix in (*_FORMULA_PREFIXES, "'"))) else text
 
 
 def _csv_cell(value: Any) -> Any:

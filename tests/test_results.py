@@ -77,3 +77,12 @@ def test_abort_leaves_nothing_behind(tmp_path: Path) -> None:
     writer.write(ROWS[0])
     writer.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_neutralising_round_trips_every_name() -> None:
+    from audit.results import neutralise, unneutralise
+
+    for name in ["=cmd.jpg", "'=x.jpg", "''a.jpg", "'quoted.jpg", "plain.jpg", "-1.png", "@home.gif", "\tx.png"]:
+        written = neutralise(name)
+        assert not written.startswith(("=", "+", "-", "@", "\t", "\r"))
+        assert unneutralise(written) == name
