@@ -8,7 +8,6 @@ in use by another run (nothing was written).
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from audit.model import DEFAULT_MODEL_PATH, ModelError
 from audit.provenance import ProvenanceError
 from audit.scan import EXIT_USAGE, ScanOptions, run_scan
 from audit.scoring import DEFAULT_BATCH_SIZE, DEVICE_CHOICES, PRECISION_CHOICES, ScoringError
+from audit.stopping import stop_on_signals
 from audit.store import EXIT_LOCKED, RUN_TABLE_HEADER, STORE_FILE_NAME, StoreError, StoreLocked
 
 
@@ -85,24 +85,18 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
         report=not no_report, max_gallery=max_gallery, evidence=not no_evidence, trust_anchors=trust_anchors,
         store=store_path, full=full, write_xlsx=not no_xlsx,
     )
-    # A nightly job is stopped with SIGTERM (Ctrl-C sends SIGINT): unwind normally so the partial
-    # outputs are removed and the run store records the run as partial; exit 128 + the signal.
-    previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    previous_int_handler = signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        outcome = run_scan(options)
-    except ModelError as exc:
-        missing_default = model_path is None and "not found" in str(exc)
-        hint = " (the default model is not installed yet; pass --model PATH)" if missing_default else ""
-        raise _usage_failure(f"{exc}{hint}") from None
-    except StoreLocked as exc:
-        click.echo(f"audit: error: {exc}", err=True)
-        raise click.exceptions.Exit(EXIT_LOCKED) from None
-    except (LabelsError, ScoringError, ProvenanceError, StoreError) as exc:
-        raise _usage_failure(str(exc)) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-        signal.signal(signal.SIGINT, previous_int_handler)
+    with stop_on_signals():  # SIGTERM/SIGINT: partial outputs removed, run marked partial, exit 128 + signal
+        try:
+            outcome = run_scan(options)
+        except ModelError as exc:
+            missing_default = model_path is None and "not found" in str(exc)
+            hint = " (the default model is not installed yet; pass --model PATH)" if missing_default else ""
+            raise _usage_failure(f"{exc}{hint}") from None
+        except StoreLocked as exc:
+            click.echo(f"audit: error: {exc}", err=True)
+            raise click.exceptions.Exit(EXIT_LOCKED) from None
+        except (LabelsError, ScoringError, ProvenanceError, StoreError) as exc:
+            raise _usage_failure(str(exc)) from None
     sys.exit(outcome.exit_code)
 
 

@@ -42,6 +42,7 @@ from audit.results import (
     write_json_tmp,
 )
 from audit.scoring import DEFAULT_BATCH_SIZE, Scored, Scorer, default_workers, plan_compute, score_records
+from audit.stopping import raise_if_stop_requested
 from audit.store import (
     Changes,
     FileUpdate,
@@ -396,6 +397,7 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: Any, labell
             seconds_writing_rows += time.perf_counter() - tw
             tally.add(row)
             progress.update()
+            raise_if_stop_requested()
         committer.commit()
         seconds_loop = time.perf_counter() - t0
         roots = roots_seen_whole(options, records)
@@ -415,6 +417,7 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: Any, labell
         summary = build_summary(options, model, plan.describe(), workers, tally, seconds, started, exit_code, labeller.unmatched)
         summary.update(store_summary(store.path, run_id, counts, changes, options.full))
         renames.append(write_json_tmp(out_dir / "summary.json", summary))
+        raise_if_stop_requested()
         commit(renames)  # summary.json last: its presence means the run is complete
         store.forget_unseen(run_id, roots)
         store.finish_run(run_id, counts, exit_code, partial=False)

@@ -1,0 +1,61 @@
+"""Orderly stop on SIGTERM and SIGINT.
+
+A nightly job is stopped with SIGTERM (`systemctl stop`, `kill`) or SIGINT (Ctrl-C). The handler
+raises SystemExit(128 + signal) so the scan unwinds normally: partial outputs are removed and the
+run store records the run as partial.
+
+Raising from a signal handler is not enough on its own. Python runs the handler at the next
+bytecode of the main thread, and when that happens inside a callback whose exceptions are ignored
+(the at-fork hooks that run while a DataLoader starts its workers, a __del__, a weakref callback)
+the SystemExit is printed and dropped, and the run would go on to finish as if nothing had
+happened. So the handler also records the signal, the scan loop polls it with
+`raise_if_stop_requested()`, and `stop_on_signals()` turns any exception that escapes after a
+signal (a worker that died of it, say) into the same exit status.
+"""
+
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+from types import FrameType
+from typing import Iterator
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+_requested_signal: int | None = None
+
+
+def stop_requested() -> int | None:
+    """The signal that asked the run to stop, or None."""
+    return _requested_signal
+
+
+def raise_if_stop_requested() -> None:
+    if _requested_signal is not None:
+        raise SystemExit(128 + _requested_signal)
+
+
+def _handle(signum: int, _frame: FrameType | None) -> None:
+    global _requested_signal
+    _requested_signal = signum
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT stop the run with exit status 128 + the signal."""
+    global _requested_signal
+    _requested_signal = None
+    previous = {signum: signal.signal(signum, _handle) for signum in STOP_SIGNALS}
+    try:
+        yield
+    except BaseException:
+        if _requested_signal is not None:
+            raise SystemExit(128 + _requested_signal) from None
+        raise
+    else:
+        # The signal came while its exception was being dropped, after the last poll.
+        raise_if_stop_requested()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
