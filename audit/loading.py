@@ -25,15 +25,17 @@ import hashlib
 import io
 import os
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile, ImageOps
 
 from audit.discover import SNIFF_BYTES, SUPPORTED_FORMATS, FileRecord, sniff_format
 from audit.model import Preprocessing, to_model_input
 from audit.provenance import EvidenceOptions, Finding, read_evidence
+
+if TYPE_CHECKING:  # the tensor comes from model.to_model_input; importing torch here would slow a rerun that decodes nothing
+    import torch
 
 DEFAULT_MAX_PIXELS = 100_000_000
 # Reading a file means holding it in memory once; bigger files are refused before reading.

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-from torch import nn
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where a network is built or run: a rerun that scores nothing never pays for it
+    import torch
     from PIL import Image
+    from torch import nn
 
 CARD_SCHEMA_VERSION = 1
 DEFAULT_MODEL_PATH = Path(__file__).parent / "weights" / "cifake-resnet18.json"
@@ -53,6 +52,7 @@ def _resnet18_s1_stem(num_classes: int) -> nn.Module:
     At 32x32 input the stock stem (7x7 stride 2 + max-pool) leaves layer4 at 1x1, which gives
     Grad-CAM a single pixel. This stem keeps twice the resolution: layer3 is 4x4, layer4 2x2.
     """
+    from torch import nn
     from torchvision.models import resnet18
 
     net = resnet18(weights=None, num_classes=num_classes)
@@ -224,9 +224,13 @@ def refuse_pickle(path: Path) -> None:
         )
 
 
-def save_model(net: nn.Module, card: ModelCard, path: str | Path, dtype: torch.dtype = torch.float16) -> ModelCard:
-    """Write NAME.safetensors and NAME.json; return the card with its weights hash filled in."""
+def save_model(net: nn.Module, card: ModelCard, path: str | Path, dtype: torch.dtype | None = None) -> ModelCard:
+    """Write NAME.safetensors and NAME.json (weights in ``dtype``, fp16 by default); return the
+    card with its weights hash filled in."""
+    import torch
     from safetensors.torch import save_file
+
+    dtype = dtype or torch.float16
 
     weights_path, card_path = model_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,13 +257,26 @@ def read_card(path: str | Path) -> ModelCard:
     return ModelCard.from_json(card_path.read_text(encoding="utf-8"))
 
 
-@dataclass
 class LoadedModel:
-    """A network ready for inference (eval mode, compute dtype) with its card."""
+    """A model card with its verified weights file; the network (eval mode, fp32) is built on
+    first use, so a run that only re-emits stored results never imports torch or builds it."""
 
-    network: nn.Module
-    card: ModelCard
-    weights_path: Path
+    def __init__(self, network: nn.Module | None = None, card: ModelCard | None = None,
+                 weights_path: Path | None = None) -> None:
+        if card is None or weights_path is None:
+            raise TypeError("LoadedModel needs a card and a weights path")
+        self._network = network
+        self.card = card
+        self.weights_path = weights_path
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({self.card.name!r}, {str(self.weights_path)!r}, built={self._network is not None})"
+
+    @property
+    def network(self) -> nn.Module:
+        if self._network is None:
+            self._network = _load_network(self.card, self.weights_path)
+        return self._network
 
     @property
     def model_id(self) -> str:
@@ -267,15 +284,18 @@ class LoadedModel:
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated probability of 'AI-generated' for a batch of logits."""
+        import torch
+
         scaled = logits.float() / self.card.temperature
         return torch.softmax(scaled, dim=1)[:, AI_CLASS_INDEX]
 
 
-def load_model(path: str | Path | None = None, verify_hash: bool = True) -> LoadedModel:
-    """Load a model from its card and safetensors weights; never unpickles."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def load_model(path: str | Path | None = None, verify_hash: bool = True, lazy: bool = False) -> LoadedModel:
+    """Load a model from its card and safetensors weights; never unpickles.
 
+    The card is read and the weights' sha256 checked at once. With ``lazy`` the network is built
+    (and the safetensors parsed) on first use of ``.network`` rather than now.
+    """
     given = Path(path) if path is not None else DEFAULT_MODEL_PATH
     if given.suffix.lower() in _PICKLE_SUFFIXES:
         refuse_pickle(given)
@@ -290,6 +310,16 @@ def load_model(path: str | Path | None = None, verify_hash: bool = True) -> Load
                 f"{weights_path} does not match its card (sha256 {actual[:12]}, card says "
                 f"{card.weights_sha256[:12]}): the weights were changed or belong to another model"
             )
+    model = LoadedModel(card=card, weights_path=weights_path)
+    if not lazy:
+        model.network  # noqa: B018 - build now, so a bad file is an error here
+    return model
+
+
+def _load_network(card: ModelCard, weights_path: Path) -> nn.Module:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -303,7 +333,7 @@ def load_model(path: str | Path | None = None, verify_hash: bool = True) -> Load
     except RuntimeError as exc:
         raise ModelError(f"weights in {weights_path} do not fit variant {card.variant!r}: {exc}") from None
     net.eval()
-    return LoadedModel(network=net, card=card, weights_path=weights_path)
+    return net
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -315,6 +345,7 @@ def to_model_input(rgb_image: "Image.Image", pre: Preprocessing) -> torch.Tensor
     Training and the audit both call this, so the network sees the same pixels in both.
     """
     import numpy as np
+    import torch
     from PIL import Image
 
     size = (pre.input_size, pre.input_size)
@@ -329,6 +360,8 @@ def to_model_input(rgb_image: "Image.Image", pre: Preprocessing) -> torch.Tensor
 
 def normalize(batch_uint8: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     """uint8 NCHW -> normalised float NCHW, on the batch's device."""
+    import torch
+
     mean = torch.tensor(pre.mean, device=batch_uint8.device).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(pre.std, device=batch_uint8.device).view(1, 3, 1, 1) * 255.0
     return (batch_uint8.float() - mean) / std

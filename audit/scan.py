@@ -41,7 +41,7 @@ from audit.results import (
     discard_partial_outputs,
     write_json_tmp,
 )
-from audit.scoring import DEFAULT_BATCH_SIZE, Scored, Scorer, default_workers, plan_compute, score_records
+from audit.scoring import DEFAULT_BATCH_SIZE, ComputePlan, Scored, Scorer, default_workers, plan_compute, score_records
 from audit.stopping import raise_if_stop_requested
 from audit.store import (
     Changes,
@@ -242,10 +242,12 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
     """Scan the archives and write results.csv, results.xlsx and summary.json."""
     started = utc_now()
     clock = time.perf_counter()
-    model = model or load_model(options.model_path)
-    plan = plan_compute(options.device, options.precision, model.card.compute_dtype)
+    # Lazy: the network is built (and torch imported) only when some file needs scoring.
+    model = model or load_model(options.model_path, lazy=True)
+    # --device cuda without a GPU is a usage error before anything is written; otherwise the
+    # device is chosen when there is something to score.
+    plan = plan_compute(options.device, options.precision, model.card.compute_dtype) if options.device == "cuda" else None
     labeller = Labeller(options.labels)
-    workers = options.workers if options.workers is not None else default_workers(plan.device)
     evidence_options = None
     if options.evidence:
         evidence_options = EvidenceOptions(trust_anchors_pem=load_trust_anchors(options.trust_anchors))
@@ -255,7 +257,7 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
     # folder: a second run on the same store leaves at once (StoreLocked) and touches nothing.
     store, lock = open_locked(options.store or default_store_path(out_dir))
     try:
-        return _run_with_store(options, model, plan, labeller, workers, evidence_options, out_dir, store, started, clock)
+        return _run_with_store(options, model, plan, labeller, evidence_options, out_dir, store, started, clock)
     finally:
         store.close()
         lock.release()
@@ -339,7 +341,7 @@ class BatchCommitter:
         self.scores, self.updates, self.reused, self.pending_scored = [], [], [], 0
 
 
-def _run_with_store(options: ScanOptions, model: LoadedModel, plan: Any, labeller: Labeller, workers: int,
+def _run_with_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan | None, labeller: Labeller,
                     evidence_options: EvidenceOptions | None, out_dir: Path, store: RunStore, started: datetime,
                     clock: float) -> ScanOutcome:
     out_dir_created = not out_dir.exists()
@@ -347,14 +349,14 @@ def _run_with_store(options: ScanOptions, model: LoadedModel, plan: Any, labelle
     baseline = store.baseline_run()
     run_id = store.start_run(iso_utc(started), options.to_json(), out_dir, out_dir_created)
     try:
-        return _scan_into_store(options, model, plan, labeller, workers, evidence_options, out_dir, store, started, clock,
+        return _scan_into_store(options, model, plan, labeller, evidence_options, out_dir, store, started, clock,
                                 baseline, run_id)
     except BaseException as exc:  # a stop before the row loop (discovery, lookups): no counts yet
         _record_stop(store, run_id, exc)
         raise
 
 
-def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: Any, labeller: Labeller, workers: int,
+def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan | None, labeller: Labeller,
                      evidence_options: EvidenceOptions | None, out_dir: Path, store: RunStore, started: datetime,
                      clock: float, baseline: int | None, run_id: int) -> ScanOutcome:
     t0 = time.perf_counter()
@@ -373,7 +375,11 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: Any, labell
     seconds_lookup = time.perf_counter() - t0
     to_score = [record for record, stored in zip(records, plan_rows) if stored is None]
 
-    scorer = Scorer(model, plan) if to_score else None  # a rerun with nothing new never runs the model
+    scorer, workers = None, 0  # a rerun with nothing new never builds the network
+    if to_score:
+        plan = plan or plan_compute(options.device, options.precision, model.card.compute_dtype)
+        workers = options.workers if options.workers is not None else default_workers(plan.device)
+        scorer = Scorer(model, plan)
     progress = Progress(len(records), options.progress)
     if not records:
         progress.message("audit scan: warning: no image files found under the given archive(s)")
@@ -414,7 +420,7 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: Any, labell
         exit_code = exit_code_for(tally.by_status[STATUS_ERROR], tally.by_verdict[VERDICT_AI], options.fail_on_flagged)
         counts = RunCounts(tally.files, len(to_score), tally.files - len(to_score), tally.by_verdict[VERDICT_AI],
                            tally.by_status[STATUS_ERROR])
-        summary = build_summary(options, model, plan.describe(), workers, tally, seconds, started, exit_code, labeller.unmatched)
+        summary = build_summary(options, model, plan.describe() if plan else None, workers, tally, seconds, started, exit_code, labeller.unmatched)
         summary.update(store_summary(store.path, run_id, counts, changes, options.full))
         renames.append(write_json_tmp(out_dir / "summary.json", summary))
         raise_if_stop_requested()
@@ -495,7 +501,7 @@ def roots_seen_whole(options: ScanOptions, records: Sequence[FileRecord]) -> set
 def build_summary(
     options: ScanOptions,
     model: LoadedModel,
-    compute: dict[str, Any],
+    compute: dict[str, Any] | None,
     workers: int,
     tally: Tally,
     seconds: dict[str, float],
@@ -528,7 +534,10 @@ def build_summary(
             "threshold_method": card.threshold_method,
         },
         "threshold": card.threshold,
-        "compute": {**compute, "workers": workers, "batch_size": options.batch_size, "torch_threads": _torch_threads()},
+        # None when every row came from the run store: no device was chosen, no model ran.
+        "compute": {**compute, "workers": workers, "batch_size": options.batch_size, "torch_threads": _torch_threads()}
+        if compute
+        else None,
         "labels": {"source": options.labels, "unmatched_csv_entries": labels_unmatched, **(tally.labelled_summary() or {})}
         if options.labels
         else None,

@@ -23,19 +23,20 @@ import contextlib
 import os
 import signal
 from dataclasses import dataclass
-from typing import Iterator, Sequence
-
-import torch
-from torch.utils.data import DataLoader, Dataset
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from audit.discover import FileRecord
 from audit.loading import LoadOptions, LoadResult, load_image
 from audit.model import LoadedModel, normalize
 
+if TYPE_CHECKING:  # imported where the network runs: a rerun that scores nothing never loads torch
+    import torch
+    from torch.utils.data import DataLoader
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_BATCH_SIZE = 256
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 class ScoringError(Exception):
@@ -89,6 +90,8 @@ def plan_compute(device: str = "auto", precision: str = "auto", card_compute_dty
         raise ScoringError(f"unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}")
     if precision not in PRECISION_CHOICES:
         raise ScoringError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+    import torch
+
     cuda = torch.cuda.is_available()
     if device == "cuda" and not cuda:
         raise ScoringError("--device cuda was asked for, but no CUDA GPU is available")
@@ -102,7 +105,7 @@ def plan_compute(device: str = "auto", precision: str = "auto", card_compute_dty
             precision = "fp32"
     return ComputePlan(
         device=torch.device("cuda" if on_cuda else "cpu"),
-        autocast_dtype=_DTYPES.get(precision),
+        autocast_dtype=getattr(torch, _AUTOCAST_DTYPES[precision]) if precision in _AUTOCAST_DTYPES else None,
         channels_last=True,
         pin_memory=on_cuda,
     )
@@ -111,8 +114,9 @@ def plan_compute(device: str = "auto", precision: str = "auto", card_compute_dty
 # --------------------------------------------------------------------------- data
 
 
-class RecordDataset(Dataset):
-    """Map-style dataset over discovered files; an item is a LoadResult, never an exception."""
+class RecordDataset:
+    """Map-style dataset over discovered files (len and getitem are all a DataLoader needs); an
+    item is a LoadResult, never an exception."""
 
     def __init__(self, records: Sequence[FileRecord], options: LoadOptions) -> None:
         self.records = records
@@ -142,6 +146,8 @@ class Batch:
 
 
 def collate_results(items: list[LoadResult]) -> Batch:
+    import torch
+
     ok_positions = [i for i, item in enumerate(items) if item.tensor is not None]
     tensors = [items[i].tensor for i in ok_positions]
     for item in items:
@@ -162,6 +168,8 @@ def _ignore_stop_signals(_worker_id: int) -> None:
 
 
 def make_loader(records: Sequence[FileRecord], options: LoadOptions, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
+    from torch.utils.data import DataLoader
+
     return DataLoader(
         RecordDataset(records, options),
         batch_size=batch_size,
@@ -182,6 +190,8 @@ class Scorer:
     """Runs the network on uint8 batches and returns calibrated probabilities (float32, CPU)."""
 
     def __init__(self, model: LoadedModel, plan: ComputePlan) -> None:
+        import torch
+
         self.model = model
         self.plan = plan
         network = model.network.to(plan.device).eval()
@@ -192,9 +202,13 @@ class Scorer:
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.plan.autocast_dtype is None:
             return contextlib.nullcontext()
+        import torch
+
         return torch.autocast(device_type=self.plan.device.type, dtype=self.plan.autocast_dtype)
 
     def probabilities(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if images_uint8.shape[0] == 0:
             return torch.empty(0)
         with torch.inference_mode():

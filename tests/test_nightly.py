@@ -244,3 +244,24 @@ def test_a_one_off_or_filtered_scan_does_not_make_the_store_forget_the_archive(t
     summary = summary_of(tmp_path / "night2")
     assert (summary["files_scored"], summary["files_reused"]) == (0, 4)
     assert summary["changes"]["counts"]["new"] == 0 and summary["changes"]["counts"]["deleted"] == 0
+
+
+def test_an_unchanged_rerun_never_loads_torch_or_the_network(tmp_path: Path, model_path: Path) -> None:
+    """What makes a nightly rerun cheap: every row comes from the store, so the process never
+    imports torch (seconds of start-up) nor builds the network."""
+    archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
+    write_images(archive, [f"{i}.jpg" for i in range(3)])
+    assert scan(archive, model_path, tmp_path / "night1", store).exit_code == 0
+    probe = (
+        "import sys\n"
+        "from audit.cli import main\n"
+        "try:\n"
+        f"    main({['scan', str(archive), '--model', str(model_path), '--out', str(tmp_path / 'night2'), '--store', str(store), '--quiet', '--no-report']!r})\n"
+        "except SystemExit as exc:\n"
+        "    print('exit', exc.code, 'torch' in sys.modules)\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert finished.stdout.split() == ["exit", "0", "False"], finished.stderr
+    summary = summary_of(tmp_path / "night2")
+    assert (summary["files_scored"], summary["files_reused"], summary["compute"]) == (0, 3, None)
+    assert [row[1:] for row in rows_of(tmp_path / "night2")] == [row[1:] for row in rows_of(tmp_path / "night1")]
