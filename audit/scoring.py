@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -234,12 +235,82 @@ def score_records(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
 ) -> Iterator[Scored]:
-    """Load and score every record, yielding one Scored per record in the records' order."""
+    """Load and score every record, yielding one Scored per record in the records' order.
+
+    A decoder that crashes in native code (a segfault in a codec library on a hostile file) kills
+    its worker process, and torch then fails the whole DataLoader. The run goes on: every file
+    that could have been in flight is decoded again in fresh single-worker loaders, halving the
+    range around each crash until the file that kills a worker is found; that file becomes an
+    error row and normal batching resumes after the range.
+    """
     if workers is None:
         workers = default_workers(scorer.plan.device)
-    loader = make_loader(records, options, batch_size, workers, scorer.plan.pin_memory)
-    for batch in loader:
-        probs = scorer.probabilities(batch.images).tolist()
-        prob_at = dict(zip(batch.ok_positions, probs, strict=True))
-        for position, result in enumerate(batch.results):
-            yield Scored(result=result, prob_ai=prob_at.get(position))
+    position = 0  # records yielded so far
+    while position < len(records):
+        loader = make_loader(records[position:], options, batch_size, workers, scorer.plan.pin_memory)
+        try:
+            for batch in _iterate(loader):
+                for scored in _score_batch(scorer, batch):
+                    yield scored
+                    position += 1
+        except (RuntimeError, ConnectionError, EOFError) as exc:
+            if workers == 0 or not _worker_died(exc):
+                raise
+            # Up to prefetch_factor (2) batches per worker are in flight, plus the one being read.
+            in_flight = records[position : position + batch_size * (2 * workers + 1)]
+            yield from _score_isolated(in_flight, scorer, options, batch_size)
+            position += len(in_flight)
+
+
+def _score_batch(scorer: Scorer, batch: Batch) -> Iterator[Scored]:
+    probs = scorer.probabilities(batch.images).tolist()
+    prob_at = dict(zip(batch.ok_positions, probs, strict=True))
+    for position, result in enumerate(batch.results):
+        yield Scored(result=result, prob_ai=prob_at.get(position))
+
+
+def _iterate(loader: DataLoader) -> Iterator[Batch]:
+    """Iterate a loader, leaving worker deaths to the loader's own polling.
+
+    With worker processes torch installs a SIGCHLD handler that raises "DataLoader worker is
+    killed by signal" in whatever the main thread runs at that moment: in the scan's row loop or
+    inside the loader's own queue handling, where it cannot be recovered from. Without it the
+    loader notices a dead worker while it waits for a batch (within seconds) and raises "exited
+    unexpectedly" from the iteration, where score_records handles it.
+    """
+    batches = iter(loader)
+    if loader.num_workers > 0 and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    yield from batches
+
+
+def _worker_died(exc: Exception) -> bool:
+    # torch: "DataLoader worker (pid(s) 1234) exited unexpectedly" / "... is killed by signal: ...";
+    # reading the queue of a worker that died mid-message can also fail on the pipe itself.
+    if isinstance(exc, (ConnectionError, EOFError)):
+        return True
+    text = str(exc)
+    return "DataLoader worker" in text and ("exited unexpectedly" in text or "killed by signal" in text)
+
+
+def _score_isolated(records: Sequence[FileRecord], scorer: Scorer, options: LoadOptions, batch_size: int) -> Iterator[Scored]:
+    """Score ``records`` in a fresh one-worker loader; if a worker dies, split the range in two and
+    retry each half, down to the single file that kills it (an error row)."""
+    if not records:
+        return
+    try:
+        loader = make_loader(records, options, batch_size, 1, scorer.plan.pin_memory)
+        scored = [item for batch in _iterate(loader) for item in _score_batch(scorer, batch)]
+    except (RuntimeError, ConnectionError, EOFError) as exc:
+        if not _worker_died(exc):
+            raise
+        if len(records) == 1:
+            yield Scored(result=LoadResult(record=records[0], error=(
+                "decoder crashed: the worker process reading this file died "
+                "(a fault in native image-decoding code); the file was not scored")), prob_ai=None)
+            return
+        middle = len(records) // 2
+        yield from _score_isolated(records[:middle], scorer, options, batch_size)
+        yield from _score_isolated(records[middle:], scorer, options, batch_size)
+        return
+    yield from scored

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -91,6 +93,28 @@ def test_scores_stream_in_discovery_order_with_errors_in_place(tmp_path: Path, m
     # The same image gets the same probability alone as in a batch.
     alone = scorer.probabilities(load_image(records[1], LoadOptions()).tensor[None])
     assert scored[1].prob_ai == pytest.approx(alone.item(), abs=1e-5)
+
+
+def test_a_decoder_crash_in_a_worker_is_one_error_row_and_the_run_goes_on(
+    tmp_path: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A segfault in native decoding code kills a worker process; only that file is lost."""
+    records = make_records(tmp_path, 12)
+    crasher = records[7].rel_path
+
+    def load_or_segfault(record, options):
+        if record.rel_path == crasher:
+            os.kill(os.getpid(), signal.SIGSEGV)  # the forked worker dies as a codec fault would
+        return load_image(record, options)
+
+    monkeypatch.setattr("audit.scoring.load_image", load_or_segfault)  # workers are forked: they see it
+    scorer = Scorer(load_model(model_path), plan_compute("cpu", "fp32"))
+    scored = list(score_records(records, scorer, LoadOptions(), batch_size=2, workers=2))
+    assert [s.result.record.rel_path for s in scored] == [r.rel_path for r in records]
+    crashed = [s for s in scored if s.result.error and "decoder crashed" in s.result.error]
+    assert [s.result.record.rel_path for s in crashed] == [crasher]
+    others = [s for s in scored if s.result.record.rel_path != crasher]
+    assert [s.prob_ai is None for s in others] == [i % 3 == 0 for i in range(12) if i != 7]
 
 
 def test_scorer_applies_normalisation_and_temperature(tmp_path: Path) -> None:
