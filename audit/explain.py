@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +27,7 @@ from PIL import Image, ImageOps
 
 from audit.discover import FileRecord
 from audit.loading import LoadOptions, load_image, to_rgb
+from audit.provenance import Finding, decide
 from audit.model import AI_CLASS_INDEX, LoadedModel, ModelError, Preprocessing, load_model, normalize
 
 # Longest side of a thumbnail in pixels: the PDF shows it about 38 mm wide, so 144 px is
@@ -48,6 +49,7 @@ class Explanation:
     thumbnail: Image.Image
     overlay: Image.Image
     enlarged: bool = False  # the picture is smaller than the thumbnail (pixels repeated, not invented)
+    evidence: list[Finding] = field(default_factory=list)  # provenance findings, strongest first
 
 
 @dataclass(frozen=True)
@@ -70,13 +72,15 @@ class _Pending:
     thumbnail: Image.Image
     model_input: torch.Tensor  # uint8 CHW at the model's input size
     enlarged: bool
+    evidence: list[Finding]
 
 
 # --------------------------------------------------------------------------- pictures
 
 
-def load_model_input(path: Path, pre: Preprocessing) -> tuple[torch.Tensor, str]:
-    """The model's uint8 input and the file's sha256, through the scan's own load stage.
+def load_model_input(path: Path, pre: Preprocessing) -> tuple[torch.Tensor, str, list[Finding]]:
+    """The model's uint8 input, the file's sha256 and its provenance evidence, through the
+    scan's own load stage.
 
     The same decoder, draft decoding, orientation, alpha and size limits as the scan, so the
     probability recomputed here is the one the scan wrote. Raises ValueError with the load
@@ -86,7 +90,7 @@ def load_model_input(path: Path, pre: Preprocessing) -> tuple[torch.Tensor, str]
     loaded = load_image(record, LoadOptions(preprocessing=pre))
     if loaded.error is not None or loaded.tensor is None:
         raise ValueError(loaded.error or "cannot load image")
-    return loaded.tensor, loaded.sha256
+    return loaded.tensor, loaded.sha256, loaded.evidence
 
 
 def load_display_rgb(path: Path, pre: Preprocessing, size: int = THUMBNAIL_SIZE) -> Image.Image:
@@ -223,10 +227,10 @@ class GradCamExplainer:
         for path in paths:
             path = Path(path)
             try:
-                model_input, sha256 = load_model_input(path, pre)
+                model_input, sha256, evidence = load_model_input(path, pre)
                 picture = load_display_rgb(path, pre, thumbnail_size)
                 thumbnail = make_thumbnail(picture, thumbnail_size)
-                batch.append(_Pending(path, sha256, thumbnail, model_input, max(picture.size) < thumbnail_size))
+                batch.append(_Pending(path, sha256, thumbnail, model_input, max(picture.size) < thumbnail_size, evidence))
                 del picture  # a decoded photo must not stay alive for the whole batch
             except ValueError as exc:
                 batch.append(ExplainFailure(path, str(exc)))
@@ -253,6 +257,7 @@ class GradCamExplainer:
                     thumbnail=item.thumbnail,
                     overlay=overlay_heatmap(item.thumbnail, heatmap),
                     enlarged=item.enlarged,
+                    evidence=item.evidence,
                 )
         for item in batch:
             yield explained[id(item)] if isinstance(item, _Pending) else item
@@ -316,9 +321,13 @@ def explain_command(
             failures += 1
             echo(f"{result.path}\terror\t{result.error}")
             continue
-        verdict = "ai-generated" if result.prob_ai >= threshold else "real"
+        # The scan's verdict rule: a declaration of AI generation in the metadata flags the image
+        # whatever the model says (README, "Provenance evidence and the verdict").
+        decision = decide(result.prob_ai >= threshold, result.evidence)
+        verdict = "ai-generated" if decision.is_ai else "real"
         overlay_path = save_png(result.overlay, out / f"{safe_stem(result.path, index)}-gradcam.png")
-        echo(f"{result.path}\tprob_ai={result.prob_ai:.4f}\t{verdict}\t{overlay_path}")
+        reason = "" if decision.reason == "model" else f"\t{decision.reason}"
+        echo(f"{result.path}\tprob_ai={result.prob_ai:.4f}\t{verdict}\t{overlay_path}{reason}")
     return 3 if failures else 0
 
 

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,26 @@ def discard_partial_outputs(out_dir: Path) -> None:
         _tmp_path(out_dir / name).unlink(missing_ok=True)
 
 
+# What an earlier run may have left in a reused --out folder that would describe that run, not
+# this one: its report (rendered again only when this run renders one) and an XLSX this run
+# does not write.
+STALE_OUTPUTS = ("results.xlsx", "report.html", "report.pdf", "heatmaps")
+
+
 def commit(renames: list[tuple[Path, Path]]) -> None:
+    """Rename the finished outputs into place. Outputs of an earlier run in the same folder that
+    this run does not replace are removed first: a folder never mixes two runs."""
+    if renames:
+        out_dir = renames[0][1].parent
+        replaced = {final.name for _, final in renames}
+        for name in STALE_OUTPUTS:
+            stale = out_dir / name
+            if name in replaced or not (stale.exists() or stale.is_symlink()):
+                continue
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
     for tmp, final in renames:
         os.replace(tmp, final)
 

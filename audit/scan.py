@@ -12,6 +12,7 @@ its presence means the run completed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -290,12 +291,20 @@ def stored_row(row: ResultRow) -> dict[str, Any]:
     return {name: getattr(row, name) for name in _STORED_FIELDS}
 
 
+@functools.lru_cache(maxsize=256)
+def store_root(root: str) -> str:
+    """The run store knows a root by its resolved absolute path, so `photos`, `./photos/` and
+    `/srv/photos` (or a symlink to it) are one archive whatever the working directory of the
+    night's job; results.csv keeps the root as it was typed."""
+    return os.path.realpath(root)
+
+
 def reusable_sha256(store: RunStore, record: FileRecord, key: str) -> str | None:
     """The sha256 of a file whose (root, path, size, mtime) is unchanged since a run recorded it,
     when that sha256 has a result under the same key; None: score the file."""
     if record.error or record.size is None:
         return None
-    known = store.known_file(record.root, record.rel_path)
+    known = store.known_file(store_root(record.root), record.rel_path)
     if known is None or not known.sha256 or known.size != record.size or known.mtime != record.mtime:
         return None
     return known.sha256 if store.has_score(known.sha256, key) else None
@@ -319,19 +328,19 @@ class BatchCommitter:
     batch_size: int
     scores: list[StoredScore] = field(default_factory=list)
     updates: list[FileUpdate] = field(default_factory=list)
-    reused: list[tuple[str, str]] = field(default_factory=list)
+    reused: list[tuple[str, str, str]] = field(default_factory=list)
     pending_scored: int = 0
 
     def scored(self, record: FileRecord, row: ResultRow) -> None:
         if row.sha256:  # the bytes were read: the same bytes give the same row under the same key
             self.scores.append(StoredScore(row.sha256, self.key, row.model_id, stored_row(row)))
-        self.updates.append(FileUpdate(record.root, record.rel_path, record.size, record.mtime, row.sha256, row.verdict))
+        self.updates.append(FileUpdate(store_root(record.root), record.rel_path, record.size, record.mtime, row.sha256, row.verdict))
         self.pending_scored += 1
         if self.pending_scored >= self.batch_size:
             self.commit()
 
-    def reused_file(self, record: FileRecord) -> None:
-        self.reused.append((record.root, record.rel_path))
+    def reused_file(self, record: FileRecord, row: ResultRow) -> None:
+        self.reused.append((store_root(record.root), record.rel_path, row.verdict))
 
     def commit(self) -> None:
         if self.scores or self.updates:
@@ -397,7 +406,7 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
                 committer.scored(record, row)
             else:
                 row = reused_row(store, record, reuse_sha256, key, labeller.label_for(record))
-                committer.reused_file(record)
+                committer.reused_file(record, row)
             tw = time.perf_counter()
             writer.write(row)
             seconds_writing_rows += time.perf_counter() - tw
@@ -406,7 +415,7 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
             raise_if_stop_requested()
         committer.commit()
         seconds_loop = time.perf_counter() - t0
-        roots = roots_seen_whole(options, records)
+        roots = {store_root(root) for root in roots_seen_whole(options, records)}
         changes = store.changes_since(run_id, roots, baseline)
         tw = time.perf_counter()
         renames = writer.finish()
@@ -542,7 +551,10 @@ def build_summary(
         if options.labels
         else None,
         "options": options.to_json(),
-        "outputs": ["results.csv", "results.xlsx", "summary.json"] if options.write_xlsx else ["results.csv", "summary.json"],
+        # The report files are listed when asked for; a report that then fails says so on stderr
+        # and `audit report` renders it again.
+        "outputs": ["results.csv", *(["results.xlsx"] if options.write_xlsx else []), "summary.json",
+                    *(["report.html", "report.pdf", "heatmaps/"] if options.report else [])],
     }
 
 

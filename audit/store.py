@@ -414,11 +414,18 @@ class RunStore:
         with self._transaction() as db:
             db.execute(f"DELETE FROM files WHERE {where}", params)
 
-    def touch_files(self, run_id: int, keys: list[tuple[str, str]]) -> None:
-        """Mark reused files as seen by this run (one transaction for the lot)."""
+    def touch_files(self, run_id: int, keys: list[tuple[str, str, str]]) -> None:
+        """Mark reused files (root, path, verdict) as seen by this run, in one transaction. The
+        verdict is that of the reused result, which may differ from the file's last one (a night
+        with another model in between): flagged_since_run follows it as in _record_file."""
         with self._transaction() as db:
-            db.executemany("UPDATE files SET last_seen_run = ? WHERE root = ? AND path = ?",
-                           [(run_id, root, path) for root, path in keys])
+            db.executemany(
+                "UPDATE files SET last_seen_run = ?, "
+                # On the right of SET, `verdict` is still the old value.
+                "flagged_since_run = CASE WHEN ? != 'ai-generated' THEN NULL "
+                "WHEN verdict = 'ai-generated' AND flagged_since_run IS NOT NULL THEN flagged_since_run ELSE ? END, "
+                "verdict = ? WHERE root = ? AND path = ?",
+                [(run_id, verdict, run_id, verdict, root, path) for root, path, verdict in keys])
 
     # retention ---------------------------------------------------------------------------
 

@@ -94,7 +94,8 @@ def model_only(scorer: Scorer, images: torch.Tensor, batch_size: int) -> tuple[t
 def full_scan(data: Path, model: LoadedModel, args, out: Path, **overrides) -> dict:
     # report=False: the benchmark measures the scan; the report stage has benchmarks/bench_report.py.
     settings = {"device": args.device, "precision": args.precision, "workers": args.workers,
-                "batch_size": args.batch_size, "report": False}
+                "batch_size": args.batch_size, "report": False,
+                "full": True}  # every run scores every file: the runs share a run store
     settings.update(overrides)
     options = ScanOptions(archives=(str(data),), out_dir=out, progress="none", **settings)
     return run_scan(options, model=model).summary

@@ -261,3 +261,20 @@ def test_audit_explain_command(model: LoadedModel, tmp_path: Path) -> None:
     assert (tmp_path / "o" / "000-suspect-gradcam.png").is_file()
     missing_model = CliRunner().invoke(main, ["explain", str(image), "--model", str(tmp_path / "none.json")])
     assert missing_model.exit_code == 2 and "not found" in missing_model.output
+
+
+def test_explain_applies_the_scans_verdict_rule_to_metadata_declarations(model: LoadedModel, tmp_path: Path) -> None:
+    """A picture the model calls real, but whose PNG carries Stable Diffusion parameters, is
+    flagged by `audit explain` as the scan would flag it, and the line says why."""
+    from PIL import PngImagePlugin
+
+    picture = Image.open(sd.write_png(tmp_path / "plain.png", sd.background(np.random.default_rng(22)))).convert("RGB")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Model: sd15")
+    declared = tmp_path / "declared.png"
+    picture.save(declared, pnginfo=info)
+    lines: list[str] = []
+    assert explain_command([tmp_path / "plain.png", declared], model.weights_path, tmp_path / "out", echo=lines.append) == 0
+    plain_line, declared_line = lines[1], lines[2]
+    assert "\treal\t" in plain_line
+    assert "\tai-generated\t" in declared_line and "declared AI by png-text" in declared_line

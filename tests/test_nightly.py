@@ -265,3 +265,50 @@ def test_an_unchanged_rerun_never_loads_torch_or_the_network(tmp_path: Path, mod
     summary = summary_of(tmp_path / "night2")
     assert (summary["files_scored"], summary["files_reused"], summary["compute"]) == (0, 3, None)
     assert [row[1:] for row in rows_of(tmp_path / "night2")] == [row[1:] for row in rows_of(tmp_path / "night1")]
+
+
+def test_reused_results_that_flag_again_are_reported_as_newly_flagged(tmp_path: Path) -> None:
+    """Night 3 goes back to night 1's model: its stored results are reused, and the files that
+    night 2's model had cleared are newly flagged again."""
+    archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
+    write_images(archive, [f"{i}.jpg" for i in range(3)])
+    flag_all = make_model(tmp_path / "flag-all", threshold=0.0)
+    flag_none = make_model(tmp_path / "flag-none", threshold=1.0)
+    assert scan(archive, flag_all, tmp_path / "night1", store).exit_code == 0
+    assert scan(archive, flag_none, tmp_path / "night2", store).exit_code == 0
+    assert summary_of(tmp_path / "night2")["flagged"] == 0
+    assert scan(archive, flag_all, tmp_path / "night3", store).exit_code == 0
+    summary = summary_of(tmp_path / "night3")
+    assert (summary["files_reused"], summary["flagged"]) == (3, 3)
+    assert summary["changes"]["counts"]["newly_flagged"] == 3
+
+
+def test_the_same_archive_typed_differently_is_the_same_archive_to_the_store(
+    tmp_path: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
+    write_images(archive, [f"{i}.jpg" for i in range(3)])
+    (tmp_path / "link").symlink_to(archive)
+    assert scan(archive, model_path, tmp_path / "night1", store).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    for night, typed in (("night2", "archive/"), ("night3", "link")):
+        result = CliRunner().invoke(main, ["scan", typed, "--model", str(model_path), "--out", night, "--store", str(store),
+                                           "--workers", "0", "--quiet", "--no-report"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        summary = summary_of(tmp_path / night)
+        assert (summary["files_scored"], summary["files_reused"]) == (0, 3)
+        assert summary["changes"]["counts"]["new"] == 0 and summary["changes"]["counts"]["deleted"] == 0
+        assert {row["root"] for row in read_results_csv(tmp_path / night / "results.csv")} == {typed}
+
+
+def test_a_reused_output_folder_keeps_nothing_from_the_earlier_run(tmp_path: Path, model_path: Path) -> None:
+    archive, out = tmp_path / "archive", tmp_path / "out"
+    write_images(archive, ["0.jpg"])
+    out.mkdir()
+    for name in ("report.html", "report.pdf", "results.xlsx"):
+        (out / name).write_text("from last week's run")
+    (out / "heatmaps").mkdir()
+    (out / "heatmaps" / "0-overlay.png").write_bytes(b"old")
+    assert scan(archive, model_path, out, tmp_path / "store.sqlite", "--no-xlsx").exit_code == 0
+    assert sorted(path.name for path in out.iterdir()) == ["results.csv", "summary.json"]
+    assert summary_of(out)["outputs"] == ["results.csv", "summary.json"]
