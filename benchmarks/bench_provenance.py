@@ -81,7 +81,8 @@ def scan_pair(data: Path, model_file: Path, args: argparse.Namespace, work: Path
         for evidence in order:
             out = work / f"out-{repeat}-{int(evidence)}"
             options = ScanOptions(archives=(str(data),), out_dir=out, model_path=str(model_file), workers=args.workers,
-                                  progress="none", report=False, evidence=evidence)
+                                  progress="none", report=False, evidence=evidence,
+                                  full=True)  # score every file: the runs share a run store
             summary = run_scan(options, model=model).summary
             files = summary["files"]
             times["with_evidence" if evidence else "without_evidence"].append(stage_seconds(summary))
