@@ -90,7 +90,7 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
             outcome = run_scan(options)
         except ModelError as exc:
             missing_default = model_path is None and "not found" in str(exc)
-            hint = " (the default model is not installed yet; pass --model PATH)" if missing_default else ""
+            hint = " (the default model is missing from this install; reinstall, or pass --model PATH)" if missing_default else ""
             raise _usage_failure(f"{exc}{hint}") from None
         except StoreLocked as exc:
             click.echo(f"audit: error: {exc}", err=True)

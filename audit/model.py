@@ -261,11 +261,8 @@ class LoadedModel:
     """A model card with its verified weights file; the network (eval mode, fp32) is built on
     first use, so a run that only re-emits stored results never imports torch or builds it."""
 
-    def __init__(self, network: nn.Module | None = None, card: ModelCard | None = None,
-                 weights_path: Path | None = None) -> None:
-        if card is None or weights_path is None:
-            raise TypeError("LoadedModel needs a card and a weights path")
-        self._network = network
+    def __init__(self, network: nn.Module | None, card: ModelCard, weights_path: Path) -> None:
+        self._network = network  # None: built from weights_path on first use
         self.card = card
         self.weights_path = weights_path
 
@@ -310,7 +307,7 @@ def load_model(path: str | Path | None = None, verify_hash: bool = True, lazy: b
                 f"{weights_path} does not match its card (sha256 {actual[:12]}, card says "
                 f"{card.weights_sha256[:12]}): the weights were changed or belong to another model"
             )
-    model = LoadedModel(card=card, weights_path=weights_path)
+    model = LoadedModel(None, card, weights_path)
     if not lazy:
         model.network  # noqa: B018 - build now, so a bad file is an error here
     return model

@@ -178,20 +178,20 @@ def discard_partial_outputs(out_dir: Path) -> None:
 STALE_OUTPUTS = ("results.xlsx", "report.html", "report.pdf", "heatmaps")
 
 
+def remove_stale_outputs(out_dir: Path, replaced: set[str]) -> None:
+    """Remove what an earlier run left in ``out_dir`` that this run does not replace (the names
+    in ``replaced``), so that a folder never mixes two runs."""
+    for name in STALE_OUTPUTS:
+        stale = out_dir / name
+        if name in replaced:
+            continue
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 def commit(renames: list[tuple[Path, Path]]) -> None:
-    """Rename the finished outputs into place. Outputs of an earlier run in the same folder that
-    this run does not replace are removed first: a folder never mixes two runs."""
-    if renames:
-        out_dir = renames[0][1].parent
-        replaced = {final.name for _, final in renames}
-        for name in STALE_OUTPUTS:
-            stale = out_dir / name
-            if name in replaced or not (stale.exists() or stale.is_symlink()):
-                continue
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
     for tmp, final in renames:
         os.replace(tmp, final)
 

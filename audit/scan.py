@@ -40,6 +40,7 @@ from audit.results import (
     ResultWriter,
     commit,
     discard_partial_outputs,
+    remove_stale_outputs,
     write_json_tmp,
 )
 from audit.scoring import DEFAULT_BATCH_SIZE, ComputePlan, Scored, Scorer, default_workers, plan_compute, score_records
@@ -433,6 +434,7 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
         summary.update(store_summary(store.path, run_id, counts, changes, options.full))
         renames.append(write_json_tmp(out_dir / "summary.json", summary))
         raise_if_stop_requested()
+        remove_stale_outputs(out_dir, {final.name for _, final in renames})
         commit(renames)  # summary.json last: its presence means the run is complete
         store.forget_unseen(run_id, roots)
         store.finish_run(run_id, counts, exit_code, partial=False)

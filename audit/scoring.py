@@ -37,6 +37,8 @@ if TYPE_CHECKING:  # imported where the network runs: a rerun that scores nothin
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_BATCH_SIZE = 256
+# Batches each decode worker keeps in flight: bounds memory while keeping the model fed.
+PREFETCH_FACTOR = 2
 _AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -179,8 +181,7 @@ def make_loader(records: Sequence[FileRecord], options: LoadOptions, batch_size:
         collate_fn=collate_results,
         pin_memory=pin_memory,
         worker_init_fn=_ignore_stop_signals if workers > 0 else None,
-        # Two batches in flight per worker bounds memory while keeping the model fed.
-        prefetch_factor=2 if workers > 0 else None,
+        prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
     )
 
 
@@ -256,8 +257,8 @@ def score_records(
         except (RuntimeError, ConnectionError, EOFError) as exc:
             if workers == 0 or not _worker_died(exc):
                 raise
-            # Up to prefetch_factor (2) batches per worker are in flight, plus the one being read.
-            in_flight = records[position : position + batch_size * (2 * workers + 1)]
+            # The batches each worker had in flight, plus the one being read.
+            in_flight = records[position : position + batch_size * (PREFETCH_FACTOR * workers + 1)]
             yield from _score_isolated(in_flight, scorer, options, batch_size)
             position += len(in_flight)
 
