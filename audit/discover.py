@@ -175,7 +175,7 @@ class _Walker:
 
     @staticmethod
     def _is_candidate(entry: os.DirEntry) -> bool:
-        if Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+        if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
             return True
         return _has_image_content(entry.path)
 

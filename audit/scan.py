@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -36,6 +37,7 @@ from audit.results import (
     VERDICT_AI,
     VERDICT_ERROR,
     VERDICT_REAL,
+    EarlierXlsx,
     ResultRow,
     ResultWriter,
     commit,
@@ -300,22 +302,47 @@ def store_root(root: str) -> str:
     return os.path.realpath(root)
 
 
-def reusable_sha256(store: RunStore, record: FileRecord, key: str) -> str | None:
-    """The sha256 of a file whose (root, path, size, mtime) is unchanged since a run recorded it,
-    when that sha256 has a result under the same key; None: score the file."""
-    if record.error or record.size is None:
-        return None
-    known = store.known_file(store_root(record.root), record.rel_path)
-    if known is None or not known.sha256 or known.size != record.size or known.mtime != record.mtime:
-        return None
-    return known.sha256 if store.has_score(known.sha256, key) else None
+# Files looked up in the run store per query: under SQLite's old limit of 999 parameters.
+LOOKUP_CHUNK = 500
 
 
-def reused_row(store: RunStore, record: FileRecord, sha256: str, key: str, true_label: str) -> ResultRow:
-    stored = store.score(sha256, key)
-    if stored is None:  # the lock keeps other runs out, so this is a bug, not a user's problem
-        raise RuntimeError(f"the stored result for {record.rel_path} vanished from the run store during the run")
-    return ResultRow(path=record.rel_path, root=record.root, true_label=true_label, **stored.row)
+def reuse_plan(store: RunStore, records: Sequence[FileRecord], key: str) -> list[str | None]:
+    """Per record, in order: the sha256 of a file whose (root, path, size, mtime) is unchanged
+    since a run recorded it and whose bytes have a result under ``key`` (its row is re-emitted);
+    None: score the file. Only the sha256 is kept, so memory does not grow with stored rows."""
+    plan: list[str | None] = [None] * len(records)
+    readable = [index for index, record in enumerate(records) if not record.error and record.size is not None]
+    for root, same_root in itertools.groupby(readable, key=lambda index: store_root(records[index].root)):
+        indices = list(same_root)
+        for start in range(0, len(indices), LOOKUP_CHUNK):
+            chunk = indices[start : start + LOOKUP_CHUNK]
+            known = store.reusable_files(root, [records[index].rel_path for index in chunk], key)
+            for index in chunk:
+                record = records[index]
+                size, mtime, sha256 = known.get(record.rel_path, (None, None, ""))
+                if sha256 and size == record.size and mtime == record.mtime:
+                    plan[index] = sha256
+    return plan
+
+
+class StoredRows:
+    """The rows a plan re-emits, read from the store LOOKUP_CHUNK at a time in plan order."""
+
+    def __init__(self, store: RunStore, key: str, plan: Sequence[str | None]) -> None:
+        self.store, self.key = store, key
+        self.sha256s = [sha256 for sha256 in plan if sha256 is not None]
+        self.position = 0
+        self.cache: dict[str, StoredScore] = {}
+
+    def next_row(self, record: FileRecord, true_label: str) -> ResultRow:
+        sha256 = self.sha256s[self.position]
+        if sha256 not in self.cache:
+            self.cache = self.store.scores(self.sha256s[self.position : self.position + LOOKUP_CHUNK], self.key)
+        self.position += 1
+        stored = self.cache.get(sha256)
+        if stored is None:  # the lock keeps other runs out, so this is a bug, not a user's problem
+            raise RuntimeError(f"the stored result for {record.rel_path} vanished from the run store during the run")
+        return ResultRow(path=record.rel_path, root=record.root, true_label=true_label, **stored.row)
 
 
 @dataclass
@@ -327,28 +354,41 @@ class BatchCommitter:
     run_id: int
     key: str
     batch_size: int
-    scores: list[StoredScore] = field(default_factory=list)
+    full: bool = False
+    scores: dict[str, StoredScore] = field(default_factory=dict)  # by sha256
     updates: list[FileUpdate] = field(default_factory=list)
     reused: list[tuple[str, str, str]] = field(default_factory=list)
     pending_scored: int = 0
 
-    def scored(self, record: FileRecord, row: ResultRow) -> None:
-        if row.sha256:  # the bytes were read: the same bytes give the same row under the same key
-            self.scores.append(StoredScore(row.sha256, self.key, row.model_id, stored_row(row)))
+    def scored(self, record: FileRecord, row: ResultRow) -> ResultRow:
+        """Queue what scoring the file taught; return the row to write for it.
+
+        Under the same key the same bytes give one row: a file whose bytes already have a result
+        (a duplicate, or a copy under a new name) gets that result, so that duplicates read alike
+        in every run and an unchanged rerun writes the same CSV. --full replaces earlier runs'
+        results, so it takes only those of this run."""
+        if row.sha256:
+            earlier = self.scores.get(row.sha256) or self.store.score(row.sha256, self.key,
+                                                                      scored_run=self.run_id if self.full else None)
+            if earlier is None:
+                self.scores[row.sha256] = StoredScore(row.sha256, self.key, row.model_id, stored_row(row))
+            else:
+                row = ResultRow(path=row.path, root=row.root, true_label=row.true_label, **earlier.row)
         self.updates.append(FileUpdate(store_root(record.root), record.rel_path, record.size, record.mtime, row.sha256, row.verdict))
         self.pending_scored += 1
         if self.pending_scored >= self.batch_size:
             self.commit()
+        return row
 
     def reused_file(self, record: FileRecord, row: ResultRow) -> None:
         self.reused.append((store_root(record.root), record.rel_path, row.verdict))
 
     def commit(self) -> None:
         if self.scores or self.updates:
-            self.store.commit_batch(self.run_id, self.scores, self.updates)
+            self.store.commit_batch(self.run_id, self.scores.values(), self.updates)
         if self.reused:
             self.store.touch_files(self.run_id, self.reused)
-        self.scores, self.updates, self.reused, self.pending_scored = [], [], [], 0
+        self.scores, self.updates, self.reused, self.pending_scored = {}, [], [], 0
 
 
 def _run_with_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan | None, labeller: Labeller,
@@ -378,10 +418,9 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
                                evidence=evidence_options)
     key = scoring_key(model, load_options)
     t0 = time.perf_counter()
-    # None: score it; a sha256: re-emit its stored row. Decided before scoring starts, so the
-    # DataLoader gets exactly the files to decode, in discovery order. Only the sha256 is kept
-    # here (the rows are read one at a time below), so memory does not grow with stored rows.
-    plan_rows = [None if options.full else reusable_sha256(store, record, key) for record in records]
+    # Decided before scoring starts, so the DataLoader gets exactly the files to decode, in
+    # discovery order.
+    plan_rows = [None] * len(records) if options.full else reuse_plan(store, records, key)
     seconds_lookup = time.perf_counter() - t0
     to_score = [record for record, stored in zip(records, plan_rows) if stored is None]
 
@@ -394,19 +433,20 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
     if not records:
         progress.message("audit scan: warning: no image files found under the given archive(s)")
     tally = Tally()
-    committer = BatchCommitter(store, run_id, key, options.batch_size)
+    stored_rows = StoredRows(store, key, plan_rows)
+    committer = BatchCommitter(store, run_id, key, options.batch_size, full=options.full)
     writer: ResultWriter | None = None
     seconds_writing_rows = 0.0
     t0 = time.perf_counter()
     try:
-        writer = ResultWriter(out_dir, write_xlsx=options.write_xlsx)
+        writer = ResultWriter(out_dir, write_xlsx=options.write_xlsx, earlier_xlsx=earlier_xlsx(store, baseline))
         scored_stream = iter(score_records(to_score, scorer, load_options, options.batch_size, workers) if scorer else ())
         for record, reuse_sha256 in zip(records, plan_rows):
             if reuse_sha256 is None:
-                row = make_row(next(scored_stream), labeller.label_for(record), model, iso_utc(utc_now()))
-                committer.scored(record, row)
+                row = committer.scored(record, make_row(next(scored_stream), labeller.label_for(record), model,
+                                                        iso_utc(utc_now())))
             else:
-                row = reused_row(store, record, reuse_sha256, key, labeller.label_for(record))
+                row = stored_rows.next_row(record, labeller.label_for(record))
                 committer.reused_file(record, row)
             tw = time.perf_counter()
             writer.write(row)
@@ -432,6 +472,8 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
                            tally.by_status[STATUS_ERROR])
         summary = build_summary(options, model, plan.describe() if plan else None, workers, tally, seconds, started, exit_code, labeller.unmatched)
         summary.update(store_summary(store.path, run_id, counts, changes, options.full))
+        # Lets the next run check that its rows are these very bytes before it copies the XLSX.
+        summary["output_sha256"] = writer.sha256
         renames.append(write_json_tmp(out_dir / "summary.json", summary))
         raise_if_stop_requested()
         remove_stale_outputs(out_dir, {final.name for _, final in renames})
@@ -455,6 +497,19 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
         _render_report(out_dir, model, options)
     progress.message(_closing_line(tally, out_dir))
     return ScanOutcome(out_dir=out_dir, summary=summary, exit_code=exit_code)
+
+
+def earlier_xlsx(store: RunStore, baseline: int | None) -> EarlierXlsx | None:
+    """The last completed run's results.xlsx with the hashes its summary.json recorded; None
+    when there is none to go by (the writer then makes the XLSX)."""
+    folder = store.out_dir_of(baseline) if baseline is not None else None
+    if folder is None:
+        return None
+    try:
+        hashes = json.loads((folder / "summary.json").read_text(encoding="utf-8"))["output_sha256"]
+        return EarlierXlsx(folder / "results.xlsx", hashes["results.csv"], hashes["results.xlsx"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _record_stop(store: RunStore, run_id: int, exc: BaseException, counts: RunCounts | None = None) -> None:

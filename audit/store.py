@@ -29,7 +29,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TextIO
+from typing import Any, Callable, Iterable, Iterator, Sequence, TextIO
 
 STORE_FILE_NAME = "audit-store.sqlite"
 SCHEMA_VERSION = 1
@@ -135,15 +135,6 @@ class StoreLock:
 
 
 # --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class KnownFile:
-    size: int | None
-    mtime: float | None
-    sha256: str
-    verdict: str
-    flagged_since_run: int | None
 
 
 @dataclass(frozen=True)
@@ -321,6 +312,10 @@ class RunStore:
                 (utc_text(), *(_counts_tuple(counts)), exit_code, int(partial), note, run_id),
             )
 
+    def out_dir_of(self, run_id: int) -> Path | None:
+        row = self.db.execute("SELECT out_dir FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return Path(row[0]) if row and row[0] else None
+
     def runs(self) -> list[RunRecord]:
         rows = self.db.execute("SELECT * FROM runs ORDER BY id").fetchall()
         return [
@@ -335,19 +330,31 @@ class RunStore:
 
     # files and scores --------------------------------------------------------------------
 
-    def known_file(self, root: str, path: str) -> KnownFile | None:
-        row = self.db.execute("SELECT size, mtime, sha256, verdict, flagged_since_run FROM files WHERE root = ? AND path = ?",
-                              (root, path)).fetchone()
-        return KnownFile(row[0], row[1], row[2], row[3], row[4]) if row else None
+    def reusable_files(self, root: str, paths: Sequence[str], scoring_key: str) -> dict[str, tuple[int | None, float | None, str]]:
+        """(size, mtime, sha256) by path, for those of ``paths`` under ``root`` whose recorded
+        bytes have a result under ``scoring_key``. One query for many files: the lookups are most
+        of an unchanged rerun's time. Keep ``paths`` under SQLite's limit on parameters."""
+        marks = ",".join("?" * len(paths))
+        rows = self.db.execute(
+            f"SELECT path, size, mtime, sha256 FROM files WHERE root = ? AND path IN ({marks}) AND sha256 != '' "
+            "AND EXISTS (SELECT 1 FROM scores WHERE scores.sha256 = files.sha256 AND scores.scoring_key = ?)",
+            (root, *paths, scoring_key)).fetchall()
+        return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
-    def score(self, sha256: str, scoring_key: str) -> StoredScore | None:
-        row = self.db.execute("SELECT model_id, row_json FROM scores WHERE sha256 = ? AND scoring_key = ?",
-                              (sha256, scoring_key)).fetchone()
+    def scores(self, sha256s: Sequence[str], scoring_key: str) -> dict[str, StoredScore]:
+        """The stored results for these bytes under ``scoring_key``, by sha256 (as :meth:`reusable_files`, batched)."""
+        marks = ",".join("?" * len(sha256s))
+        rows = self.db.execute(
+            f"SELECT sha256, model_id, row_json FROM scores WHERE scoring_key = ? AND sha256 IN ({marks})",
+            (scoring_key, *sha256s)).fetchall()
+        return {row[0]: StoredScore(row[0], scoring_key, row[1], json.loads(row[2])) for row in rows}
+
+    def score(self, sha256: str, scoring_key: str, scored_run: int | None = None) -> StoredScore | None:
+        """The stored result for these bytes under this key; with ``scored_run``, only one that run computed."""
+        run_clause = "" if scored_run is None else " AND scored_run = ?"
+        row = self.db.execute(f"SELECT model_id, row_json FROM scores WHERE sha256 = ? AND scoring_key = ?{run_clause}",
+                              (sha256, scoring_key, *(() if scored_run is None else (scored_run,)))).fetchone()
         return StoredScore(sha256, scoring_key, row[0], json.loads(row[1])) if row else None
-
-    def has_score(self, sha256: str, scoring_key: str) -> bool:
-        return self.db.execute("SELECT 1 FROM scores WHERE sha256 = ? AND scoring_key = ?",
-                               (sha256, scoring_key)).fetchone() is not None
 
     def commit_batch(self, run_id: int, scores: Iterable[StoredScore], files: Iterable[FileUpdate]) -> None:
         """One transaction: the batch's new scores and what was learnt about its files."""

@@ -92,6 +92,72 @@ def test_rerun_reuses_unchanged_files_and_reports_changes(tmp_path: Path, model_
     assert rows_of(tmp_path / "r3") == rows
 
 
+def test_duplicates_read_alike_and_an_unchanged_rerun_writes_the_same_csv(
+        tmp_path: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import itertools
+    from datetime import datetime, timedelta, timezone
+
+    import audit.scan
+
+    ticks = itertools.count()  # every row is scored a second after the one before
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    monkeypatch.setattr(audit.scan, "utc_now", lambda: start + timedelta(seconds=next(ticks)))
+    archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
+    write_images(archive, ["a.jpg", "b.jpg"])
+    (archive / "c-copy-of-a.jpg").write_bytes((archive / "a.jpg").read_bytes())
+    assert scan(archive, model_path, tmp_path / "r1", store).exit_code == 0
+    rows = {row.pop("path"): row for row in read_results_csv(tmp_path / "r1" / "results.csv")}
+    assert rows["c-copy-of-a.jpg"] == rows["a.jpg"] != rows["b.jpg"]  # the same bytes: one result, one scan time
+
+    assert scan(archive, model_path, tmp_path / "r2", store).exit_code == 0
+    assert (tmp_path / "r2" / "results.csv").read_bytes() == (tmp_path / "r1" / "results.csv").read_bytes()
+
+
+def xlsx_rows(out: Path) -> list[tuple]:
+    from openpyxl import load_workbook
+
+    return list(load_workbook(out / "results.xlsx").active.iter_rows(values_only=True))
+
+
+def test_an_unchanged_rerun_copies_the_spreadsheet_and_an_edited_or_outdated_one_is_made_again(
+        tmp_path: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from openpyxl import load_workbook
+
+    import audit.results
+
+    made = []
+    make_xlsx = audit.results.write_xlsx_from_csv
+    monkeypatch.setattr(audit.results, "write_xlsx_from_csv", lambda *paths: (made.append(paths), make_xlsx(*paths)))
+    archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
+    write_images(archive, [f"{i}.jpg" for i in range(4)])
+    assert scan(archive, model_path, tmp_path / "r1", store).exit_code == 0
+    assert scan(archive, model_path, tmp_path / "r2", store).exit_code == 0
+    assert len(made) == 1  # writing a spreadsheet is most of an unchanged rerun's time
+    first, second = (tmp_path / "r1" / "results.xlsx").read_bytes(), (tmp_path / "r2" / "results.xlsx").read_bytes()
+    assert second == first  # the same rows: last night's spreadsheet is copied, not written again
+    assert summary_of(tmp_path / "r2")["output_sha256"]["results.xlsx"] == hashlib.sha256(second).hexdigest()
+
+    # An analyst edits last night's spreadsheet: tonight's is made from tonight's rows instead.
+    workbook = load_workbook(tmp_path / "r2" / "results.xlsx")
+    workbook.active["A2"] = "edited by an analyst"
+    workbook.save(tmp_path / "r2" / "results.xlsx")
+    assert scan(archive, model_path, tmp_path / "r3", store).exit_code == 0
+    assert [row[0] for row in xlsx_rows(tmp_path / "r3")] == ["path", "0.jpg", "1.jpg", "2.jpg", "3.jpg"]
+    assert len(made) == 2
+
+    # A changed file: the spreadsheet holds its new row, with the CSV's values.
+    write_images(archive, ["1.jpg"], seed=100)
+    os.utime(archive / "1.jpg", (1, 1))
+    assert scan(archive, model_path, tmp_path / "r4", store).exit_code == 0
+    csv_rows = read_results_csv(tmp_path / "r4" / "results.csv")
+    sheet_rows = xlsx_rows(tmp_path / "r4")[1:]
+    assert [row[2] for row in sheet_rows] == [row["sha256"] for row in csv_rows]
+    assert [row[9] for row in sheet_rows] == [float(row["prob_ai"]) for row in csv_rows]
+    assert sheet_rows[1][2] != xlsx_rows(tmp_path / "r3")[2][2]
+
+
 def test_full_and_a_different_model_score_everything_again(tmp_path: Path, model_path: Path) -> None:
     archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
     write_images(archive, [f"{i}.jpg" for i in range(3)])
