@@ -14,7 +14,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from audit.model import LoadedModel, ModelCard, ModelError, Preprocessing, build_network, load_model, read_card, save_model
+from audit.model import (
+    LoadedModel, ModelCard, ModelError, Preprocessing, build_network, file_sha256, load_model, read_card, save_model,
+)
 from training import evaluate, export, train
 from training.__main__ import main as training_cli
 from training.checkpoint import resolve_checkpoint
@@ -92,6 +94,21 @@ def test_fit_from_zip_trains_exports_and_loads(dataset_zip, tmp_path, caplog):
     assert len(epoch_lines) == 2 and all("val_auc" in l and "img/s" in l and "ETA" in l for l in epoch_lines)
     probs = model.probabilities(model.network(torch.zeros(2, 3, 32, 32)))
     assert probs.shape == (2,) and bool(((probs >= 0) & (probs <= 1)).all())
+
+
+def test_fine_tuning_from_an_exported_model_records_what_it_started_from(dataset_zip, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="training")
+    first = train.main(fit_args(dataset_zip, tmp_path / "first", epochs=1))
+    start = first.with_suffix(".safetensors")
+    tuned = train.main(fit_args(dataset_zip, tmp_path / "tuned", epochs=1, pretrained=str(start),
+                                rescale_prob=0.05, blur_prob=0.0))
+
+    assert f"starting from pretrained weights {start}" in caplog.text
+    training = load_model(tuned).card.training
+    # The start is named by its hash: the path may later hold another model (the shipped one is replaced).
+    assert training["pretrained"] == {"path_given": str(start), "sha256": file_sha256(start)}
+    assert (training["augmentation"]["rescale_prob"], training["augmentation"]["blur_prob"]) == (0.05, 0.0)
+    assert "--rescale-prob 0.05 --blur-prob 0.0" in training["command"]
 
 
 def test_folder_and_zip_hold_the_same_data(tmp_path):

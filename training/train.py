@@ -72,6 +72,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--stop-after-epochs", type=int, default=None, help="stop (resumably) after this many epochs of this invocation")
     parser.add_argument("--print-freq", type=int, default=100, help="batches between progress lines inside an epoch (0: none)")
     parser.add_argument("--no-archive-augment", action="store_true", help="only crop and flip; no JPEG, rescale or blur")
+    defaults = AugmentConfig()
+    parser.add_argument("--jpeg-prob", type=float, default=defaults.jpeg_prob, help="share of images re-encoded as JPEG")
+    parser.add_argument("--rescale-prob", type=float, default=defaults.rescale_prob, help="share of images downscaled and upscaled back")
+    parser.add_argument("--blur-prob", type=float, default=defaults.blur_prob, help="share of images blurred slightly")
     return parser
 
 
@@ -110,6 +114,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def augment_config(args: argparse.Namespace) -> AugmentConfig:
+    if args.no_archive_augment:
+        return AugmentConfig(jpeg_prob=0, rescale_prob=0, blur_prob=0)
+    return AugmentConfig(jpeg_prob=args.jpeg_prob, rescale_prob=args.rescale_prob, blur_prob=args.blur_prob)
 
 
 def one_cycle_lr(step: int, total_steps: int, peak: float, warmup_fraction: float) -> float:
@@ -174,6 +184,16 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
+def pretrained_record(spec: str | None) -> str | dict[str, str]:
+    """What the run started from; a local file is named by hash, since its path may later hold another model."""
+    if not spec:
+        return "none (trained from scratch)"
+    if spec == "imagenet":
+        return "torchvision ResNet18_Weights.IMAGENET1K_V1"
+    path = Path(spec)
+    return {"path_given": spec, "sha256": file_sha256(path)} if path.is_file() else spec
+
+
 def dataset_fingerprint(source: Path) -> dict[str, Any]:
     """Name and hash of the training data, for the model card."""
     info: dict[str, Any] = {"path_given": str(source), "name": source.stem if source.is_file() else source.name}
@@ -218,8 +238,9 @@ def main(args: argparse.Namespace) -> Path:
         saved_args = json.loads(resume_path.read_text())["args"]
         # A resumed run keeps the schedule it started with; only how it runs may change.
         for key in ("epochs", "batch_size", "lr", "warmup_fraction", "momentum", "weight_decay", "label_smoothing",
-                    "val_fraction", "seed", "limit_per_class", "variant", "no_archive_augment", "name"):
-            setattr(args, key, saved_args[key])
+                    "val_fraction", "seed", "limit_per_class", "variant", "no_archive_augment", "name",
+                    "jpeg_prob", "rescale_prob", "blur_prob"):
+            setattr(args, key, saved_args.get(key, getattr(args, key)))
 
     torch.manual_seed(args.seed)
     train_set, val_set, pre = prepare_data(data_source, args)
@@ -251,7 +272,7 @@ def main(args: argparse.Namespace) -> Path:
 
     steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
-    augment = AugmentConfig() if not args.no_archive_augment else AugmentConfig(jpeg_prob=0, rescale_prob=0, blur_prob=0)
+    augment = augment_config(args)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     log.info(
         "training %s for %d epochs (%d steps of %d) on %s, autocast %s, %d threads",
@@ -367,9 +388,9 @@ def export_model(
             "epochs_done": state.epochs_done,
             "batch_size": args.batch_size,
             "optimizer": f"SGD nesterov momentum {args.momentum}, weight decay {args.weight_decay}, one-cycle peak lr {args.lr}",
-            "augmentation": "none beyond crop and flip" if args.no_archive_augment else dataclasses.asdict(AugmentConfig()),
+            "augmentation": "none beyond crop and flip" if args.no_archive_augment else dataclasses.asdict(augment_config(args)),
             "validation": f"{args.val_fraction:.0%} of train, stratified, seed {args.seed}, duplicates kept together ({len(val_set)} images)",
-            "pretrained": args.pretrained or "none (trained from scratch)",
+            "pretrained": pretrained_record(args.pretrained),
             "mixed_precision": args.amp,
             "train_seconds": round(seconds, 1),
             "seconds_per_epoch": round(seconds / max(1, state.epochs_done), 1),
