@@ -14,6 +14,8 @@ over the whole thumbnail, because the input is the whole image squashed (resize 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ import torch
 from PIL import Image, ImageOps
 
 from audit.discover import FileRecord
-from audit.loading import LoadOptions, load_image, to_rgb
+from audit.loading import DEFAULT_MAX_FILE_BYTES, LoadOptions, load_image, strict_pillow, to_rgb
 from audit.provenance import Finding, decide
 from audit.model import AI_CLASS_INDEX, LoadedModel, ModelError, Preprocessing, load_model, normalize
 
@@ -93,13 +95,19 @@ def load_model_input(path: Path, pre: Preprocessing) -> tuple[torch.Tensor, str,
     return loaded.tensor, loaded.sha256, loaded.evidence
 
 
-def load_display_rgb(path: Path, pre: Preprocessing, size: int = THUMBNAIL_SIZE) -> Image.Image:
+def load_display_rgb(path: Path, pre: Preprocessing, sha256: str, size: int = THUMBNAIL_SIZE) -> Image.Image:
     """Decode the picture for display: first frame, upright, RGB as the scan composites it.
 
     JPEGs are decoded at reduced size (draft mode) down to twice the thumbnail, so a 12 MP
-    photo costs little. Called only after load_model_input accepted the file (size limits).
+    photo costs little. Only the bytes that load_model_input accepted (``sha256``: its size
+    limits, and a strict decode) are decoded, under the same strict Pillow settings: a file
+    replaced in between is refused, not decoded.
     """
-    with Image.open(path) as opened:
+    with open(path, "rb") as handle:  # no more than the load stage would have read
+        data = handle.read(DEFAULT_MAX_FILE_BYTES + 1)
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError("the file changed while it was being explained")
+    with strict_pillow(), Image.open(io.BytesIO(data)) as opened:
         if opened.format == "JPEG":
             opened.draft("RGB", (2 * size, 2 * size))
         opened.load()
@@ -228,7 +236,7 @@ class GradCamExplainer:
             path = Path(path)
             try:
                 model_input, sha256, evidence = load_model_input(path, pre)
-                picture = load_display_rgb(path, pre, thumbnail_size)
+                picture = load_display_rgb(path, pre, sha256, thumbnail_size)
                 thumbnail = make_thumbnail(picture, thumbnail_size)
                 batch.append(_Pending(path, sha256, thumbnail, model_input, max(picture.size) < thumbnail_size, evidence))
                 del picture  # a decoded photo must not stay alive for the whole batch

@@ -99,7 +99,7 @@ def read_file_bytes(path: str, max_bytes: int) -> bytes:
 
 
 @contextlib.contextmanager
-def _strict_pillow() -> Iterator[None]:
+def strict_pillow() -> Iterator[None]:
     """Pillow settings for one decode, whatever other code in the process has set globally.
 
     * ``LOAD_TRUNCATED_IMAGES`` off: a truncated file is an error row, not a half-grey image.
@@ -184,7 +184,7 @@ def _decode(data: bytes, image_format: str, options: LoadOptions, result: LoadRe
     """Open (header only), check the size, then decode the first frame upright."""
     pre = options.preprocessing
     try:
-        with _strict_pillow():
+        with strict_pillow():
             # Only the format the content was sniffed as: no other Pillow plugin parses the bytes.
             try:
                 image = Image.open(io.BytesIO(data), formats=[image_format])

@@ -278,3 +278,22 @@ def test_explain_applies_the_scans_verdict_rule_to_metadata_declarations(model: 
     plain_line, declared_line = lines[1], lines[2]
     assert "\treal\t" in plain_line
     assert "\tai-generated\t" in declared_line and "declared AI by png-text" in declared_line
+
+
+def test_a_file_replaced_while_it_is_explained_is_refused_not_decoded(
+        model: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import audit.explain
+
+    rng = np.random.default_rng(19)
+    picture = sd.write_png(tmp_path / "picture.png", sd.with_patch(sd.background(rng), 0, 0))
+    replacement = sd.background(rng)
+    load_for_model = audit.explain.load_model_input
+
+    def load_then_replace(path: Path, pre):
+        loaded = load_for_model(path, pre)
+        sd.write_png(path, replacement)  # the archive changes between the model's read and the thumbnail's
+        return loaded
+
+    monkeypatch.setattr(audit.explain, "load_model_input", load_then_replace)
+    [result] = explain_images([picture], model)
+    assert isinstance(result, ExplainFailure) and "changed" in result.error
