@@ -70,7 +70,7 @@ def main() -> None:
               help=f"Run store (SQLite) for incremental scans, resume and run history. Default: {STORE_FILE_NAME} "
               "beside the output folder (reports/audit-store.sqlite).")
 @click.option("--full", is_flag=True, help="Score every file again, even those the run store already has results for.")
-@click.option("--no-xlsx", is_flag=True, help="Write results.csv but not results.xlsx (the XLSX costs most of an unchanged rerun).")
+@click.option("--no-xlsx", is_flag=True, help="Write results.csv but not results.xlsx (an unchanged rerun copies the last run's XLSX).")
 def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None, device: str, precision: str,
          workers: int | None, batch_size: int, include: tuple[str, ...], exclude: tuple[str, ...],
          include_hidden: bool, labels: str | None, max_pixels: int, fail_on_flagged: bool, quiet: bool,

@@ -123,7 +123,7 @@ class ResultWriter:
     the sheet to a temporary file. The XLSX is made from the finished CSV rather than row by row
     because writing it is most of a nightly rerun's time (openpyxl, about 150 us a row): when the
     CSV comes out byte for byte the same as the one an earlier run's XLSX was made from, and that
-    XLSX is unchanged on disk, it is copied instead (``reused_xlsx``). The XLSX therefore holds
+    XLSX is unchanged on disk, it is copied instead. The XLSX therefore holds
     the CSV's values, probabilities to six decimals. Both files are written under temporary names;
     ``finish()`` returns the renames, ``close()`` does them and ``abort()`` removes the files.
     """
@@ -132,9 +132,7 @@ class ResultWriter:
         self.csv_path = out_dir / "results.csv"
         self.xlsx_path = out_dir / "results.xlsx" if write_xlsx else None
         self.earlier_xlsx = earlier_xlsx
-        self.rows_written = 0
         self.sha256: dict[str, str] = {}  # of each finished file, by name (for summary.json)
-        self.reused_xlsx = False
         # utf-8-sig writes the BOM, so Excel reads non-ASCII names correctly.
         self._csv_file = open(_tmp_path(self.csv_path), "w", encoding="utf-8-sig", newline="")
         # QUOTE_MINIMAL quotes any cell holding a comma, quote, CR or LF: newlines in names survive.
@@ -143,7 +141,6 @@ class ResultWriter:
 
     def write(self, row: ResultRow) -> None:
         self._csv.writerow([_csv_cell(value) for value in row.cells()])
-        self.rows_written += 1
 
     def finish(self) -> list[tuple[Path, Path]]:
         """Complete both files under their temporary names; return the (tmp, final) renames.
@@ -157,8 +154,7 @@ class ResultWriter:
         renames = [(csv_tmp, self.csv_path)]
         if self.xlsx_path is not None:
             xlsx_tmp = _tmp_path(self.xlsx_path)
-            self.reused_xlsx = copy_if_unchanged(self.earlier_xlsx, self.sha256["results.csv"], xlsx_tmp)
-            if not self.reused_xlsx:
+            if not copy_if_unchanged(self.earlier_xlsx, self.sha256["results.csv"], xlsx_tmp):
                 write_xlsx_from_csv(csv_tmp, xlsx_tmp)
             self.sha256["results.xlsx"] = file_sha256(xlsx_tmp)
             renames.append((xlsx_tmp, self.xlsx_path))
