@@ -142,13 +142,14 @@ def test_resume_continues_where_the_last_run_stopped(dataset_zip, tmp_path):
     interim = export.main(export.get_args_parser().parse_args([str(tmp_path / "split"), "--output", str(tmp_path / "interim")]))
     assert any(note.startswith("INTERIM: exported after epoch 1 of a 2-epoch") for note in load_model(interim).card.notes)
 
-    resumed = train.main(fit_args(dataset_zip, tmp_path / "split", resume="auto"))
+    # Batches augmented by worker processes must be the very batches the main process would make.
+    resumed = train.main(fit_args(dataset_zip, tmp_path / "split", resume="auto", workers=2))
 
     history = (tmp_path / "split" / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2"]
     a, b = load_file(str(straight.with_suffix(".safetensors"))), load_file(str(resumed.with_suffix(".safetensors")))
     assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run must end with the same weights as a straight one"
+    assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run (with workers) must end with the same weights as a straight one"
 
 
 def test_pickle_checkpoints_are_refused(tmp_path, capsys):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import Dataset
 
 
 @dataclass
@@ -99,3 +100,25 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
         quality = int(torch.randint(low, high + 1, (1,), generator=generator).item())
         images[index] = jpeg_reencode(images[index], quality)
     return random_crop_flip(images, config.crop_padding, config.flip, generator)
+
+
+class AugmentedBatches(Dataset):
+    """One epoch's batches, each augmented with its own seeded generator.
+
+    A batch's augmentation depends only on (seed, batch number), not on which worker makes it or
+    in what order, so DataLoader workers can prepare batches ahead of a GPU and a resumed run
+    still sees the same batches.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, batch_size: int,
+                 config: AugmentConfig, seed: int) -> None:
+        self.images, self.labels, self.order = images, labels, order
+        self.batch_size, self.config, self.seed = batch_size, config, seed
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.order) / self.batch_size)
+
+    def __getitem__(self, batch_number: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self.order[batch_number * self.batch_size : (batch_number + 1) * self.batch_size]
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + batch_number)
+        return augment_batch(self.images[index], self.config, generator), self.labels[index]

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import platform
 import shlex
 import time
@@ -34,7 +35,7 @@ from audit.model import (
     normalize,
     save_model,
 )
-from training.augment import AugmentConfig, augment_batch
+from training.augment import AugmentConfig, AugmentedBatches
 from training.checkpoint import TrainingState, load_checkpoint, resolve_checkpoint, save_checkpoint
 from training.data import ImageSet, channel_stats, load_split, stratified_split
 from training.metrics import choose_threshold, classification_metrics, fit_temperature
@@ -67,6 +68,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="mixed precision; auto: bf16 on CPUs that support it, fp16 on CUDA")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--workers", type=int, default=None, help="processes that augment batches ahead (default: 0 on CPU, up to 8 with CUDA)")
     parser.add_argument("--pretrained", default=None, help="'imagenet' (torchvision download) or a local .safetensors file")
     parser.add_argument("--resume", nargs="?", const="auto", default=None, help="continue from the checkpoint in --output-dir (or a given run folder)")
     parser.add_argument("--stop-after-epochs", type=int, default=None, help="stop (resumably) after this many epochs of this invocation")
@@ -273,10 +275,11 @@ def main(args: argparse.Namespace) -> Path:
     steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     augment = augment_config(args)
+    workers = args.workers if args.workers is not None else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     log.info(
-        "training %s for %d epochs (%d steps of %d) on %s, autocast %s, %d threads",
-        args.variant, args.epochs, total_steps, args.batch_size, device, amp_dtype, torch.get_num_threads(),
+        "training %s for %d epochs (%d steps of %d) on %s, autocast %s, %d threads, %d augmenting workers",
+        args.variant, args.epochs, total_steps, args.batch_size, device, amp_dtype, torch.get_num_threads(), workers,
     )
 
     epochs_this_call = 0
@@ -287,15 +290,17 @@ def main(args: argparse.Namespace) -> Path:
         epoch = state.epochs_done
         epoch_start = time.perf_counter()
         net.train()
-        # Seeds depend on the epoch only, so a resumed run sees the same batches.
+        # Seeds depend on the epoch and batch only, so a resumed run sees the same batches.
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed * 10_000 + epoch))
-        aug_gen = torch.Generator().manual_seed(args.seed * 10_000 + epoch + 5_000)
-        loss_sum, seen = 0.0, 0
-        for batch_number, start in enumerate(range(0, len(train_set), args.batch_size)):
-            index = order[start : start + args.batch_size]
-            images = augment_batch(train_set.images[index], augment, aug_gen)
+        batches = AugmentedBatches(train_set.images, train_set.labels, order, args.batch_size, augment,
+                                   seed=args.seed * 10_000 + epoch + 5_000)
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                                             pin_memory=device.type == "cuda")
+        # Summed on the device: reading the loss every step would make the host wait for the GPU.
+        loss_sum, seen = torch.zeros((), device=device), 0
+        for batch_number, (images, labels) in enumerate(loader):
             images = normalize(images.to(device, non_blocking=True), pre).contiguous(memory_format=torch.channels_last)
-            labels = train_set.labels[index].to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
             lr = one_cycle_lr(state.step, total_steps, args.lr, args.warmup_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -306,11 +311,12 @@ def main(args: argparse.Namespace) -> Path:
             loss.backward()
             optimizer.step()
             state.step += 1
-            loss_sum += loss.item() * len(index)
-            seen += len(index)
+            loss_sum += loss.detach() * len(labels)
+            seen += len(labels)
             if args.print_freq and batch_number % args.print_freq == 0 and batch_number:
                 rate = seen / (time.perf_counter() - epoch_start)
-                log.info("  epoch %d batch %d/%d loss %.4f lr %.4f %.0f img/s", epoch + 1, batch_number, steps_per_epoch, loss_sum / seen, lr, rate)
+                log.info("  epoch %d batch %d/%d loss %.4f lr %.4f %.0f img/s", epoch + 1, batch_number, steps_per_epoch, loss_sum.item() / seen, lr, rate)
+        train_loss = loss_sum.item() / seen
         train_seconds = time.perf_counter() - epoch_start
         val_logits = predict_logits(net, val_set.images, pre, device, amp_dtype)
         val_prob = torch.softmax(val_logits, dim=1)[:, 1].numpy()
@@ -321,7 +327,7 @@ def main(args: argparse.Namespace) -> Path:
         mean_epoch = state.extra["seconds"] / state.epochs_done
         row = {
             "epoch": state.epochs_done,
-            "train_loss": round(loss_sum / seen, 5),
+            "train_loss": round(train_loss, 5),
             "val_accuracy": round(val["accuracy"], 5),
             "val_auc": round(val["roc_auc"], 6),
             "lr_end": lr,
