@@ -12,7 +12,6 @@ its presence means the run completed.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import itertools
 import json
@@ -55,6 +54,7 @@ from audit.store import (
     StoredScore,
     default_store_path,
     open_locked,
+    store_root,
 )
 
 EXIT_OK = 0
@@ -294,14 +294,6 @@ def stored_row(row: ResultRow) -> dict[str, Any]:
     return {name: getattr(row, name) for name in _STORED_FIELDS}
 
 
-@functools.lru_cache(maxsize=256)
-def store_root(root: str) -> str:
-    """The run store knows a root by its resolved absolute path, so `photos`, `./photos/` and
-    `/srv/photos` (or a symlink to it) are one archive whatever the working directory of the
-    night's job; results.csv keeps the root as it was typed."""
-    return os.path.realpath(root)
-
-
 # Files looked up in the run store per query: under SQLite's old limit of 999 parameters.
 LOOKUP_CHUNK = 500
 
@@ -368,8 +360,8 @@ class BatchCommitter:
         in every run and an unchanged rerun writes the same CSV. --full replaces earlier runs'
         results, so it takes only those of this run."""
         if row.sha256:
-            earlier = self.scores.get(row.sha256) or self.store.score(row.sha256, self.key,
-                                                                      scored_run=self.run_id if self.full else None)
+            earlier = self.scores.get(row.sha256) or self.store.scores(
+                [row.sha256], self.key, scored_run=self.run_id if self.full else None).get(row.sha256)
             if earlier is None:
                 self.scores[row.sha256] = StoredScore(row.sha256, self.key, row.model_id, stored_row(row))
             else:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -89,6 +90,14 @@ class StoreError(Exception):
 
 class StoreLocked(StoreError):
     """Another process holds the store's lock."""
+
+
+@functools.lru_cache(maxsize=256)
+def store_root(root: str) -> str:
+    """The run store knows a root by its resolved absolute path, so `photos`, `./photos/` and
+    `/srv/photos` (or a symlink to it) are one archive whatever the working directory of the
+    night's job; results.csv keeps the root as it was typed."""
+    return os.path.realpath(root)
 
 
 def default_store_path(out_dir: Path) -> Path:
@@ -341,20 +350,15 @@ class RunStore:
             (root, *paths, scoring_key)).fetchall()
         return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
-    def scores(self, sha256s: Sequence[str], scoring_key: str) -> dict[str, StoredScore]:
-        """The stored results for these bytes under ``scoring_key``, by sha256 (as :meth:`reusable_files`, batched)."""
+    def scores(self, sha256s: Sequence[str], scoring_key: str, scored_run: int | None = None) -> dict[str, StoredScore]:
+        """The stored results for these bytes under ``scoring_key``, by sha256 (as :meth:`reusable_files`,
+        batched); with ``scored_run``, only those that run computed."""
         marks = ",".join("?" * len(sha256s))
-        rows = self.db.execute(
-            f"SELECT sha256, model_id, row_json FROM scores WHERE scoring_key = ? AND sha256 IN ({marks})",
-            (scoring_key, *sha256s)).fetchall()
-        return {row[0]: StoredScore(row[0], scoring_key, row[1], json.loads(row[2])) for row in rows}
-
-    def score(self, sha256: str, scoring_key: str, scored_run: int | None = None) -> StoredScore | None:
-        """The stored result for these bytes under this key; with ``scored_run``, only one that run computed."""
         run_clause = "" if scored_run is None else " AND scored_run = ?"
-        row = self.db.execute(f"SELECT model_id, row_json FROM scores WHERE sha256 = ? AND scoring_key = ?{run_clause}",
-                              (sha256, scoring_key, *(() if scored_run is None else (scored_run,)))).fetchone()
-        return StoredScore(sha256, scoring_key, row[0], json.loads(row[1])) if row else None
+        rows = self.db.execute(
+            f"SELECT sha256, model_id, row_json FROM scores WHERE scoring_key = ? AND sha256 IN ({marks}){run_clause}",
+            (scoring_key, *sha256s, *(() if scored_run is None else (scored_run,)))).fetchall()
+        return {row[0]: StoredScore(row[0], scoring_key, row[1], json.loads(row[2])) for row in rows}
 
     def commit_batch(self, run_id: int, scores: Iterable[StoredScore], files: Iterable[FileUpdate]) -> None:
         """One transaction: the batch's new scores and what was learnt about its files."""
