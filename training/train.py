@@ -277,6 +277,9 @@ def main(args: argparse.Namespace) -> Path:
     augment = augment_config(args)
     workers = args.workers if args.workers is not None else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    # fp16 gradients underflow without loss scaling (bf16 has fp32's range and needs none);
+    # disabled, the scaler passes everything through unchanged.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     log.info(
         "training %s for %d epochs (%d steps of %d) on %s, autocast %s, %d threads, %d augmenting workers",
         args.variant, args.epochs, total_steps, args.batch_size, device, amp_dtype, torch.get_num_threads(), workers,
@@ -308,8 +311,9 @@ def main(args: argparse.Namespace) -> Path:
                 logits = net(images)
             loss = criterion(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             state.step += 1
             loss_sum += loss.detach() * len(labels)
             seen += len(labels)
