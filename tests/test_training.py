@@ -152,6 +152,17 @@ def test_resume_continues_where_the_last_run_stopped(dataset_zip, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run (with workers) must end with the same weights as a straight one"
 
 
+def test_an_fp16_run_keeps_its_loss_scale_across_a_resume(dataset_zip, tmp_path):
+    small = {"amp": "fp16", "limit_per_class": 12, "batch_size": 8}
+    straight = train.main(fit_args(dataset_zip, tmp_path / "straight", **small))
+    train.main(fit_args(dataset_zip, tmp_path / "split", stop_after_epochs=1, **small))
+    saved = json.loads((tmp_path / "split" / "checkpoint.json").read_text())
+    assert saved["extra"]["grad_scaler"]["scale"] > 0, "the loss scale must be checkpointed with the run"
+    resumed = train.main(fit_args(dataset_zip, tmp_path / "split", resume="auto", **small))
+    a, b = load_file(str(straight.with_suffix(".safetensors"))), load_file(str(resumed.with_suffix(".safetensors")))
+    assert all(torch.equal(a[k], b[k]) for k in a), "a resumed fp16 run must end with the same weights as a straight one"
+
+
 def test_pickle_checkpoints_are_refused(tmp_path, capsys):
     net = build_network("resnet18-s1stem")
     torch.save(net.state_dict(), tmp_path / "model.pth")

@@ -66,7 +66,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit-per-class", type=int, default=None, help="use at most N training images per class (smoke runs)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="mixed precision; auto: bf16 on CPUs that support it, fp16 on CUDA")
+    parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="mixed precision; auto: bf16 where supported (CUDA, or CPUs with avx512_bf16/amx_bf16), fp16 on CUDA without bf16, else off")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--workers", type=int, default=None, help="processes that augment batches ahead (default: 0 on CPU, up to 8 with CUDA)")
     parser.add_argument("--pretrained", default=None, help="'imagenet' (torchvision download) or a local .safetensors file")
@@ -90,6 +90,13 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for, but CUDA is not available")
     return torch.device(name)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (a container or taskset may allow fewer than the host has)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def cpu_supports_bf16() -> bool:
@@ -275,11 +282,14 @@ def main(args: argparse.Namespace) -> Path:
     steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     augment = augment_config(args)
-    workers = args.workers if args.workers is not None else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
+    workers = args.workers if args.workers is not None else (min(8, usable_cpus()) if device.type == "cuda" else 0)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     # fp16 gradients underflow without loss scaling (bf16 has fp32's range and needs none);
     # disabled, the scaler passes everything through unchanged.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    if scaler.is_enabled() and "grad_scaler" in state.extra:
+        # A scale that restarted at its initial value would skip steps a straight run took.
+        scaler.load_state_dict(state.extra["grad_scaler"])
     log.info(
         "training %s for %d epochs (%d steps of %d) on %s, autocast %s, %d threads, %d augmenting workers",
         args.variant, args.epochs, total_steps, args.batch_size, device, amp_dtype, torch.get_num_threads(), workers,
@@ -339,6 +349,8 @@ def main(args: argparse.Namespace) -> Path:
             "epoch_seconds": round(epoch_seconds, 1),
         }
         state.history.append(row)
+        if scaler.is_enabled():
+            state.extra["grad_scaler"] = scaler.state_dict()
         save_checkpoint(run_dir, net, optimizer, state)
         write_history(run_dir, state.history)
         eta = mean_epoch * (args.epochs - state.epochs_done)
