@@ -54,6 +54,8 @@ class LoadOptions:
     draft: bool = True
     # The evidence stage reads metadata from the same bytes and opened image; None: off.
     evidence: EvidenceOptions | None = field(default_factory=EvidenceOptions)
+    # A crops policy: each distinct crop once (the scan), or always K so images stack (training).
+    distinct_views: bool = True
 
 
 @dataclass
@@ -197,7 +199,7 @@ def _decode(data: bytes, image_format: str, options: LoadOptions, result: LoadRe
                 raise _LoadFailure(_bomb_message(width, height, options.max_pixels))
             result.note = _frames_note(image)
             if options.draft and image.format == "JPEG":
-                target = pre.input_size * DRAFT_MARGIN
+                target = pre.decode_size * DRAFT_MARGIN
                 image.draft(None, (target, target))
             image.load()
             if options.evidence is not None:
@@ -255,7 +257,7 @@ def load_bytes(data: bytes, options: LoadOptions, result: LoadResult) -> LoadRes
             )
         rgb = _decode(data, image_format, options, result)
         del data  # the encoded bytes are no longer needed; keep the worker's memory small
-        result.tensor = to_model_input(rgb, options.preprocessing)
+        result.tensor = to_model_input(rgb, options.preprocessing, distinct_views=options.distinct_views)
     except _LoadFailure as failure:
         result.error = str(failure)
     except Exception as exc:  # noqa: BLE001 - the last guard: a row, never a stopped run

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 from audit.discover import FileRecord
 from audit.loading import LoadOptions, LoadResult, load_image
-from audit.model import LoadedModel, normalize
+from audit.model import LoadedModel, combine_views, flatten_views, normalize
 
 if TYPE_CHECKING:  # imported where the network runs: a rerun that scores nothing never loads torch
     import torch
@@ -139,8 +139,9 @@ class Batch:
     that only one copy crosses the worker -> main process boundary."""
 
     results: list[LoadResult]
-    images: torch.Tensor  # uint8 N_ok x C x H x W
+    images: torch.Tensor  # uint8 N_ok x C x H x W (a crops policy: all items' views, concatenated)
     ok_positions: list[int]
+    view_counts: list[int] | None = None  # a crops policy: each item's number of views, in order
 
     def pin_memory(self) -> "Batch":
         # Called by the DataLoader's pin-memory thread when pin_memory=True (CUDA).
@@ -155,6 +156,9 @@ def collate_results(items: list[LoadResult]) -> Batch:
     tensors = [items[i].tensor for i in ok_positions]
     for item in items:
         item.tensor = None
+    if tensors and tensors[0].ndim == 4:  # a crops policy: K views an item, K may differ
+        return Batch(results=items, images=torch.cat(tensors), ok_positions=ok_positions,
+                     view_counts=[len(tensor) for tensor in tensors])
     images = torch.stack(tensors) if tensors else torch.empty(0, dtype=torch.uint8)
     return Batch(results=items, images=images, ok_positions=ok_positions)
 
@@ -208,18 +212,21 @@ class Scorer:
 
         return torch.autocast(device_type=self.plan.device.type, dtype=self.plan.autocast_dtype)
 
-    def probabilities(self, images_uint8: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, images_uint8: torch.Tensor, view_counts: list[int] | None = None) -> torch.Tensor:
+        """Calibrated prob_ai per image; ``view_counts`` when images holds several crops an image."""
         import torch
 
         if images_uint8.shape[0] == 0:
             return torch.empty(0)
         with torch.inference_mode():
             batch = images_uint8.to(self.plan.device, non_blocking=self.plan.pin_memory)
-            inputs = normalize(batch, self.model.card.preprocessing)
+            inputs, views = flatten_views(normalize(batch, self.model.card.preprocessing))
+            if view_counts is not None:
+                views = view_counts
             if self.plan.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with self._autocast():
-                logits = self.network(inputs)
+                logits = combine_views(self.network(inputs).float(), views)
             return self.model.probabilities(logits).float().cpu()
 
 
@@ -264,7 +271,7 @@ def score_records(
 
 
 def _score_batch(scorer: Scorer, batch: Batch) -> Iterator[Scored]:
-    probs = scorer.probabilities(batch.images).tolist()
+    probs = scorer.probabilities(batch.images, batch.view_counts).tolist()
     prob_at = dict(zip(batch.ok_positions, probs, strict=True))
     for position, result in enumerate(batch.results):
         yield Scored(result=result, prob_ai=prob_at.get(position))

@@ -84,7 +84,8 @@ def test_fit_from_zip_trains_exports_and_loads(dataset_zip, tmp_path, caplog):
     assert card.weights_sha256 and card.weights_dtype == "float16"
     assert card.temperature > 0 and 0.0 < card.threshold < 1.0
     assert "balanced accuracy" in card.threshold_method
-    assert card.training["data"]["train_images"] == 160 and card.training["data"]["validation_images"] == 40
+    (data_set,) = card.training["data"]
+    assert data_set["train_images"] == 160 and data_set["validation_images"] == 40 and data_set["name"] == "data"
     assert "training fit" in card.training["command"]
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,train_loss,val_accuracy,val_auc")

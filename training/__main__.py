@@ -9,9 +9,10 @@ from audit.model import ModelError
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"fit": "training.train", "evaluate": "training.evaluate", "export": "training.export"}
+    commands = {"fit": "training.train", "evaluate": "training.evaluate", "export": "training.export",
+                "resize-set": "training.resize_set"}
     if not argv or argv[0] not in commands:
-        print("usage: python -m training {fit,evaluate,export} [options]  (add --help after a command)", file=sys.stderr)
+        print("usage: python -m training {fit,evaluate,export,resize-set} [options]  (add --help after a command)", file=sys.stderr)
         return 2
     import importlib
 

@@ -28,6 +28,10 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.3, 1.2)
     crop_padding: int = 4
     flip: bool = True
+    # Random resized crop instead of the padded crop: a square of this share of the side
+    # (uniform in the range), resized to output_size. Teaches the net that scale is no clue.
+    crop_scale: tuple[float, float] | None = None
+    output_size: int | None = None  # the network's input size when batches are stored larger
 
 
 def jpeg_reencode(image: torch.Tensor, quality: int) -> torch.Tensor:
@@ -78,6 +82,25 @@ def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: 
     return images
 
 
+def random_resized_crop(images: torch.Tensor, scale: tuple[float, float], output_size: int,
+                        generator: torch.Generator) -> torch.Tensor:
+    """A random square of scale[0]..scale[1] of the shorter side of each image, resized to
+    output_size (antialiased bilinear, as the audit's own resize)."""
+    batch, _, height, width = images.shape
+    out = torch.empty((batch, images.shape[1], output_size, output_size), dtype=torch.uint8)
+    low, high = scale
+    for index in range(batch):
+        share = low + (high - low) * torch.rand(1, generator=generator).item()
+        side = max(1, round(min(height, width) * share))
+        top = int(torch.randint(0, height - side + 1, (1,), generator=generator).item())
+        left = int(torch.randint(0, width - side + 1, (1,), generator=generator).item())
+        crop = images[index : index + 1, :, top : top + side, left : left + side].float()
+        if side != output_size:
+            crop = F.interpolate(crop, size=(output_size, output_size), mode="bilinear", antialias=True, align_corners=False)
+        out[index] = crop[0].round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
 def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Apply the archive degradations, then crop and flip, to a uint8 NCHW batch."""
     images = images.clone()
@@ -99,6 +122,9 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
         low, high = config.jpeg_quality
         quality = int(torch.randint(low, high + 1, (1,), generator=generator).item())
         images[index] = jpeg_reencode(images[index], quality)
+    if config.crop_scale is not None:
+        output_size = config.output_size or images.shape[-1]
+        return random_crop_flip(random_resized_crop(images, config.crop_scale, output_size, generator), 0, config.flip, generator)
     return random_crop_flip(images, config.crop_padding, config.flip, generator)
 
 
@@ -107,13 +133,17 @@ class AugmentedBatches(Dataset):
 
     A batch's augmentation depends only on (seed, batch number), not on which worker makes it or
     in what order, so DataLoader workers can prepare batches ahead of a GPU and a resumed run
-    still sees the same batches.
+    still sees the same batches. Images may be held in several tensors of different sizes (one
+    per data set, each with its own augmentation); ``order`` indexes them as if concatenated.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, batch_size: int,
-                 config: AugmentConfig, seed: int) -> None:
-        self.images, self.labels, self.order = images, labels, order
-        self.batch_size, self.config, self.seed = batch_size, config, seed
+    def __init__(self, images: torch.Tensor | list[torch.Tensor], labels: torch.Tensor, order: torch.Tensor,
+                 batch_size: int, config: AugmentConfig | list[AugmentConfig], seed: int) -> None:
+        self.parts = images if isinstance(images, list) else [images]
+        self.configs = config if isinstance(config, list) else [config] * len(self.parts)
+        self.offsets = torch.tensor([0] + [len(part) for part in self.parts]).cumsum(0)
+        self.labels, self.order = labels, order
+        self.batch_size, self.seed = batch_size, seed
 
     def __len__(self) -> int:
         return math.ceil(len(self.order) / self.batch_size)
@@ -121,4 +151,13 @@ class AugmentedBatches(Dataset):
     def __getitem__(self, batch_number: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = self.order[batch_number * self.batch_size : (batch_number + 1) * self.batch_size]
         generator = torch.Generator().manual_seed(self.seed * 100_003 + batch_number)
-        return augment_batch(self.images[index], self.config, generator), self.labels[index]
+        if len(self.parts) == 1:
+            return augment_batch(self.parts[0][index], self.configs[0], generator), self.labels[index]
+        part_of = torch.bucketize(index, self.offsets[1:], right=True)
+        images, labels = [], []
+        for part in range(len(self.parts)):
+            chosen = index[part_of == part]
+            if len(chosen):
+                images.append(augment_batch(self.parts[part][chosen - self.offsets[part]], self.configs[part], generator))
+                labels.append(self.labels[chosen])
+        return torch.cat(images), torch.cat(labels)

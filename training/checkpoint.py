@@ -70,12 +70,20 @@ def resolve_checkpoint(path: Path) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer | None) -> TrainingState:
+def read_state(path: Path) -> TrainingState:
+    """The checkpoint's JSON alone: epochs, step, arguments, history (no tensors read)."""
+    payload = json.loads(resolve_checkpoint(path).read_text(encoding="utf-8"))
+    return TrainingState(payload["epochs_done"], payload["step"], payload["args"], payload["history"], payload.get("extra", {}))
+
+
+def load_checkpoint(path: Path, net: nn.Module | None, optimizer: torch.optim.Optimizer | None) -> TrainingState:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     state_path = resolve_checkpoint(path)
     payload = json.loads(state_path.read_text(encoding="utf-8"))
+    if net is None:
+        return read_state(state_path)
     tensors_path = state_path.parent / TENSORS_NAME
     if file_sha256(tensors_path) != payload["tensors_sha256"]:
         raise ModelError(f"{tensors_path} does not belong to {state_path} (sha256 differs)")

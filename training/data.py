@@ -32,7 +32,8 @@ class DataError(Exception):
 
 @dataclass
 class ImageSet:
-    """Decoded images held in memory as uint8 NCHW, with labels (0 real, 1 fake) and hashes."""
+    """Decoded images held in memory as uint8 NCHW (NKCHW for a crops policy), with labels
+    (0 real, 1 fake) and hashes."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -42,6 +43,10 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.names)
 
+    @property
+    def sources(self) -> list[str]:
+        return [source_of(name) for name in self.names]
+
     def subset(self, indices: np.ndarray | list[int]) -> "ImageSet":
         index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         return ImageSet(
@@ -50,6 +55,91 @@ class ImageSet:
             names=[self.names[i] for i in index.tolist()],
             sha256=[self.sha256[i] for i in index.tolist()],
         )
+
+
+@dataclass
+class DataSpec:
+    """One training data set: ``PATH[:share=F][:balance]`` on the command line.
+
+    ``share`` is the part of each epoch's draws that come from this set (shares are
+    normalised over the sets); ``balance`` draws every source of the set (see
+    :func:`source_of`) equally often within each class, so that 1,000 images of one style do
+    not outweigh 50 of another.
+    """
+
+    path: Path
+    share: float = 1.0
+    balance: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.path.is_file() else self.path.name
+
+    def __str__(self) -> str:
+        text = str(self.path)
+        if self.share != 1.0:
+            text += f":share={self.share:g}"
+        return text + (":balance" if self.balance else "")
+
+
+def parse_data_spec(text: str) -> DataSpec:
+    path, *options = str(text).split(":")
+    spec = DataSpec(Path(path))
+    for option in options:
+        key, _, value = option.partition("=")
+        if key == "share":
+            try:
+                spec.share = float(value)
+            except ValueError:
+                raise DataError(f"--data {text}: share must be a number (got {value!r})") from None
+            if not spec.share > 0:
+                raise DataError(f"--data {text}: share must be > 0")
+        elif key == "balance" and not value:
+            spec.balance = True
+        else:
+            raise DataError(f"--data {text}: unknown option {option!r} (known: share=F, balance)")
+    return spec
+
+
+def source_of(name: str) -> str:
+    """The source of a file within its data set: the prefix of its file name before the first
+    underscore (wild.zip names files ``SOURCE_...``), else its label folder (CIFAKE's
+    ``REAL``/``FAKE``)."""
+    path = PurePosixPath(name)
+    stem, sep, _ = path.name.partition("_")
+    if sep and stem:
+        return stem
+    return path.parent.name or "all"
+
+
+def sampling_weights(labels: torch.Tensor, sources: list[str], balance: bool) -> torch.Tensor:
+    """Per-image draw weights summing to 1 within the set: uniform, or with every
+    (class, source) group drawn equally often within its class and the classes equally."""
+    count = len(sources)
+    if not balance:
+        return torch.full((count,), 1.0 / count, dtype=torch.float64)
+    groups: dict[tuple[int, str], int] = {}
+    for label, source in zip(labels.tolist(), sources):
+        groups[(label, source)] = groups.get((label, source), 0) + 1
+    sources_per_class = {label: sum(1 for key in groups if key[0] == label) for label in (0, 1)}
+    classes = sum(1 for label in (0, 1) if sources_per_class[label])
+    weights = [1.0 / (classes * sources_per_class[label] * groups[(label, source)])
+               for label, source in zip(labels.tolist(), sources)]
+    return torch.tensor(weights, dtype=torch.float64)
+
+
+def has_split(source: str | Path, split: str) -> bool:
+    """Whether a data set has images under SPLIT/REAL or SPLIT/FAKE (names only, no decoding)."""
+    source = Path(source)
+    split = split.lower()
+    if source.is_file() and zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as archive:
+            names = [PurePosixPath(info.filename) for info in archive.infolist() if not info.is_dir()]
+    elif source.is_dir():
+        names = [PurePosixPath(p.relative_to(source).as_posix()) for p in source.rglob("*") if p.is_file()]
+    else:
+        raise DataError(f"{source} is neither a folder nor a zip file")
+    return any(name.suffix.lower() in IMAGE_SUFFIXES and _split_and_label(name, split) is not None for name in names)
 
 
 def _split_and_label(relative: PurePosixPath, split: str) -> int | None:
@@ -87,7 +177,7 @@ def iter_files(source: Path, split: str) -> Iterator[tuple[str, int, bytes]]:
 
 def decode_to_input(name: str, data: bytes, pre: Preprocessing) -> tuple[torch.Tensor | None, str | None]:
     """Decode exactly as the scan does (EXIF orientation, modes, alpha, draft); (tensor, error)."""
-    options = LoadOptions(preprocessing=pre, evidence=None)
+    options = LoadOptions(preprocessing=pre, evidence=None, distinct_views=False)
     result = load_bytes(data, options, LoadResult(record=FileRecord(root="", rel_path=name, abs_path=name)))
     return result.tensor, result.error
 
@@ -160,3 +250,21 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     mean = as_float.mean(dim=(0, 2, 3))
     std = as_float.std(dim=(0, 2, 3))
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+def typical_shorter_side(source: str | Path, split: str, sample: int = 300) -> int:
+    """Median shorter side of the first images of a split (headers only, nothing decoded)."""
+    import io
+
+    from PIL import Image
+
+    sides = []
+    for _name, _label, data in iter_files(Path(source), split):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                sides.append(min(image.size))
+        except Exception:  # noqa: BLE001 - an unreadable file is skipped later by load_split
+            continue
+        if len(sides) >= sample:
+            break
+    return int(np.median(sides)) if sides else 0

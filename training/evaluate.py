@@ -1,8 +1,12 @@
-"""Evaluate an exported model on the test split: ``python -m training evaluate MODEL --data DATA``.
+"""Evaluate an exported model: ``python -m training evaluate MODEL --data DATA [--data DATA2 ...]``.
 
-Metrics are computed twice: on the official test split, and on the de-duplicated test split,
-which drops every test file whose sha256 also occurs in train (CIFAKE has 378 such files).
-A robustness table re-scores the test split after the damage archives do to images.
+For each data set: its test split (CIFAKE) is measured twice, as the official split and
+de-duplicated (dropping every test file whose sha256 also occurs in train; CIFAKE has 378 such
+files); a set without a test split is measured on its val split (wild.zip). Every set gets a
+table per source (and per generator, with ``--manifest``). A robustness table re-scores the
+first set's test split after the damage archives do to images; a set measured on val/ gets a
+file-level one (re-encoding, downscaling, storage at 2x and 4x, PNG against JPEG q95, square
+crops of real photos).
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import torch
 from PIL import Image, ImageFilter
 
 from audit.model import LoadedModel, load_model, model_paths
-from training.data import ImageSet, load_split, split_hashes
+from training.data import ImageSet, has_split, load_split, split_hashes
+from training.file_checks import file_level_checks
+from training.sources import generator_keys, read_manifests, source_table
 from training.metrics import classification_metrics, reliability_table
 from training.train import autocast_dtype, pick_device, predict_logits
 
@@ -30,7 +36,10 @@ log = logging.getLogger("training")
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate an exported detector on the test split", add_help=add_help)
     parser.add_argument("model", help="NAME.json or NAME.safetensors of an exported model")
-    parser.add_argument("--data", required=True, help="folder or zip with test/REAL|FAKE (and train/ for de-duplication)")
+    parser.add_argument("--data", required=True, action="append", help="folder or zip with test/REAL|FAKE (and train/ for "
+                        "de-duplication), or with val/REAL|FAKE; repeat for several data sets")
+    parser.add_argument("--manifest", action="append", default=[], help="TSV with 'file' and 'generator' columns "
+                        "(e.g. WILD-MANIFEST.tsv): per-generator tables for the files it names")
     parser.add_argument("--output-dir", default=None, help="where metrics.json and the plots go (default: beside the model)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--amp", default="off", choices=["auto", "bf16", "fp16", "off"], help="precision of the evaluation (default fp32)")
@@ -196,13 +205,55 @@ def write_plots(prob_ai: np.ndarray, labels: np.ndarray, threshold: float, outpu
 def card_summary(results: dict[str, Any]) -> dict[str, Any]:
     """The part of the metrics that goes into the model card."""
     keep = ("count", "accuracy", "precision", "recall", "f1", "roc_auc", "ece", "confusion_matrix")
-    summary = {
-        "official_test": {k: results["official_test"][k] for k in keep},
-        "deduplicated_test": {k: results["deduplicated_test"][k] for k in keep + ("dropped_files_also_in_train",)},
-    }
+    summary: dict[str, Any] = {}
+    if "official_test" in results:
+        summary["official_test"] = {k: results["official_test"][k] for k in keep}
+        summary["deduplicated_test"] = {k: results["deduplicated_test"][k] for k in keep + ("dropped_files_also_in_train",)}
     if "robustness_official_test" in results:
         summary["robustness_official_test"] = results["robustness_official_test"]
+    for name, measured in results.get("data_sets", {}).items():
+        summary.setdefault("data_sets", {})[name] = {
+            "split": measured["split"],
+            "metrics": {k: measured["metrics"][k] for k in keep},
+            "real_flagged_rate": measured["real_flagged_rate"],
+            "ai_caught_rate": measured["ai_caught_rate"],
+            "per_source": measured["per_source"],
+            **({"per_generator": measured["per_generator"]} if "per_generator" in measured else {}),
+            **({"file_level": measured["file_level"]} if "file_level" in measured else {}),
+        }
     return summary
+
+
+def single_view(images: torch.Tensor) -> torch.Tensor:
+    """A crops policy's K identical views of small images (CIFAKE) -> one, so the tensor-level
+    damage applies to the picture the network judges; other images keep their K views."""
+    if images.ndim == 5 and bool((images == images[:, :1]).all()):
+        return images[:, 0].contiguous()
+    return images
+
+
+def measure_split(model: LoadedModel, source: Path, split: str, generators: dict[str, str], device: torch.device,
+                  dtype: torch.dtype | None, file_level: bool) -> dict[str, Any]:
+    """Metrics, per-source (and per-generator) tables of one data set's split."""
+    images = load_split(source, split, model.card.preprocessing)
+    prob_ai = score(model, single_view(images.images), device, dtype)
+    labels = images.labels.numpy()
+    threshold = model.card.threshold
+    measured: dict[str, Any] = {
+        "split": split,
+        "metrics": classification_metrics(prob_ai, labels, threshold),
+        "real_flagged_rate": round(float((prob_ai[labels == 0] >= threshold).mean()), 4),
+        "ai_caught_rate": round(float((prob_ai[labels == 1] >= threshold).mean()), 4),
+        "per_source": source_table(prob_ai, labels, images.sources, threshold),
+    }
+    named = [name for name in images.names if name in generators]
+    if named:
+        measured["per_generator"] = source_table(prob_ai, labels, generator_keys(images.names, labels, generators), threshold)
+    if file_level:
+        measured["file_level"] = file_level_checks(model, source, split, device, dtype)
+    log.info("%s %s: n=%d auc %.4f real flagged %.2f%% AI caught %.2f%%", source, split, len(labels),
+             measured["metrics"]["roc_auc"], 100 * measured["real_flagged_rate"], 100 * measured["ai_caught_rate"])
+    return measured
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -210,25 +261,45 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model = load_model(args.model)
     device = pick_device(args.device)
     dtype = autocast_dtype(args.amp, device)
-    test = load_split(args.data, "test", model.card.preprocessing)
-    train_hashes = split_hashes(args.data, "train")
-    log.info("test split: %d images; train hashes: %d", len(test), len(train_hashes))
-    results = evaluate_model(model, test, train_hashes, device, dtype, robustness=not args.no_robustness)
-    prob_ai, labels = results.pop("_prob_ai"), results.pop("_labels")
+    sources = [Path(path) for path in (args.data if isinstance(args.data, list) else [args.data])]
+    generators = read_manifests(args.manifest)
+    with_test = [source for source in sources if has_split(source, "test")]
+    results: dict[str, Any] = {}
+    prob_ai = labels = None
+    if with_test:
+        # The first set with a test split keeps the figures earlier cards carried (CIFAKE's).
+        test = load_split(with_test[0], "test", model.card.preprocessing)
+        test.images = single_view(test.images)
+        train_hashes = split_hashes(with_test[0], "train")
+        log.info("test split: %d images; train hashes: %d", len(test), len(train_hashes))
+        results = evaluate_model(model, test, train_hashes, device, dtype,
+                                 robustness=not args.no_robustness and test.images.ndim == 4)
+        prob_ai, labels = results.pop("_prob_ai"), results.pop("_labels")
+        results["test_data"] = str(with_test[0])
+        results["model_id"] = model.model_id
+    results["data_sets"] = {}
+    for source in sources:
+        split = "test" if source in with_test else "val"
+        name = source.stem if source.is_file() else source.name
+        results["data_sets"][name] = measure_split(model, source, split, generators, device, dtype,
+                                                   file_level=split == "val" and not args.no_robustness)
     weights_path, card_path = model_paths(args.model)
     output_dir = Path(args.output_dir) if args.output_dir else weights_path.parent
     output_dir.mkdir(parents=True, exist_ok=True)
-    if args.compare_bf16 and device.type == "cpu":
+    if args.compare_bf16 and device.type == "cpu" and with_test:
         results["bf16_agreement"] = bf16_agreement(model, test, prob_ai, device)
         log.info("bf16 against fp32: %s", results["bf16_agreement"])
-    results["data"] = str(args.data)
+    results["data"] = [str(source) for source in sources]
     results["precision"] = str(dtype or "float32")
-    results["plots"] = write_plots(prob_ai, labels, model.card.threshold, output_dir)
+    if prob_ai is not None:
+        results["plots"] = write_plots(prob_ai, labels, model.card.threshold, output_dir)
     metrics_path = output_dir / "metrics.json"
     tmp = metrics_path.with_name(metrics_path.name + ".tmp")
     tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     tmp.replace(metrics_path)
     for name in ("official_test", "deduplicated_test"):
+        if name not in results:
+            continue
         m = results[name]
         log.info(
             "%-18s n=%d accuracy %.4f precision %.4f recall %.4f f1 %.4f auc %.5f ece %.4f confusion %s",
