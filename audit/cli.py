@@ -40,7 +40,7 @@ def main() -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder. Default: reports/<run-id>/ (run id = UTC start time).")
 @click.option("--model", "model_path", type=click.Path(path_type=str), default=None,
-              help=f"Model card or weights (NAME.json / NAME.safetensors). Default: {DEFAULT_MODEL_PATH.name}.")
+              help=f"A shipped model's NAME (see `audit models`) or a model file (NAME.json / NAME.safetensors). Default: {DEFAULT_MODEL_PATH.stem}.")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
               help="auto takes CUDA when a GPU is present.")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
@@ -121,7 +121,7 @@ def report(run_dir: Path, model_path: str | None, max_gallery: int) -> None:
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", "model_path", type=click.Path(path_type=str), default=None,
-              help=f"Model card or weights. Default: {DEFAULT_MODEL_PATH.name}.")
+              help=f"A shipped model's NAME or a model file. Default: {DEFAULT_MODEL_PATH.stem}.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/explain"),
               show_default=True, help="Folder for the Grad-CAM overlay PNGs.")
 def explain(images: tuple[Path, ...], model_path: str | None, out_dir: Path) -> None:
@@ -141,6 +141,22 @@ def explain(images: tuple[Path, ...], model_path: str | None, out_dir: Path) -> 
 _STORE_OPTION = click.option(
     "--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports") / STORE_FILE_NAME,
     show_default=True, help="The run store the scans used.")
+
+
+@main.command()
+def models() -> None:
+    """List the models shipped with the tool (use one with --model NAME)."""
+    from audit.model import read_card, shipped_models
+    from audit.model_summary import format_summary, summarize
+
+    found = shipped_models()
+    if not found:
+        raise _usage_failure("no models are installed with this package")
+    for card_path in found:
+        try:
+            click.echo(format_summary(summarize(read_card(card_path), card_path)))
+        except ModelError as exc:
+            click.echo(f"{card_path.stem}: unusable card: {exc}")
 
 
 def _existing_store(store_path: Path):

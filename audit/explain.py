@@ -30,7 +30,10 @@ from PIL import Image, ImageOps
 from audit.discover import FileRecord
 from audit.loading import DEFAULT_MAX_FILE_BYTES, LoadOptions, load_image, strict_pillow, to_rgb
 from audit.provenance import Finding, decide
-from audit.model import AI_CLASS_INDEX, LoadedModel, ModelError, Preprocessing, load_model, normalize
+from audit.model import (
+    AI_CLASS_INDEX, LoadedModel, ModelError, Preprocessing, combine_views, crop_boxes, crops_scale, load_model, normalize,
+    shorter_side_to,
+)
 
 # Longest side of a thumbnail in pixels: the PDF shows it about 38 mm wide, so 144 px is
 # ~96 dpi there. Larger thumbnails would only make the report heavier.
@@ -72,9 +75,10 @@ class _Pending:
     path: Path
     sha256: str
     thumbnail: Image.Image
-    model_input: torch.Tensor  # uint8 CHW at the model's input size
+    model_input: torch.Tensor  # uint8 CHW at the model's input size (KCHW: a crops policy's views)
     enlarged: bool
     evidence: list[Finding]
+    picture_size: tuple[int, int] = (0, 0)  # the upright picture's (width, height)
 
 
 # --------------------------------------------------------------------------- pictures
@@ -205,6 +209,12 @@ class GradCamExplainer:
         """
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+        logits, maps = self._run_cam(batch_uint8)
+        probs = self.model.probabilities(logits).cpu().numpy().astype(np.float64)
+        return probs, maps
+
+    def _run_cam(self, batch_uint8: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        """(logits (N, 2), maps (N, H, W) in [0, 1] at input size) of uint8 NCHW inputs."""
         inputs = normalize(batch_uint8.to(self.device), self.model.card.preprocessing)
         targets = [ClassifierOutputTarget(AI_CLASS_INDEX)] * inputs.shape[0]
         # No weight needs a gradient: freezing them for the call spares the forward pass the
@@ -220,13 +230,34 @@ class GradCamExplainer:
             finally:
                 for parameter in trainable:
                     parameter.requires_grad_(True)
-        probs = self.model.probabilities(logits).cpu().numpy().astype(np.float64)
         # Drop the references that keep this batch's graph alive until the next call.
         self._cam.outputs = None
         self._cam.activations_and_grads.activations.clear()
         self._cam.activations_and_grads.gradients.clear()
         self.model.network.zero_grad(set_to_none=True)
-        return probs, np.clip(maps, 0.0, 1.0).astype(np.float32)
+        return logits, np.clip(maps, 0.0, 1.0).astype(np.float32)
+
+    def _explain_placed(self, item: "_Pending") -> tuple[float, np.ndarray]:
+        """A center-crop or crops policy: each view's map placed where that view lies in the
+        picture (averaged where crops overlap, zero where no crop looked), and the probability
+        from the views' averaged logits, as the scan computes it."""
+        pre = self.model.card.preprocessing
+        views = item.model_input if item.model_input.ndim == 4 else item.model_input.unsqueeze(0)
+        logits, maps = self._run_cam(views)
+        prob_ai = float(self.model.probabilities(combine_views(logits, [len(views)]))[0])
+        if pre.resize_policy == "crops":
+            scaled = crops_scale(item.picture_size, pre)
+            boxes = list(dict.fromkeys(crop_boxes(scaled, pre.input_size, pre.crops)))
+        else:
+            scaled = shorter_side_to(item.picture_size, pre.input_size)
+            boxes = crop_boxes(scaled, pre.input_size, 1)
+        canvas = np.zeros((scaled[1], scaled[0]), dtype=np.float32)
+        looked = np.zeros_like(canvas)
+        for (left, top, right, bottom), cam in zip(boxes, maps):
+            canvas[top:bottom, left:right] += upsample_heatmap(cam, (right - left, bottom - top))
+            looked[top:bottom, left:right] += 1
+        canvas = np.divide(canvas, looked, out=np.zeros_like(canvas), where=looked > 0)
+        return prob_ai, upsample_heatmap(canvas, item.thumbnail.size)
 
     def explain_paths(self, paths: Iterable[Path], thumbnail_size: int = THUMBNAIL_SIZE) -> Iterator[ExplainResult]:
         """Explain images batch by batch, results in input order; one batch in memory at a time."""
@@ -238,7 +269,8 @@ class GradCamExplainer:
                 model_input, sha256, evidence = load_model_input(path, pre)
                 picture = load_display_rgb(path, pre, sha256, thumbnail_size)
                 thumbnail = make_thumbnail(picture, thumbnail_size)
-                batch.append(_Pending(path, sha256, thumbnail, model_input, max(picture.size) < thumbnail_size, evidence))
+                batch.append(_Pending(path, sha256, thumbnail, model_input, max(picture.size) < thumbnail_size, evidence,
+                                      picture.size))
                 del picture  # a decoded photo must not stay alive for the whole batch
             except ValueError as exc:
                 batch.append(ExplainFailure(path, str(exc)))
@@ -253,6 +285,14 @@ class GradCamExplainer:
     def _finish(self, batch: list["_Pending | ExplainFailure"]) -> Iterator[ExplainResult]:
         pending = [item for item in batch if isinstance(item, _Pending)]
         explained: dict[int, Explanation] = {}
+        if pending and self.model.card.preprocessing.resize_policy != "squash":
+            for item in pending:
+                prob_ai, heatmap = self._explain_placed(item)
+                explained[id(item)] = Explanation(
+                    path=item.path, sha256=item.sha256, prob_ai=prob_ai, heatmap=heatmap, thumbnail=item.thumbnail,
+                    overlay=overlay_heatmap(item.thumbnail, heatmap), enlarged=item.enlarged, evidence=item.evidence,
+                )
+            pending = []
         if pending:
             probs, maps = self.explain_batch(torch.stack([item.model_input for item in pending]))
             for item, prob_ai, cam in zip(pending, probs, maps):

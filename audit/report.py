@@ -32,6 +32,7 @@ import pandas as pd
 import audit
 from audit.explain import GradCamExplainer, Explanation, THUMBNAIL_SIZE, gradcam_grid, save_image
 from audit.model import LoadedModel, ModelCard, ModelError, load_model, read_card
+from audit.model_summary import ModelSummary, data_set_rows, summarize, training_rows
 from audit.results import unneutralise
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -504,6 +505,10 @@ class ModelFacts:
     input_size: int | None = None
     gradcam_layer: str = ""
     gradcam_grid: tuple[int, int] | None = None  # (rows, columns) of the map, when the model loads
+    input_policy: str = ""
+    readable: ModelSummary | None = None  # the card's figures per data set, and the weak sources
+    training_rows: list[tuple[str, str]] = field(default_factory=list)
+    data_sets: list[dict[str, Any]] = field(default_factory=list)
 
 
 def model_facts(summary: dict[str, Any], card: ModelCard | None, model: LoadedModel | None = None) -> ModelFacts:
@@ -526,6 +531,10 @@ def model_facts(summary: dict[str, Any], card: ModelCard | None, model: LoadedMo
         input_size=card.preprocessing.input_size if card else None,
         gradcam_layer=card.gradcam_layer if card else "",
         gradcam_grid=gradcam_grid(model) if model is not None else None,
+        input_policy=card.preprocessing.describe() if card else "",
+        readable=summarize(card) if card else None,
+        training_rows=training_rows(card.training) if card else [],
+        data_sets=data_set_rows(card.training) if card else [],
     )
 
 
