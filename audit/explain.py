@@ -207,14 +207,14 @@ class GradCamExplainer:
         The probability comes from the same forward pass as the map, so it cannot disagree
         with the picture it explains.
         """
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
         logits, maps = self._run_cam(batch_uint8)
         probs = self.model.probabilities(logits).cpu().numpy().astype(np.float64)
         return probs, maps
 
     def _run_cam(self, batch_uint8: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
         """(logits (N, 2), maps (N, H, W) in [0, 1] at input size) of uint8 NCHW inputs."""
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
         inputs = normalize(batch_uint8.to(self.device), self.model.card.preprocessing)
         targets = [ClassifierOutputTarget(AI_CLASS_INDEX)] * inputs.shape[0]
         # No weight needs a gradient: freezing them for the call spares the forward pass the

@@ -151,3 +151,24 @@ def test_the_per_source_table_matches_a_case_computed_by_hand():
     mixed = source_table(prob_ai, labels, ["all"] * 7, threshold=0.65)[0]
     # AUC by hand: positives 0.9 0.7 0.6 against negatives 0.2 0.4 0.1 0.8: 4 + 3 + 3 of 12 pairs in order.
     assert mixed["roc_auc"] == pytest.approx(10 / 12, abs=1e-4) and mixed["count"] == 7
+
+
+def test_grad_cam_of_a_crops_policy_is_placed_where_each_crop_lies(tmp_path):
+    card = read_card(save_trained_model(tmp_path / "models"))
+    card.preprocessing = Preprocessing(input_size=32, resize_policy="crops", scale_size=64, crops=5)
+    save_model(trained_network(), card, tmp_path / "models" / "crops-detector", dtype=torch.float32)
+    model = load_model(tmp_path / "models" / "crops-detector")
+    picture = np.full((192, 256, 3), 110, np.uint8)
+    picture[0:32, 0:32] = 250  # the synthetic "AI" patch, in the top-left crop only
+    Image.fromarray(picture).save(tmp_path / "large.png")
+    from audit.explain import GradCamExplainer
+
+    with GradCamExplainer(model) as explainer:
+        (result,) = list(explainer.explain_paths([tmp_path / "large.png"]))
+    heatmap = result.heatmap
+    height, width = heatmap.shape
+    assert heatmap[: height // 4, : width // 4].mean() > 2 * heatmap[height // 3 : 2 * height // 3, width // 3 : 2 * width // 3].mean()
+    # The probability is the scan's: the crops' logits averaged.
+    scored = list(score_records(list(discover([str(tmp_path / "large.png")])), Scorer(model, plan_compute("cpu", "fp32")),
+                                LoadOptions(preprocessing=model.card.preprocessing), workers=0))
+    assert result.prob_ai == pytest.approx(scored[0].prob_ai, abs=1e-4)

@@ -1,35 +1,51 @@
-"""The default model that ships inside the package: it loads with no download, its card carries
-the measured test figures, and it tells the bundled example archive's REAL from FAKE."""
+"""The models that ship inside the package: they load with no download, their cards carry the
+measured figures, and the default one tells the bundled example archive's REAL from FAKE."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from audit.discover import discover
 from audit.loading import LoadOptions
-from audit.model import DEFAULT_MODEL_PATH, load_model
+from audit.model import DEFAULT_MODEL_PATH, load_model, shipped_models
 from audit.scoring import Scorer, plan_compute, score_records
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cifake-sample"
 
 
-def test_the_default_model_is_installed_with_a_complete_card() -> None:
-    model = load_model()  # verifies the weights' sha256 against the card
-    card = model.card
-    assert model.weights_path == DEFAULT_MODEL_PATH.with_suffix(".safetensors")
-    assert DEFAULT_MODEL_PATH.with_suffix(".safetensors").stat().st_size <= 25 * 1024 * 1024
-    official = card.test_metrics["official_test"]
-    assert official["count"] == 20000 and 0.9 < official["accuracy"] <= 1.0
-    assert "deduplicated_test" in card.test_metrics and "robustness_official_test" in card.test_metrics
-    assert card.gradcam_layer and card.threshold_method and card.temperature > 0
+def test_the_shipped_models_are_installed_with_complete_cards() -> None:
+    names = [path.stem for path in shipped_models()]
+    assert names[0] == DEFAULT_MODEL_PATH.stem and "cifake-resnet18" in names
+    total_bytes = 0
+    for card_path in shipped_models():
+        model = load_model(card_path, lazy=True)  # verifies the weights' sha256 against the card
+        card = model.card
+        total_bytes += model.weights_path.stat().st_size
+        official = card.test_metrics["official_test"]
+        assert official["count"] == 20000 and 0.9 < official["accuracy"] <= 1.0
+        assert "deduplicated_test" in card.test_metrics
+        assert card.gradcam_layer and card.threshold_method and card.temperature > 0
+    assert total_bytes <= 50 * 1024 * 1024  # the package stays small
 
 
-def test_the_default_model_separates_the_example_archive() -> None:
-    model = load_model()
+def test_the_default_model_was_measured_beyond_cifake() -> None:
+    card = load_model(lazy=True).card
+    wild = card.test_metrics["data_sets"]["wild"]
+    assert wild["split"] == "val" and wild["metrics"]["count"] == 489
+    assert {"per_source", "per_generator", "file_level"} <= set(wild)
+    assert "png_1x" in wild["file_level"]["cases"] and "stored_4x" in wild["file_level"]["cases"]
+    assert "real images flagged" in card.threshold_method
+
+
+@pytest.mark.parametrize("name", ["general-resnet18", "cifake-resnet18"])
+def test_each_shipped_model_separates_the_example_archive(name: str) -> None:
+    model = load_model(name)
     records = list(discover([str(SAMPLE)]))
     scorer = Scorer(model, plan_compute("cpu", "fp32"))
     scored = list(score_records(records, scorer, LoadOptions(preprocessing=model.card.preprocessing), workers=0))
     truth = [record.rel_path.split("/")[0] == "FAKE" for record in records]
     flagged = [item.prob_ai >= model.card.threshold for item in scored]
     correct = sum(t == f for t, f in zip(truth, flagged))
-    assert len(records) == 200 and correct / len(records) >= 0.9  # measured: see README "The detector"
+    assert len(records) == 200 and correct / len(records) >= 0.9  # measured: see README "The models"
