@@ -231,9 +231,14 @@ class RayEngine:
         try:
             ray.init(address=self.settings.address, **kwargs)
         except ConnectionError as exc:
+            if "Authentication" in f"{exc!r} {exc.__cause__!r}":
+                raise RayUnavailable(
+                    f"--ray-address {self.settings.address}: the cluster refused this driver's token. Ray's token "
+                    "authentication needs RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, "
+                    "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) here too (docs/scale-out.md)") from None
             raise RayUnavailable(
-                f"--ray-address {self.settings.address}: no Ray cluster could be reached ({exc}). Start one "
-                "(`ray start --head`, see docs/scale-out.md) or use --ray-address local for a private "
+                f"--ray-address {self.settings.address}: no Ray cluster could be reached ({_first_line(exc)}). Start "
+                "one (`ray start --head`, see docs/scale-out.md) or use --ray-address local for a private "
                 "one-machine cluster") from None
         finally:
             # ray.init installs its own SIGTERM handler; the scan's orderly stop must stay in charge.
