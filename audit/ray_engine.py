@@ -31,6 +31,7 @@ import socket
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import audit
@@ -119,7 +120,8 @@ def decode_batches(batch: dict[str, Any], load_options: LoadOptions) -> dict[str
 class ScoringActor:
     """One scorer of the actor pool: the model, loaded and checked once, run on each batch."""
 
-    def __init__(self, model_path: str, weights_sha256: str, device: str, precision: str, threads: int | None) -> None:
+    def __init__(self, model_path: str | None, weights_sha256: str, device: str, precision: str,
+                 threads: int | None) -> None:
         import torch
 
         from audit.model import load_model
@@ -127,7 +129,7 @@ class ScoringActor:
 
         if threads:
             torch.set_num_threads(threads)
-        model = load_model(model_path)  # the card's sha256 is checked against the weights file
+        model = load_model(model_path)  # None: the node's own shipped model; the card's sha256 is checked
         if model.card.weights_sha256 != weights_sha256:
             raise RuntimeError(f"{socket.gethostname()}: {model_path} is model {model.model_id}, not the driver's "
                                f"(weights sha256 {weights_sha256[:12]})")
@@ -260,7 +262,8 @@ class RayEngine:
 
         readable = [record.abs_path for record in records if not record.error]
         step = max(1, len(readable) // PATH_SAMPLE)
-        sample = [os.path.abspath(str(self.model.weights_path))] + readable[::step][:PATH_SAMPLE]
+        model = [] if self._shipped_model() else [os.path.abspath(str(self.model.weights_path))]
+        sample = model + readable[::step][:PATH_SAMPLE]
         view = ray.remote(num_cpus=0, max_retries=0)(_node_view)
         pending = {
             node["NodeManagerAddress"]: view.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
@@ -341,10 +344,18 @@ class RayEngine:
                                           **decode_args)
             return dataset.map_batches(
                 ScoringActor, batch_size=1, batch_format="numpy",
-                fn_constructor_args=(str(self.model.weights_path), self.model.card.weights_sha256, device,
-                                     self.precision, None if gpus > 0 else self._cpu_threads_per_actor()),
+                fn_constructor_args=(None if self._shipped_model() else str(self.model.weights_path),
+                                     self.model.card.weights_sha256, device, self.precision,
+                                     None if gpus > 0 else self._cpu_threads_per_actor()),
                 compute=ActorPoolStrategy(size=self.stats.actors), num_cpus=1, num_gpus=gpus or None,
                 max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_TASK_RETRIES)
+
+    def _shipped_model(self) -> bool:
+        """The package's default model: each node loads its own installed copy (the install path
+        may differ between nodes); the sha256 check still makes it the same model."""
+        from audit.model import DEFAULT_MODEL_PATH, model_paths
+
+        return Path(self.model.weights_path).resolve() == model_paths(DEFAULT_MODEL_PATH)[0].resolve()
 
     def _cpu_threads_per_actor(self) -> int:
         """A CPU scorer reserves one CPU but computes with its node's share of cores, as the local

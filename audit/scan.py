@@ -263,7 +263,9 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
     model = model or load_model(options.model_path, lazy=True)
     # --device cuda without a GPU is a usage error before anything is written; otherwise the
     # device is chosen when there is something to score.
-    plan = plan_compute(options.device, options.precision, model.card.compute_dtype) if options.device == "cuda" else None
+    # (With --engine ray the scoring actors' GPUs are --ray-gpus-per-actor; the driver needs none.)
+    plan = (plan_compute(options.device, options.precision, model.card.compute_dtype)
+            if options.device == "cuda" and options.engine == "local" else None)
     if options.engine == "ray":  # Ray installed and its options sane, before anything is written
         from audit.ray_engine import check_settings, engine_settings
 
