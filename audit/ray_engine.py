@@ -28,6 +28,7 @@ import os
 import pickle
 import signal
 import socket
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -53,6 +54,10 @@ ACTOR_RESTARTS = 1
 ACTOR_TASK_RETRIES = 1
 # Files each node stats before the run (spread evenly over the files to score).
 PATH_SAMPLE = 16
+# The head's GCS port unreachable for this long means the cluster is gone. Ray's own driver code
+# would wait 60 s and then end the whole process with exit code 1, before the scan could say why.
+HEAD_LOST_SECONDS = 10.0
+HEAD_POLL_SECONDS = 2.0
 # Dropped blocks tolerated before the run is declared failed: a crashing file costs one block,
 # a cluster that loses every block is broken, and scoring it all on the driver would hide that.
 MIN_LOST_BLOCKS = 8
@@ -200,6 +205,8 @@ class RayEngine:
         self.compute: dict[str, Any] | None = None  # the actors' compute plan, from their first batch
         self._owns_connection = False
         self._local_scorer: Scorer | None = None
+        self._gcs_address = ""
+        self._lost: str | None = None  # why the cluster is deemed gone (set by the watchdog)
 
     # ---------------------------------------------------------------- set-up
 
@@ -211,6 +218,7 @@ class RayEngine:
             raise RayUnavailable(f"--engine ray: Ray cannot be imported ({exc}); install it with: {INSTALL_HINT}") from None
         t0 = time.perf_counter()
         self._connect(ray)
+        self._gcs_address = ray.get_runtime_context().gcs_address
         self.stats.seconds["connect"] = time.perf_counter() - t0
         alive = [node for node in ray.nodes() if node.get("Alive")]
         resources = ray.cluster_resources()
@@ -296,8 +304,14 @@ class RayEngine:
         dataset = self._dataset(ray, batches)
         next_index, t0 = 0, time.perf_counter()
         stream = dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+        watchdog = _HeadWatchdog(self._gcs_address, self)
         try:
+            watchdog.start()
             for block in _guarded(stream, ray):
+                if self._lost:  # the watchdog's signal may land where Python drops exceptions
+                    from audit.scan import EngineLost
+
+                    raise EngineLost(self._lost)
                 for payload in block["item"]:
                     index, results, ok_positions, probs, decode_s, score_s, compute = pickle.loads(payload)
                     if next_index == 0 and not self.stats.seconds["first_batch"]:
@@ -312,6 +326,7 @@ class RayEngine:
                     next_index = index + 1
             yield from self._rescore_locally(batches, next_index, len(batches))
         finally:
+            watchdog.stop()
             dataset = None  # the executor shuts down with its last reference
 
     def _dataset(self, ray: Any, batches: list[Sequence[FileRecord]]) -> Any:
@@ -389,8 +404,9 @@ class RayEngine:
         return self._local_scorer
 
     def close(self) -> None:
-        """Leave the cluster (a private ``local`` one is shut down with it)."""
-        if self._owns_connection:
+        """Leave the cluster (a private ``local`` one is shut down with it). After the cluster
+        was lost there is nothing to leave: ray.shutdown would wait for the dead head."""
+        if self._owns_connection and self._lost is None:
             import ray
 
             self._owns_connection = False
@@ -398,6 +414,55 @@ class RayEngine:
                 ray.shutdown()
             except Exception:  # noqa: BLE001 - a cluster that is gone already
                 pass
+
+
+class _HeadWatchdog:
+    """Polls the head's GCS port (a plain TCP connect: the engine listens on nothing) while the
+    run streams. When it stays unreachable for HEAD_LOST_SECONDS, the main thread is interrupted
+    with EngineLost (through SIGUSR1, whose handler this installs for the run), so the scan stops
+    in order and exits 6 instead of being ended by Ray 60 s later with exit code 1."""
+
+    def __init__(self, gcs_address: str, engine: RayEngine) -> None:
+        self.gcs_address, self.engine = gcs_address, engine
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._previous: Any = None
+        self._main = threading.main_thread().ident
+
+    def start(self) -> None:
+        if not self.gcs_address or threading.current_thread() is not threading.main_thread():
+            return  # signals reach only the main thread; elsewhere Ray's own timeout applies
+        self._previous = signal.signal(signal.SIGUSR1, self._raise_lost)
+        self._thread = threading.Thread(target=self._watch, name="audit-ray-head-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=HEAD_POLL_SECONDS * 2)
+            signal.signal(signal.SIGUSR1, self._previous)
+            self._thread = None
+
+    def _raise_lost(self, _signum: int, _frame: Any) -> None:
+        from audit.scan import EngineLost
+
+        raise EngineLost(self.engine._lost or "the Ray cluster was lost")
+
+    def _watch(self) -> None:
+        host, port = self.gcs_address.rsplit(":", 1)
+        unreachable_since: float | None = None
+        while not self._stop.wait(HEAD_POLL_SECONDS):
+            try:
+                with socket.create_connection((host.strip("[]"), int(port)), timeout=HEAD_POLL_SECONDS):
+                    unreachable_since = None
+            except OSError as exc:
+                now = time.monotonic()
+                unreachable_since = unreachable_since or now
+                if now - unreachable_since >= HEAD_LOST_SECONDS:
+                    self.engine._lost = (f"the Ray cluster was lost during the run: its head {self.gcs_address} "
+                                         f"has not answered for {HEAD_LOST_SECONDS:.0f} s ({exc.strerror or exc})")
+                    signal.pthread_kill(self._main, signal.SIGUSR1)
+                    return
 
 
 def _guarded(stream: Any, ray: Any) -> Iterator[Any]:
