@@ -207,6 +207,7 @@ class RayEngine:
         self._local_scorer: Scorer | None = None
         self._gcs_address = ""
         self._lost: str | None = None  # why the cluster is deemed gone (set by the watchdog)
+        self._watchdog: _HeadWatchdog | None = None
 
     # ---------------------------------------------------------------- set-up
 
@@ -304,7 +305,7 @@ class RayEngine:
         dataset = self._dataset(ray, batches)
         next_index, t0 = 0, time.perf_counter()
         stream = dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
-        watchdog = _HeadWatchdog(self._gcs_address, self)
+        watchdog = self._watchdog = _HeadWatchdog(self._gcs_address, self)
         try:
             watchdog.start()
             for block in _guarded(stream, ray):
@@ -406,6 +407,8 @@ class RayEngine:
     def close(self) -> None:
         """Leave the cluster (a private ``local`` one is shut down with it). After the cluster
         was lost there is nothing to leave: ray.shutdown would wait for the dead head."""
+        if self._watchdog is not None:  # a run that stopped early leaves its generator unfinished
+            self._watchdog.stop()
         if self._owns_connection and self._lost is None:
             import ray
 
@@ -440,8 +443,9 @@ class _HeadWatchdog:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=HEAD_POLL_SECONDS * 2)
-            signal.signal(signal.SIGUSR1, self._previous)
             self._thread = None
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGUSR1, self._previous)
 
     def _raise_lost(self, _signum: int, _frame: Any) -> None:
         from audit.scan import EngineLost
