@@ -4,6 +4,8 @@
 
 PYTHON ?= python3
 VENV ?= .venv
+# Optional extras to install with the project: .ci/run adds ray so that the Ray engine's tests run.
+EXTRAS ?= test
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.audit-installed
 
@@ -13,7 +15,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -e '.[$(EXTRAS)]'
 	touch $@
 
 install: $(STAMP)

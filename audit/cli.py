@@ -3,7 +3,8 @@
 Exit codes (also in README.md): 0 clean run; 2 usage error (bad option, missing or invalid
 model, unusable --labels); 3 some files could not be scored (their rows say why); 4 with
 --fail-on-flagged, something was flagged as AI-generated (4 wins over 3); 5 the run store is
-in use by another run (nothing was written).
+in use by another run (nothing was written); 6 with --engine ray, the cluster failed mid-run
+(committed batches stay in the run store; the next run resumes).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from audit.labels import LabelsError
 from audit.loading import DEFAULT_MAX_PIXELS
 from audit.model import DEFAULT_MODEL_PATH, ModelError
 from audit.provenance import ProvenanceError
-from audit.scan import EXIT_USAGE, ScanOptions, run_scan
+from audit.scan import ENGINE_CHOICES, EXIT_ENGINE_LOST, EXIT_USAGE, EngineLost, ScanOptions, run_scan
 from audit.scoring import DEFAULT_BATCH_SIZE, DEVICE_CHOICES, PRECISION_CHOICES, ScoringError
 from audit.stopping import stop_on_signals
 from audit.store import EXIT_LOCKED, RUN_TABLE_HEADER, STORE_FILE_NAME, StoreError, StoreLocked
@@ -71,11 +72,22 @@ def main() -> None:
               "beside the output folder (reports/audit-store.sqlite).")
 @click.option("--full", is_flag=True, help="Score every file again, even those the run store already has results for.")
 @click.option("--no-xlsx", is_flag=True, help="Write results.csv but not results.xlsx (an unchanged rerun copies the last run's XLSX).")
+@click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="local", show_default=True,
+              help="Where images are decoded and scored: this machine, or a Ray cluster (pip install 'ai-image-audit[ray]'; docs/scale-out.md).")
+@click.option("--ray-address", default="auto", show_default=True, metavar="auto|HOST:PORT|local",
+              help="--engine ray: the running cluster (auto), a head's GCS address, or a private one-machine cluster (local).")
+@click.option("--ray-actors", type=click.IntRange(min=1), default=None,
+              help="--engine ray: scoring actors. Default: one per --ray-gpus-per-actor GPUs, else one per node.")
+@click.option("--ray-gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="--engine ray: GPUs each scoring actor reserves (0: score on CPUs).")
+@click.option("--ray-decode-cpus", type=click.IntRange(min=1), default=None,
+              help="--engine ray: decode tasks running at once (one CPU each). Default: as many as the cluster's CPUs allow.")
 def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None, device: str, precision: str,
          workers: int | None, batch_size: int, include: tuple[str, ...], exclude: tuple[str, ...],
          include_hidden: bool, labels: str | None, max_pixels: int, fail_on_flagged: bool, quiet: bool,
          no_report: bool, max_gallery: int, no_evidence: bool, trust_anchors: str | None, store_path: Path | None,
-         full: bool, no_xlsx: bool) -> None:
+         full: bool, no_xlsx: bool, engine: str, ray_address: str, ray_actors: int | None, ray_gpus_per_actor: float,
+         ray_decode_cpus: int | None) -> None:
     """Score every image under ARCHIVE... and write results.csv, results.xlsx and summary.json."""
     options = ScanOptions(
         archives=archives, out_dir=out_dir, model_path=model_path, device=device, precision=precision,
@@ -83,7 +95,8 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
         include_hidden=include_hidden, labels=labels, max_pixels=max_pixels,
         fail_on_flagged=fail_on_flagged, progress="none" if quiet else "auto",
         report=not no_report, max_gallery=max_gallery, evidence=not no_evidence, trust_anchors=trust_anchors,
-        store=store_path, full=full, write_xlsx=not no_xlsx,
+        store=store_path, full=full, write_xlsx=not no_xlsx, engine=engine, ray_address=ray_address,
+        ray_actors=ray_actors, ray_gpus_per_actor=ray_gpus_per_actor, ray_decode_cpus=ray_decode_cpus,
     )
     with stop_on_signals():  # SIGTERM/SIGINT: partial outputs removed, run marked partial, exit 128 + signal
         try:
@@ -95,6 +108,10 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
         except StoreLocked as exc:
             click.echo(f"audit: error: {exc}", err=True)
             raise click.exceptions.Exit(EXIT_LOCKED) from None
+        except EngineLost as exc:
+            click.echo(f"audit: error: {exc}; the batches committed so far are in the run store and the next "
+                       "run resumes from them", err=True)
+            raise click.exceptions.Exit(EXIT_ENGINE_LOST) from None
         except (LabelsError, ScoringError, ProvenanceError, StoreError) as exc:
             raise _usage_failure(str(exc)) from None
     sys.exit(outcome.exit_code)

@@ -61,6 +61,14 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_ERRORS = 3
 EXIT_FLAGGED = 4
+EXIT_ENGINE_LOST = 6  # --engine ray: the cluster failed mid-run; committed batches stay in the store
+
+ENGINE_CHOICES = ("local", "ray")
+
+
+class EngineLost(Exception):
+    """The distributed scoring engine went away mid-run. Unlike a usage error, the run had
+    started: what was committed stays in the run store and the next run resumes from it."""
 
 PROGRESS_MODES = ("auto", "bar", "log", "none")
 _LOG_EVERY_SECONDS = 10.0
@@ -90,6 +98,11 @@ class ScanOptions:
     trust_anchors: str | None = None  # PEM file of C2PA trust anchors; None: no trust list
     store: Path | None = None  # the run store (audit.store); default: beside the run folder
     full: bool = False  # score every file again instead of reusing the store's results
+    engine: str = "local"  # local: this process and its DataLoader; ray: a Ray cluster (audit.ray_engine)
+    ray_address: str = "auto"  # auto | HOST:PORT | local
+    ray_actors: int | None = None
+    ray_gpus_per_actor: float = 0.0
+    ray_decode_cpus: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -250,7 +263,13 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
     model = model or load_model(options.model_path, lazy=True)
     # --device cuda without a GPU is a usage error before anything is written; otherwise the
     # device is chosen when there is something to score.
-    plan = plan_compute(options.device, options.precision, model.card.compute_dtype) if options.device == "cuda" else None
+    # (With --engine ray the scoring actors' GPUs are --ray-gpus-per-actor; the driver needs none.)
+    plan = (plan_compute(options.device, options.precision, model.card.compute_dtype)
+            if options.device == "cuda" and options.engine == "local" else None)
+    if options.engine == "ray":  # Ray installed and its options sane, before anything is written
+        from audit.ray_engine import check_settings, engine_settings
+
+        check_settings(engine_settings(options))
     labeller = Labeller(options.labels)
     evidence_options = None
     if options.evidence:
@@ -416,8 +435,13 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
     seconds_lookup = time.perf_counter() - t0
     to_score = [record for record, stored in zip(records, plan_rows) if stored is None]
 
-    scorer, workers = None, 0  # a rerun with nothing new never builds the network
-    if to_score:
+    scorer, workers, engine = None, 0, None  # a rerun with nothing new never builds the network
+    if to_score and options.engine == "ray":  # the hook: only files to score go to the cluster
+        from audit.ray_engine import RayEngine, engine_settings
+
+        engine = RayEngine(engine_settings(options), model, load_options, options.batch_size, options.device,
+                           options.precision)
+    elif to_score:
         plan = plan or plan_compute(options.device, options.precision, model.card.compute_dtype)
         workers = options.workers if options.workers is not None else default_workers(plan.device)
         scorer = Scorer(model, plan)
@@ -431,8 +455,13 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
     seconds_writing_rows = 0.0
     t0 = time.perf_counter()
     try:
+        if engine is not None:
+            engine.start(to_score)
         writer = ResultWriter(out_dir, write_xlsx=options.write_xlsx, earlier_xlsx=earlier_xlsx(store, baseline))
-        scored_stream = iter(score_records(to_score, scorer, load_options, options.batch_size, workers) if scorer else ())
+        if engine is not None:
+            scored_stream = iter(engine.score(to_score))
+        else:
+            scored_stream = iter(score_records(to_score, scorer, load_options, options.batch_size, workers) if scorer else ())
         for record, reuse_sha256 in zip(records, plan_rows):
             if reuse_sha256 is None:
                 row = committer.scored(record, make_row(next(scored_stream), labeller.label_for(record), model,
@@ -462,7 +491,9 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
         exit_code = exit_code_for(tally.by_status[STATUS_ERROR], tally.by_verdict[VERDICT_AI], options.fail_on_flagged)
         counts = RunCounts(tally.files, len(to_score), tally.files - len(to_score), tally.by_verdict[VERDICT_AI],
                            tally.by_status[STATUS_ERROR])
-        summary = build_summary(options, model, plan.describe() if plan else None, workers, tally, seconds, started, exit_code, labeller.unmatched)
+        compute = plan.describe() if plan else engine.compute if engine else None
+        summary = build_summary(options, model, compute, workers, tally, seconds, started, exit_code, labeller.unmatched)
+        summary["engine"] = engine.stats.to_json() if engine else {"name": options.engine}
         summary.update(store_summary(store.path, run_id, counts, changes, options.full))
         # Lets the next run check that its rows are these very bytes before it copies the XLSX.
         summary["output_sha256"] = writer.sha256
@@ -484,6 +515,8 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
         raise
     finally:
         progress.close()
+        if engine is not None:
+            engine.close()
 
     if options.report:
         _render_report(out_dir, model, options)
