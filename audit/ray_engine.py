@@ -117,8 +117,9 @@ def decode_batches(batch: dict[str, Any], load_options: LoadOptions) -> dict[str
         started = time.perf_counter()
         collated = collate_results([load_image(record, load_options) for record in records])
         images = collated.images.numpy()
-        out.append(pickle.dumps((index, collated.results, images, collated.ok_positions, time.perf_counter() - started),
-                                protocol=pickle.HIGHEST_PROTOCOL))
+        # view_counts: a crops policy's number of views of each image (None: one each).
+        out.append(pickle.dumps((index, collated.results, images, collated.ok_positions, collated.view_counts,
+                                 time.perf_counter() - started), protocol=pickle.HIGHEST_PROTOCOL))
     return {"item": np.array(out, dtype=object)}
 
 
@@ -148,9 +149,9 @@ class ScoringActor:
 
         out = []
         for payload in batch["item"]:
-            index, results, images, ok_positions, decode_seconds = pickle.loads(payload)
+            index, results, images, ok_positions, view_counts, decode_seconds = pickle.loads(payload)
             started = time.perf_counter()
-            probs = self.scorer.probabilities(torch.from_numpy(images)).tolist()
+            probs = self.scorer.probabilities(torch.from_numpy(images), view_counts).tolist()
             compute = {**self.plan.describe(), "torch_threads": self.threads}
             out.append(pickle.dumps((index, results, ok_positions, probs, decode_seconds,
                                      time.perf_counter() - started, compute), protocol=pickle.HIGHEST_PROTOCOL))
