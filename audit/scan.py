@@ -51,7 +51,9 @@ from audit.store import (
     FileUpdate,
     RunCounts,
     RunStore,
+    LEGACY_STORE_FILE_NAME,
     StoredScore,
+    StoreLock,
     default_store_path,
     open_locked,
     store_root,
@@ -259,12 +261,29 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
     out_dir = options.out_dir or default_out_dir(started)
     # The lock comes after every usage check (a usage error writes nothing) and before the output
     # folder: a second run on the same store leaves at once (StoreLocked) and touches nothing.
-    store, lock = open_locked(options.store or default_store_path(out_dir))
+    store_path = options.store or default_store_path(options.archives)
+    store, lock = open_locked(store_path)
     try:
-        return _run_with_store(options, model, plan, labeller, evidence_options, out_dir, store, started, clock)
+        _say_where_the_store_is(options, store_path, lock, out_dir)
+        return _run_with_store(options, model, plan, labeller, evidence_options, out_dir, store, started, clock,
+                               lock.takeover.message(lock.path) if lock.takeover else None)
     finally:
         store.close()
         lock.release()
+
+
+def _say_where_the_store_is(options: ScanOptions, store_path: Path, lock: StoreLock, out_dir: Path) -> None:
+    """At the start of every run (unless --quiet): which run store, and whether a killed run's
+    lock was taken over (that one is said even with --quiet: a night was lost)."""
+    if options.progress != "none":
+        how = "--store" if options.store else "the default for these archives"
+        print(f"audit scan: run store {store_path.absolute()} ({how})", file=sys.stderr, flush=True)
+        legacy = out_dir.parent / LEGACY_STORE_FILE_NAME
+        if options.store is None and legacy.is_file() and legacy.resolve() != store_path.resolve():
+            print(f"audit scan: note: {legacy} (where earlier versions kept the run store) is not used; "
+                  f"pass --store {legacy} to go on with it", file=sys.stderr, flush=True)
+    if lock.takeover is not None:
+        print(f"audit scan: warning: {lock.takeover.message(lock.path)}", file=sys.stderr, flush=True)
 
 
 def scoring_key(model: LoadedModel, load_options: LoadOptions) -> str:
@@ -385,14 +404,14 @@ class BatchCommitter:
 
 def _run_with_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan | None, labeller: Labeller,
                     evidence_options: EvidenceOptions | None, out_dir: Path, store: RunStore, started: datetime,
-                    clock: float) -> ScanOutcome:
+                    clock: float, takeover: str | None = None) -> ScanOutcome:
     out_dir_created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     baseline = store.baseline_run()
     run_id = store.start_run(iso_utc(started), options.to_json(), out_dir, out_dir_created)
     try:
         return _scan_into_store(options, model, plan, labeller, evidence_options, out_dir, store, started, clock,
-                                baseline, run_id)
+                                baseline, run_id, takeover)
     except BaseException as exc:  # a stop before the row loop (discovery, lookups): no counts yet
         _record_stop(store, run_id, exc)
         raise
@@ -400,7 +419,7 @@ def _run_with_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan 
 
 def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan | None, labeller: Labeller,
                      evidence_options: EvidenceOptions | None, out_dir: Path, store: RunStore, started: datetime,
-                     clock: float, baseline: int | None, run_id: int) -> ScanOutcome:
+                     clock: float, baseline: int | None, run_id: int, takeover: str | None = None) -> ScanOutcome:
     t0 = time.perf_counter()
     discover_options = DiscoverOptions(tuple(options.include), tuple(options.exclude), options.include_hidden)
     records = list(discover(options.archives, discover_options))
@@ -464,6 +483,8 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
                            tally.by_status[STATUS_ERROR])
         summary = build_summary(options, model, plan.describe() if plan else None, workers, tally, seconds, started, exit_code, labeller.unmatched)
         summary.update(store_summary(store.path, run_id, counts, changes, options.full))
+        summary["store"]["chosen_by"] = "--store" if options.store else "default (follows the archives)"
+        summary["store"]["lock_takeover"] = takeover
         # Lets the next run check that its rows are these very bytes before it copies the XLSX.
         summary["output_sha256"] = writer.sha256
         renames.append(write_json_tmp(out_dir / "summary.json", summary))
@@ -524,7 +545,7 @@ def store_summary(store_path: Path, run_id: int, counts: RunCounts, changes: Cha
     return {
         "files_scored": counts.files_scored,
         "files_reused": counts.files_reused,
-        "store": {"path": str(store_path), "run_id": run_id, "mode": "full" if full else "incremental"},
+        "store": {"path": str(store_path.absolute()), "run_id": run_id, "mode": "full" if full else "incremental"},
         "changes": changes.to_json(),
     }
 
