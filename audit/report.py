@@ -31,6 +31,7 @@ import pandas as pd
 
 import audit
 from audit.explain import GradCamExplainer, Explanation, THUMBNAIL_SIZE, gradcam_grid, save_image
+from audit.heatmap_cache import HeatmapCache
 from audit.model import LoadedModel, ModelCard, ModelError, load_model, read_card
 from audit.results import unneutralise
 
@@ -425,7 +426,8 @@ def write_gallery_images(result: Explanation, heatmap_dir: Path, stem: str) -> t
 
 
 def build_gallery(
-    run: RunData, model: LoadedModel | None, model_problem: str, heatmap_dir: Path, max_gallery: int
+    run: RunData, model: LoadedModel | None, model_problem: str, heatmap_dir: Path, max_gallery: int,
+    heatmap_cache: HeatmapCache | None = None,
 ) -> tuple[list[GalleryItem], int]:
     """Write thumbnails and Grad-CAM overlays of the flagged images; return the gallery items.
 
@@ -443,7 +445,7 @@ def build_gallery(
     readable = [(index, path) for index, path in paths.items() if path is not None]
     if model is not None and readable:
         with GradCamExplainer(model) as explainer:
-            results = explainer.explain_paths([path for _, path in readable], THUMBNAIL_SIZE)
+            results = explainer.explain_paths([path for _, path in readable], THUMBNAIL_SIZE, heatmap_cache)
             for (index, _), result in zip(readable, results):
                 if isinstance(result, Explanation):
                     explained[index] = (result.sha256, *write_gallery_images(result, heatmap_dir, f"g{index + 1:04d}"))
@@ -628,6 +630,8 @@ class ReportContent:
     # summary.json's "changes" (audit.store): what is new since the last run on the store; None
     # for a run folder written before the run store existed.
     changes: dict[str, Any] | None = None
+    # summary.json's "store": the run store's path, this run's id in it and how it was chosen.
+    store: dict[str, Any] | None = None
 
 
 # A half-broken mount can make every file an error; listing 100,000 of them would stall the PDF
@@ -636,7 +640,8 @@ MAX_ERRORS_LISTED = 500
 
 
 def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | None, model_problem: str,
-                  heatmap_dir: Path, max_gallery: int, seconds: dict[str, float] | None = None) -> ReportContent:
+                  heatmap_dir: Path, max_gallery: int, seconds: dict[str, float] | None = None,
+                  heatmap_cache: HeatmapCache | None = None) -> ReportContent:
     """Compute everything the page shows; ``seconds`` receives the time of the costly parts."""
     seconds = {} if seconds is None else seconds
     started = time.perf_counter()
@@ -655,7 +660,7 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
             charts["roc_pr"] = roc_pr_chart(frame, metrics)
     seconds["metrics_and_charts"] = time.perf_counter() - started
     started = time.perf_counter()
-    gallery, flagged_total = build_gallery(run, model, model_problem, heatmap_dir, max_gallery)
+    gallery, flagged_total = build_gallery(run, model, model_problem, heatmap_dir, max_gallery, heatmap_cache)
     seconds["gallery_gradcam"] = time.perf_counter() - started
     errors = frame[frame["status"] != "ok"]
     roots = list((summary.get("options") or {}).get("archives") or sorted(set(frame["root"])))
@@ -685,6 +690,7 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
         errors_total=len(errors),
         table=table_records(frame),
         changes=summary.get("changes"),
+        store=summary.get("store"),
     )
 
 
@@ -779,9 +785,11 @@ class RenderedReport:
 
 
 def render_report_files(
-    run_dir: str | Path, model: LoadedModel | str | Path | None = None, max_gallery: int = DEFAULT_MAX_GALLERY
+    run_dir: str | Path, model: LoadedModel | str | Path | None = None, max_gallery: int = DEFAULT_MAX_GALLERY,
+    heatmap_cache: HeatmapCache | None = None,
 ) -> RenderedReport:
-    """Render report.html, report.pdf and heatmaps/ into the run folder from its results."""
+    """Render report.html, report.pdf and heatmaps/ into the run folder from its results. With
+    ``heatmap_cache`` (the run store's), Grad-CAM runs only for images it has no map of yet."""
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
     run_dir = Path(run_dir)
@@ -792,7 +800,7 @@ def render_report_files(
     shutil.rmtree(new_heatmaps, ignore_errors=True)
     new_heatmaps.mkdir(parents=True)
     try:
-        content = build_content(run, loaded, card, model_problem, new_heatmaps, max_gallery, seconds)
+        content = build_content(run, loaded, card, model_problem, new_heatmaps, max_gallery, seconds, heatmap_cache)
         _swap_in(new_heatmaps, run_dir / "heatmaps")
     except BaseException:
         shutil.rmtree(new_heatmaps, ignore_errors=True)
@@ -809,8 +817,9 @@ def render_report_files(
 
 
 def render_report(
-    run_dir: str | Path, model: LoadedModel | str | Path | None = None, max_gallery: int = DEFAULT_MAX_GALLERY
+    run_dir: str | Path, model: LoadedModel | str | Path | None = None, max_gallery: int = DEFAULT_MAX_GALLERY,
+    heatmap_cache: HeatmapCache | None = None,
 ) -> tuple[Path, Path]:
     """The report stage's interface: (report.html, report.pdf) written into ``run_dir``."""
-    rendered = render_report_files(run_dir, model, max_gallery)
+    rendered = render_report_files(run_dir, model, max_gallery, heatmap_cache)
     return rendered.html_path, rendered.pdf_path
