@@ -13,7 +13,6 @@ except ``data:`` and ``file:`` under the run folder, so the PDF renderer fetches
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import math
@@ -33,9 +32,9 @@ import audit
 from audit.explain import GradCamExplainer, Explanation, THUMBNAIL_SIZE, gradcam_grid, save_image
 from audit.heatmap_cache import HeatmapCache
 from audit.model import LoadedModel, ModelCard, ModelError, load_model, read_card
+from audit.report_page import TEMPLATE_DIR, options_list, render_page, template_environment  # noqa: F401 - the report's interface
 from audit.results import unneutralise
 
-TEMPLATE_DIR = Path(__file__).parent / "templates"
 DEFAULT_MAX_GALLERY = 200
 # The all-results table is data for the page's script; these columns, in this order.
 TABLE_COLUMNS = ("path", "verdict", "prob_ai", "true_label", "status", "width", "height", "bytes", "sha256", "error", "note",
@@ -531,18 +530,6 @@ def model_facts(summary: dict[str, Any], card: ModelCard | None, model: LoadedMo
     )
 
 
-def options_list(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    """The scan's options as (name, value) text pairs, for the front page."""
-    options = summary.get("options") or {}
-    shown = []
-    for name, value in options.items():
-        if name == "archives":
-            continue
-        text = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else ("" if value is None else str(value))
-        shown.append((name, text or "—"))
-    return shown
-
-
 def table_records(frame: pd.DataFrame) -> list[list[Any]]:
     """All rows for the page's sortable table, as JSON-ready lists in TABLE_COLUMNS order."""
     records = []
@@ -558,48 +545,6 @@ def table_records(frame: pd.DataFrame) -> list[list[Any]]:
             record.append(value)
         records.append(record)
     return records
-
-
-def _format_metric(value: float | None, digits: int = 4) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def _format_percent(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
-
-
-def _format_bytes(value: int | None) -> str:
-    if value is None:
-        return "—"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(value)
-
-
-def _compact(value: Any, limit: int = 300) -> str:
-    """A card value as one bounded line: JSON for nested values, text otherwise."""
-    text = json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, (dict, list, tuple)) else str(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def template_environment():
-    import jinja2
-
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
-        # Autoescape on for every template: archive strings are never trusted markup.
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    environment.filters["metric"] = _format_metric
-    environment.filters["percent"] = _format_percent
-    environment.filters["filesize"] = _format_bytes
-    environment.filters["compact"] = _compact
-    return environment
 
 
 @dataclass
@@ -632,6 +577,8 @@ class ReportContent:
     changes: dict[str, Any] | None = None
     # summary.json's "store": the run store's path, this run's id in it and how it was chosen.
     store: dict[str, Any] | None = None
+    # An unchanged night (audit.report_reuse): the run whose pages follow this front, copied.
+    copied_from: dict[str, Any] | None = None
 
 
 # A half-broken mount can make every file an error; listing 100,000 of them would stall the PDF
@@ -694,22 +641,6 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
     )
 
 
-def render_page(content: ReportContent, target: str) -> str:
-    """target "html": the interactive page; "pdf": the print version (no script, no table)."""
-    environment = template_environment()
-    template = environment.get_template("report.html.j2")
-    script = (TEMPLATE_DIR / "report.js").read_text(encoding="utf-8") if target == "html" else ""
-    # The page's Content-Security-Policy allows this one script by its hash and nothing else.
-    script_hash = "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
-    return template.render(
-        report=content,
-        target=target,
-        css=(TEMPLATE_DIR / "report.css").read_text(encoding="utf-8"),
-        script=script,
-        script_hash=script_hash,
-    )
-
-
 # --------------------------------------------------------------------------- PDF
 
 
@@ -751,7 +682,10 @@ def write_pdf(html: str, run_dir: Path, pdf_path: Path, fetcher: Any = None) -> 
 
     fetcher = fetcher or run_files_fetcher(run_dir)
     temporary = pdf_path.with_name(pdf_path.name + ".tmp")
-    document = HTML(string=html, base_url=run_dir.resolve().as_uri() + "/", url_fetcher=fetcher)
+    document = HTML(string=html, base_url=run_dir.resolve().as_uri() + "/", url_fetcher=fetcher).render()
+    # Pages before the body (the charts section starts a page): what an unchanged night renders
+    # again (audit.report_reuse).
+    fetcher.front_pages = next((index for index, page in enumerate(document.pages) if "charts" in page.anchors), None)
     document.write_pdf(temporary)
     temporary.replace(pdf_path)
     return fetcher
@@ -782,6 +716,8 @@ class RenderedReport:
     pdf_path: Path
     refused_urls: tuple[str, ...]  # URLs the PDF renderer asked for and was refused
     seconds: dict[str, float]  # read, metrics_and_charts, gallery_gradcam, html, pdf, total
+    front_pages: int | None = None  # PDF pages before the charts
+    content: ReportContent | None = None
 
 
 def render_report_files(
@@ -813,7 +749,8 @@ def render_report_files(
     fetcher = write_pdf(render_page(content, "pdf"), run_dir, pdf_path)
     seconds["pdf"] = time.perf_counter() - started
     seconds["total"] = time.perf_counter() - clock
-    return RenderedReport(html_path, pdf_path, tuple(fetcher.refused), {k: round(v, 3) for k, v in seconds.items()})
+    return RenderedReport(html_path, pdf_path, tuple(fetcher.refused), {k: round(v, 3) for k, v in seconds.items()},
+                          getattr(fetcher, "front_pages", None), content)
 
 
 def render_report(

@@ -540,7 +540,7 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
         progress.close()
 
     if options.report:
-        _render_report(out_dir, model, options, store)
+        _render_report(out_dir, model, options, store, baseline)
     progress.message(_closing_line(tally, out_dir))
     return ScanOutcome(out_dir=out_dir, summary=summary, exit_code=exit_code)
 
@@ -661,20 +661,38 @@ def build_summary(
     }
 
 
-def _render_report(out_dir: Path, model: LoadedModel, options: ScanOptions, store: RunStore | None = None) -> None:
+def _render_report(out_dir: Path, model: LoadedModel, options: ScanOptions, store: RunStore | None = None,
+                   baseline: int | None = None) -> None:
     """report.html, report.pdf and heatmaps/ from the files just written (audit.report).
 
     The results are complete and committed before this runs, so a report that fails does not
     cost the run: the error is said on stderr (even with --quiet: it is a failure) and
     `audit report OUT_DIR` renders it again.
     """
+    from audit import report_reuse
+
+    earlier = store.out_dir_of(baseline) if store is not None and baseline is not None else None
+    try:
+        copied = report_reuse.copy_unchanged_report(out_dir, model, options.max_gallery, earlier, baseline)
+    except Exception as exc:  # noqa: BLE001 - a copy that fails is rendered instead
+        copied = None
+        print(f"audit scan: note: the unchanged report could not be copied ({type(exc).__name__}: {exc}); "
+              "rendering it", file=sys.stderr, flush=True)
+    if copied is not None:
+        if options.progress != "none":
+            print(f"audit scan: nothing the report shows changed since run {baseline}: its pages were copied "
+                  "behind a new front page", file=sys.stderr, flush=True)
+        return
     from audit.heatmap_cache import HeatmapCache
-    from audit.report import render_report
+    from audit.report import render_report_files
 
     try:
         # The store's lock is still held: its heatmap cache spares Grad-CAM for images explained before.
         cache = HeatmapCache(store.db) if store is not None else None
-        render_report(out_dir, model=model, max_gallery=options.max_gallery, heatmap_cache=cache)
+        rendered = render_report_files(out_dir, model=model, max_gallery=options.max_gallery, heatmap_cache=cache)
+        summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+        report_reuse.record_rendered_report(out_dir, report_reuse.report_fingerprint(summary, model, options.max_gallery),
+                                            rendered.front_pages, rendered.content)
     except Exception as exc:  # noqa: BLE001 - the results stand; the report can be rendered again
         print(f"audit scan: warning: the report was not rendered ({type(exc).__name__}: {exc}); "
               f"run `audit report {out_dir}` to try again", file=sys.stderr, flush=True)

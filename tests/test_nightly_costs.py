@@ -131,3 +131,59 @@ def test_report_heatmaps_come_from_the_store_for_images_explained_before(
     os.utime(archive / "2.jpg", (1, 1))
     night("n3")
     assert sum(computed) == 5  # only the changed image
+
+
+def test_an_unchanged_night_copies_the_report_behind_a_front_page_made_for_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pypdf import PdfReader
+
+    import audit.report
+    from audit.report_reuse import BODY_MARKER
+
+    rendered: list[Path] = []
+    real_render = audit.report.render_report_files
+    monkeypatch.setattr(audit.report, "render_report_files", lambda run_dir, *a, **k: (rendered.append(Path(run_dir)),
+                                                                                        real_render(run_dir, *a, **k))[1])
+    flag_all = make_model(tmp_path / "models", threshold=0.0)  # every image in the gallery: a report of some pages
+    archive = tmp_path / "archive"
+    write_images(archive, [f"{i}.jpg" for i in range(6)])
+
+    def night(name: str) -> tuple[dict, list[str], str]:
+        result = CliRunner().invoke(main, ["scan", str(archive), "--model", str(flag_all), "--out", str(tmp_path / name),
+                                           "--workers", "0", "--no-xlsx"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        pages = [page.extract_text() for page in PdfReader(tmp_path / name / "report.pdf").pages]
+        return summary_of(tmp_path / name), pages, (tmp_path / name / "report.html").read_text(encoding="utf-8")
+
+    first, first_pages, first_html = night("n1")
+    assert rendered == [tmp_path / "n1"] and first["report"]["copied_from_run"] is None
+    front = first["report"]["front_pages"]
+    assert 1 <= front < len(first_pages)
+
+    second, second_pages, second_html = night("n2")
+    assert rendered == [tmp_path / "n1"]  # not rendered again: copied
+    assert second["report"]["copied_from_run"] == first["store"]["run_id"]
+    # The front page is tonight's: its run, and the truth about what changed since the last run.
+    assert "n2" in second_pages[0] and "Unchanged since run 1" in second_pages[0]
+    assert "every file is new" in first_pages[0] and "every file is new" not in second_pages[0]
+    assert "Compared with run 1" in " ".join(second_pages[0].split())
+    assert f"page 1 of {len(first_pages)}" in second_pages[0]
+    # The pages after it are last night's, as they were.
+    assert second_pages[front:] == first_pages[front:] and len(second_pages) == len(first_pages)
+    assert second_html[second_html.index(BODY_MARKER):] == first_html[first_html.index(BODY_MARKER):]
+    assert "<title>AI image audit: run n2</title>" in second_html and 'id="unchanged"' in second_html
+    assert sorted(p.name for p in (tmp_path / "n2" / "heatmaps").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "n1" / "heatmaps").iterdir())
+
+    # A reviewer annotated last night's PDF: tonight's report is rendered, not made from it.
+    with open(tmp_path / "n2" / "report.pdf", "ab") as handle:
+        handle.write(b"\n% annotated\n")
+    third, third_pages, _ = night("n3")
+    assert rendered == [tmp_path / "n1", tmp_path / "n3"] and third["report"]["copied_from_run"] is None
+    assert "Unchanged since" not in third_pages[0]
+
+    # A changed file: rendered (its Grad-CAM alone computed, the others come from the store's cache).
+    write_images(archive, ["2.jpg"], seed=90)
+    os.utime(archive / "2.jpg", (1, 1))
+    night("n4")
+    assert rendered[-1] == tmp_path / "n4"
