@@ -51,6 +51,9 @@ class ReportRecord:
     front_pages: int  # PDF pages before the body
     front_content: dict[str, Any]  # the content the front page was rendered from
     copied_from_run: int | None = None  # the store run whose pages were copied; None: rendered
+    # The run the pages after the front were rendered for (they name it): this one, or the
+    # first of a chain of unchanged nights. {"run": store run id, "run_id": its folder's name}
+    body_from: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,14 +92,17 @@ def front_content_of(content: Any) -> dict[str, Any]:
 
 
 def record_rendered_report(run_dir: Path, fingerprint: str | None, front_pages: int | None, content: Any,
-                           copied_from_run: int | None = None) -> ReportRecord | None:
+                           copied_from_run: int | None = None, body_from: dict[str, Any] | None = None) -> ReportRecord | None:
     """Add "report" to the run's summary.json (rewritten atomically), so the next unchanged run
     can copy these pages; nothing when there is nothing to go by."""
     if fingerprint is None or front_pages is None:
         return None
     front = content if isinstance(content, dict) else front_content_of(content)
+    if body_from is None:  # rendered here
+        run = (json.loads((run_dir / "summary.json").read_text(encoding="utf-8")).get("store") or {}).get("run_id")
+        body_from = {"run": run, "run_id": run_dir.resolve().name}
     record = ReportRecord(fingerprint, file_sha256(run_dir / "report.html"), file_sha256(run_dir / "report.pdf"),
-                          heatmaps_listing_sha256(run_dir), front_pages, front, copied_from_run)
+                          heatmaps_listing_sha256(run_dir), front_pages, front, copied_from_run, body_from)
     _update_summary(run_dir, {"report": record.to_json()})
     return record
 
@@ -119,7 +125,7 @@ def _earlier_record(earlier_dir: Path) -> tuple[dict[str, Any], ReportRecord] | 
 
 
 def tonight_front(front: dict[str, Any], run_dir: Path, summary: dict[str, Any], earlier_run: int | None,
-                  earlier_dir: Path) -> dict[str, Any]:
+                  body_from: dict[str, Any]) -> dict[str, Any]:
     """The earlier front's content with tonight's run facts (and empty body fields)."""
     tool = summary.get("tool") or {}
     return {
@@ -133,7 +139,7 @@ def tonight_front(front: dict[str, Any], run_dir: Path, summary: dict[str, Any],
         "options": options_list(summary),
         "changes": summary.get("changes"),
         "store": summary.get("store"),
-        "copied_from": {"run": earlier_run, "folder": str(earlier_dir), "run_id": earlier_dir.name},
+        "copied_from": {"run": earlier_run, "body_run": body_from.get("run"), "body_run_id": body_from.get("run_id")},
         "metrics": None,  # the body's (its properties are not kept)
         "charts": {"histogram": ""},
         "gallery": [],
@@ -177,7 +183,8 @@ def copy_unchanged_report(run_dir: Path, model: LoadedModel, max_gallery: int, e
         return None
     from pypdf import PdfReader, PdfWriter
 
-    front = tonight_front(earlier.front_content, run_dir, summary, earlier_run, earlier_dir)
+    body_from = earlier.body_from or {"run": earlier_run, "run_id": earlier_dir.name}
+    front = tonight_front(earlier.front_content, run_dir, summary, earlier_run, body_from)
     earlier_pdf = PdfReader(pdf_path)
     front_pdf, front_pages = _front_pdf(render_page(front, "pdf"), len(earlier_pdf.pages), run_dir)
     if front_pages != earlier.front_pages:
@@ -203,7 +210,7 @@ def copy_unchanged_report(run_dir: Path, model: LoadedModel, max_gallery: int, e
     _replace_folder(new_heatmaps, run_dir / "heatmaps")
     html_tmp.replace(run_dir / "report.html")
     pdf_tmp.replace(run_dir / "report.pdf")
-    return record_rendered_report(run_dir, fingerprint, front_pages, earlier.front_content, earlier_run)
+    return record_rendered_report(run_dir, fingerprint, front_pages, earlier.front_content, earlier_run, body_from)
 
 
 def _replace_folder(new_dir: Path, final_dir: Path) -> None:

@@ -165,6 +165,7 @@ def test_an_unchanged_night_copies_the_report_behind_a_front_page_made_for_it(
     assert second["report"]["copied_from_run"] == first["store"]["run_id"]
     # The front page is tonight's: its run, and the truth about what changed since the last run.
     assert "n2" in second_pages[0] and "Unchanged since run 1" in second_pages[0]
+    assert "rendered for run 1 (n1)" in " ".join(second_pages[0].split())
     assert "every file is new" in first_pages[0] and "every file is new" not in second_pages[0]
     assert "Compared with run 1" in " ".join(second_pages[0].split())
     assert f"page 1 of {len(first_pages)}" in second_pages[0]
@@ -175,15 +176,15 @@ def test_an_unchanged_night_copies_the_report_behind_a_front_page_made_for_it(
     assert sorted(p.name for p in (tmp_path / "n2" / "heatmaps").iterdir()) == \
         sorted(p.name for p in (tmp_path / "n1" / "heatmaps").iterdir())
 
+    # A chain of unchanged nights: the pages still name the run they were rendered for.
+    chained, chained_pages, _ = night("n2b")
+    assert rendered == [tmp_path / "n1"] and chained["report"]["copied_from_run"] == second["store"]["run_id"]
+    assert "rendered for run 1 (n1)" in " ".join(chained_pages[0].split())
+    assert chained_pages[front:] == first_pages[front:]
+
     # A reviewer annotated last night's PDF: tonight's report is rendered, not made from it.
-    with open(tmp_path / "n2" / "report.pdf", "ab") as handle:
+    with open(tmp_path / "n2b" / "report.pdf", "ab") as handle:
         handle.write(b"\n% annotated\n")
     third, third_pages, _ = night("n3")
     assert rendered == [tmp_path / "n1", tmp_path / "n3"] and third["report"]["copied_from_run"] is None
     assert "Unchanged since" not in third_pages[0]
-
-    # A changed file: rendered (its Grad-CAM alone computed, the others come from the store's cache).
-    write_images(archive, ["2.jpg"], seed=90)
-    os.utime(archive / "2.jpg", (1, 1))
-    night("n4")
-    assert rendered[-1] == tmp_path / "n4"
