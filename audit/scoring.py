@@ -170,7 +170,9 @@ def _die_with_parent() -> None:
 
     A scan killed outright (SIGKILL: the OOM killer, a node drain, a timeout) runs no cleanup, and
     its workers were seen to live on as orphans for minutes, blocked on a pipe that no one read.
-    They hold nothing worth keeping: the main process owns the store and the outputs.
+    They hold nothing worth keeping: the main process owns the store and the outputs. (The kernel
+    watches the *thread* that forked the worker: the one that iterates the loader, which must
+    outlive the iteration; the scan iterates in its main thread.)
     """
     import ctypes
     import ctypes.util
