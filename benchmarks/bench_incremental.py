@@ -174,7 +174,9 @@ def run_rss(args: argparse.Namespace, model: Path, work: Path) -> None:
         os.link(sources[index % len(sources)], folder / f"{index:07d}.jpg")
     print(f"made {args.rss_files} hard links in {time.perf_counter() - started:.1f} s", flush=True)
     command = scan_command(data, model, work / "rss", work / "rss-store.sqlite", ["--no-report", *args.scan_args.split()])
-    process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL)
+    command.remove("--quiet")  # its progress lines say how far it got
+    progress_log = open(work / "rss-progress.log", "w+", encoding="utf-8")
+    process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stderr=progress_log)
     peak_sum, stop = [0], threading.Event()
 
     def sample() -> None:
@@ -196,7 +198,10 @@ def run_rss(args: argparse.Namespace, model: Path, work: Path) -> None:
     stop.set()
     seconds = time.perf_counter() - started
     how = f"stopped with SIGTERM after {seconds:.0f} s" if stopped else f"completed in {seconds:.0f} s"
-    print(f"{args.rss_files} files, report off, {how} (exit status {os.waitstatus_to_exitcode(status)})")
+    progress_log.seek(0)
+    lines = [line.strip() for line in progress_log if line.strip()]
+    print(f"{args.rss_files} files, report off, {how} (exit status {os.waitstatus_to_exitcode(status)}); "
+          f"its last progress line: {lines[-1] if lines else 'none'}")
     print(f"peak RSS of the scan process: {usage.ru_maxrss / 1024**2:.2f} GiB; largest sum with its workers "
           f"(shared pages counted in each): {peak_sum[0] / 1024**2:.2f} GiB (target: at most 1.2 GB)")
 
