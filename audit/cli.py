@@ -22,7 +22,7 @@ from audit.provenance import ProvenanceError
 from audit.scan import ENGINE_CHOICES, EXIT_ENGINE_LOST, EXIT_USAGE, EngineLost, ScanOptions, run_scan
 from audit.scoring import DEFAULT_BATCH_SIZE, DEVICE_CHOICES, PRECISION_CHOICES, ScoringError
 from audit.stopping import stop_on_signals
-from audit.store import EXIT_LOCKED, RUN_TABLE_HEADER, STORE_FILE_NAME, StoreError, StoreLocked
+from audit.store import EXIT_LOCKED, RUN_TABLE_HEADER, StoreError, StoreLocked
 
 
 def _usage_failure(message: str) -> click.exceptions.Exit:
@@ -68,8 +68,8 @@ def main() -> None:
               metavar="FILE.pem", help="PEM root certificates a C2PA signer may chain to. Default: no trust list "
               "(nothing is downloaded; signers are reported as not checked against a trust list).")
 @click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help=f"Run store (SQLite) for incremental scans, resume and run history. Default: {STORE_FILE_NAME} "
-              "beside the output folder (reports/audit-store.sqlite).")
+              help="Run store (SQLite) for incremental scans, resume and run history. Default: one per set of "
+              "archives, under $AUDIT_STATE_DIR (else ~/.local/state/ai-image-audit)/stores/; printed at the start.")
 @click.option("--full", is_flag=True, help="Score every file again, even those the run store already has results for.")
 @click.option("--no-xlsx", is_flag=True, help="Write results.csv but not results.xlsx (an unchanged rerun copies the last run's XLSX).")
 @click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="local", show_default=True,
@@ -156,8 +156,22 @@ def explain(images: tuple[Path, ...], model_path: str | None, out_dir: Path) -> 
 
 
 _STORE_OPTION = click.option(
-    "--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports") / STORE_FILE_NAME,
-    show_default=True, help="The run store the scans used.")
+    "--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="The run store the scans used. Default: the one `audit scan ARCHIVE...` uses for these archives.")
+_ARCHIVES_ARGUMENT = click.argument("archives", nargs=-1, type=click.Path(path_type=str))
+
+
+def _store_for(archives: tuple[str, ...], store_path: Path | None) -> Path:
+    """--store, else the scan's default store for ARCHIVE... (the same rule as `audit scan`)."""
+    from audit.store import default_store_path, known_stores
+
+    if store_path is not None:
+        return store_path
+    if archives:
+        return default_store_path(archives)
+    listed = "".join(f"\n  {path}  ({', '.join(found) or 'archives unknown'})" for path, found in known_stores())
+    raise _usage_failure("name the archive(s) the scans used (the same as for `audit scan`), or pass --store PATH"
+                         + (f"; the run stores kept by default are:{listed}" if listed else ""))
 
 
 @main.command()
@@ -188,12 +202,15 @@ def _existing_store(store_path: Path):
 
 
 @main.command()
+@_ARCHIVES_ARGUMENT
 @_STORE_OPTION
-def runs(store_path: Path) -> None:
-    """List the runs recorded in the run store, oldest first."""
+def runs(archives: tuple[str, ...], store_path: Path | None) -> None:
+    """List the runs recorded in the run store of ARCHIVE... (or --store), oldest first."""
     from audit.store import describe_run
 
-    store = _existing_store(store_path)
+    if store_path is None and archives:
+        click.echo(f"run store {_store_for(archives, None).absolute()}", err=True)
+    store = _existing_store(_store_for(archives, store_path))
     try:
         table = [RUN_TABLE_HEADER] + [describe_run(run) for run in store.runs()]
     finally:
@@ -204,16 +221,19 @@ def runs(store_path: Path) -> None:
 
 
 @main.command()
+@_ARCHIVES_ARGUMENT
 @_STORE_OPTION
 @click.option("--keep", type=click.IntRange(min=1), required=True, help="How many of the newest runs to keep.")
-def prune(store_path: Path, keep: int) -> None:
-    """Remove all but the KEEP newest runs: their records, and their folders when a run made them.
+def prune(archives: tuple[str, ...], store_path: Path | None, keep: int) -> None:
+    """Remove all but the KEEP newest runs of the run store of ARCHIVE... (or --store): their
+    records, and their folders when a run made them.
 
     Only folders the store records as created by its own runs are removed; a folder that existed
     before its run (an --out given twice, say) is left in place.
     """
     from audit.store import StoreLock
 
+    store_path = _store_for(archives, store_path)
     lock = StoreLock(store_path)
     if not store_path.is_file():
         raise _usage_failure(f"no run store at {store_path} (pass --store PATH)")

@@ -54,7 +54,9 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
+# slots: a scan holds one record per file for its whole length (a million files: 370 MB with a
+# __dict__ each, 300 MB without).
+@dataclass(frozen=True, slots=True)
 class FileRecord:
     """One discovered file (or a folder/link that could not be walked, then ``error`` is set)."""
 

@@ -14,7 +14,6 @@ over the whole thumbnail, because the input is the whole image squashed (resize 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,11 +27,11 @@ import torch
 from PIL import Image, ImageOps
 
 from audit.discover import FileRecord
-from audit.loading import DEFAULT_MAX_FILE_BYTES, LoadOptions, load_image, strict_pillow, to_rgb
+from audit.heatmap_cache import CachedMap, HeatmapCache
+from audit.loading import DEFAULT_MAX_FILE_BYTES, LoadOptions, LoadResult, load_bytes, read_file_bytes, strict_pillow, to_rgb
 from audit.provenance import Finding, decide
 from audit.model import (
-    AI_CLASS_INDEX, LoadedModel, ModelError, Preprocessing, combine_views, crop_boxes, crops_scale, load_model, normalize,
-    shorter_side_to,
+    AI_CLASS_INDEX, LoadedModel, ModelError, Preprocessing, crop_boxes, crops_scale, load_model, normalize, shorter_side_to,
 )
 
 # Longest side of a thumbnail in pixels: the PDF shows it about 38 mm wide, so 144 px is
@@ -84,33 +83,39 @@ class _Pending:
 # --------------------------------------------------------------------------- pictures
 
 
-def load_model_input(path: Path, pre: Preprocessing) -> tuple[torch.Tensor, str, list[Finding]]:
-    """The model's uint8 input, the file's sha256 and its provenance evidence, through the
-    scan's own load stage.
+def read_image_file(path: Path) -> bytes:
+    """The file's bytes, read once for both the model input and the thumbnail (so both are the
+    same bytes, and the file is hashed once); ValueError with the load stage's message."""
+    try:
+        return read_file_bytes(str(path), DEFAULT_MAX_FILE_BYTES)
+    except Exception as exc:  # noqa: BLE001 - the load stage's own error type carries the message
+        raise ValueError(str(exc) or type(exc).__name__) from None
+
+
+def load_model_input(path: Path, pre: Preprocessing, data: bytes | None = None) -> tuple[torch.Tensor, str, list[Finding]]:
+    """The model's uint8 input, the sha256 of ``data`` (the file's bytes, read when not given)
+    and its provenance evidence, through the scan's own load stage.
 
     The same decoder, draft decoding, orientation, alpha and size limits as the scan, so the
     probability recomputed here is the one the scan wrote. Raises ValueError with the load
     stage's message when the file cannot be loaded.
     """
     record = FileRecord(root=str(path.parent), rel_path=path.name, abs_path=str(path))
-    loaded = load_image(record, LoadOptions(preprocessing=pre))
+    data = read_image_file(path) if data is None else data
+    loaded = load_bytes(data, LoadOptions(preprocessing=pre), LoadResult(record=record))
     if loaded.error is not None or loaded.tensor is None:
         raise ValueError(loaded.error or "cannot load image")
     return loaded.tensor, loaded.sha256, loaded.evidence
 
 
-def load_display_rgb(path: Path, pre: Preprocessing, sha256: str, size: int = THUMBNAIL_SIZE) -> Image.Image:
+def load_display_rgb(data: bytes, pre: Preprocessing, size: int = THUMBNAIL_SIZE) -> Image.Image:
     """Decode the picture for display: first frame, upright, RGB as the scan composites it.
 
     JPEGs are decoded at reduced size (draft mode) down to twice the thumbnail, so a 12 MP
-    photo costs little. Only the bytes that load_model_input accepted (``sha256``: its size
-    limits, and a strict decode) are decoded, under the same strict Pillow settings: a file
-    replaced in between is refused, not decoded.
+    photo costs little. ``data`` are the bytes load_model_input accepted (its size limits, and a
+    strict decode), decoded under the same strict Pillow settings: the thumbnail shows exactly
+    the bytes that were judged, never a file replaced in between.
     """
-    with open(path, "rb") as handle:  # no more than the load stage would have read
-        data = handle.read(DEFAULT_MAX_FILE_BYTES + 1)
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise ValueError("the file changed while it was being explained")
     with strict_pillow(), Image.open(io.BytesIO(data)) as opened:
         if opened.format == "JPEG":
             opened.draft("RGB", (2 * size, 2 * size))
@@ -207,12 +212,16 @@ class GradCamExplainer:
         The probability comes from the same forward pass as the map, so it cannot disagree
         with the picture it explains.
         """
-        logits, maps = self._run_cam(batch_uint8)
-        probs = self.model.probabilities(logits).cpu().numpy().astype(np.float64)
-        return probs, maps
+        logits, maps = self.explain_batch_logits(batch_uint8)
+        return self.probabilities(logits), maps
 
-    def _run_cam(self, batch_uint8: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-        """(logits (N, 2), maps (N, H, W) in [0, 1] at input size) of uint8 NCHW inputs."""
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated prob_ai (N,) from the network's logits (N, classes), with the card's temperature."""
+        return self.model.probabilities(torch.from_numpy(logits)).cpu().numpy().astype(np.float64)
+
+    def explain_batch_logits(self, batch_uint8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`explain_batch`, with the raw logits (N, classes) float32 instead of prob_ai:
+        what the heatmap cache keeps (the temperature may change without the weights)."""
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         inputs = normalize(batch_uint8.to(self.device), self.model.card.preprocessing)
@@ -230,21 +239,23 @@ class GradCamExplainer:
             finally:
                 for parameter in trainable:
                     parameter.requires_grad_(True)
+        logits_array = logits.float().cpu().numpy().astype(np.float32)
         # Drop the references that keep this batch's graph alive until the next call.
         self._cam.outputs = None
         self._cam.activations_and_grads.activations.clear()
         self._cam.activations_and_grads.gradients.clear()
         self.model.network.zero_grad(set_to_none=True)
-        return logits, np.clip(maps, 0.0, 1.0).astype(np.float32)
+        return logits_array, np.clip(maps, 0.0, 1.0).astype(np.float32)
 
     def _explain_placed(self, item: "_Pending") -> tuple[float, np.ndarray]:
         """A center-crop or crops policy: each view's map placed where that view lies in the
         picture (averaged where crops overlap, zero where no crop looked), and the probability
-        from the views' averaged logits, as the scan computes it."""
+        from the views' averaged logits, as the scan computes it. (Not cached: the heatmap
+        cache holds one input-size map an image.)"""
         pre = self.model.card.preprocessing
         views = item.model_input if item.model_input.ndim == 4 else item.model_input.unsqueeze(0)
-        logits, maps = self._run_cam(views)
-        prob_ai = float(self.model.probabilities(combine_views(logits, [len(views)]))[0])
+        logits, maps = self.explain_batch_logits(views)
+        prob_ai = float(self.probabilities(logits.mean(axis=0, keepdims=True))[0])
         if pre.resize_policy == "crops":
             scaled = crops_scale(item.picture_size, pre)
             boxes = list(dict.fromkeys(crop_boxes(scaled, pre.input_size, pre.crops)))
@@ -259,15 +270,23 @@ class GradCamExplainer:
         canvas = np.divide(canvas, looked, out=np.zeros_like(canvas), where=looked > 0)
         return prob_ai, upsample_heatmap(canvas, item.thumbnail.size)
 
-    def explain_paths(self, paths: Iterable[Path], thumbnail_size: int = THUMBNAIL_SIZE) -> Iterator[ExplainResult]:
-        """Explain images batch by batch, results in input order; one batch in memory at a time."""
+    def explain_paths(self, paths: Iterable[Path], thumbnail_size: int = THUMBNAIL_SIZE,
+                      cache: HeatmapCache | None = None) -> Iterator[ExplainResult]:
+        """Explain images batch by batch, results in input order; one batch in memory at a time.
+
+        Each file is read once: its bytes give the model input, the sha256 and the thumbnail.
+        With a ``cache`` (the run store's), Grad-CAM runs only for images whose (sha256, model,
+        layer) it does not hold yet, and their maps are added to it.
+        """
         pre = self.model.card.preprocessing
         batch: list[_Pending | ExplainFailure] = []
         for path in paths:
             path = Path(path)
             try:
-                model_input, sha256, evidence = load_model_input(path, pre)
-                picture = load_display_rgb(path, pre, sha256, thumbnail_size)
+                data = read_image_file(path)
+                model_input, sha256, evidence = load_model_input(path, pre, data)
+                picture = load_display_rgb(data, pre, thumbnail_size)
+                del data
                 thumbnail = make_thumbnail(picture, thumbnail_size)
                 batch.append(_Pending(path, sha256, thumbnail, model_input, max(picture.size) < thumbnail_size, evidence,
                                       picture.size))
@@ -277,12 +296,28 @@ class GradCamExplainer:
             except Exception as exc:  # noqa: BLE001 - a bad file is a result, never the end of the report
                 batch.append(ExplainFailure(path, f"{type(exc).__name__}: {exc}"))
             if len(batch) >= self.batch_size:
-                yield from self._finish(batch)
+                yield from self._finish(batch, cache)
                 batch = []
         if batch:
-            yield from self._finish(batch)
+            yield from self._finish(batch, cache)
 
-    def _finish(self, batch: list["_Pending | ExplainFailure"]) -> Iterator[ExplainResult]:
+    def _maps(self, pending: list[_Pending], cache: HeatmapCache | None) -> list[CachedMap]:
+        """(logits, map) per pending image: from the cache where it has them, else Grad-CAM."""
+        model_id, layer = self.model.model_id, self.model.card.gradcam_layer
+        known = cache.get_many([item.sha256 for item in pending], model_id, layer) if cache is not None else {}
+        missing = [item for item in pending if item.sha256 not in known]
+        if missing:
+            logits, maps = self.explain_batch_logits(torch.stack([item.model_input for item in missing]))
+            computed = {item.sha256: CachedMap(row, cam) for item, row, cam in zip(missing, logits, maps)}
+            if cache is not None:
+                cache.put_many(computed.items(), model_id, layer)
+                cache.computed += len(computed)
+            known = {**known, **computed}
+        if cache is not None:
+            cache.hits += len(pending) - len(missing)
+        return [known[item.sha256] for item in pending]
+
+    def _finish(self, batch: list["_Pending | ExplainFailure"], cache: HeatmapCache | None = None) -> Iterator[ExplainResult]:
         pending = [item for item in batch if isinstance(item, _Pending)]
         explained: dict[int, Explanation] = {}
         if pending and self.model.card.preprocessing.resize_policy != "squash":
@@ -294,9 +329,10 @@ class GradCamExplainer:
                 )
             pending = []
         if pending:
-            probs, maps = self.explain_batch(torch.stack([item.model_input for item in pending]))
-            for item, prob_ai, cam in zip(pending, probs, maps):
-                heatmap = upsample_heatmap(cam, item.thumbnail.size)
+            maps = self._maps(pending, cache)
+            probs = self.probabilities(np.stack([item.logits for item in maps]))
+            for item, prob_ai, cached in zip(pending, probs, maps):
+                heatmap = upsample_heatmap(cached.cam, item.thumbnail.size)
                 explained[id(item)] = Explanation(
                     path=item.path,
                     sha256=item.sha256,

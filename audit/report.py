@@ -13,7 +13,6 @@ except ``data:`` and ``file:`` under the run folder, so the PDF renderer fetches
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import math
@@ -31,11 +30,12 @@ import pandas as pd
 
 import audit
 from audit.explain import GradCamExplainer, Explanation, THUMBNAIL_SIZE, gradcam_grid, save_image
+from audit.heatmap_cache import HeatmapCache
 from audit.model import LoadedModel, ModelCard, ModelError, load_model, read_card
 from audit.model_summary import ModelSummary, data_set_rows, summarize, training_rows
+from audit.report_page import TEMPLATE_DIR, options_list, render_page, template_environment  # noqa: F401 - the report's interface
 from audit.results import unneutralise
 
-TEMPLATE_DIR = Path(__file__).parent / "templates"
 DEFAULT_MAX_GALLERY = 200
 # The all-results table is data for the page's script; these columns, in this order.
 TABLE_COLUMNS = ("path", "verdict", "prob_ai", "true_label", "status", "width", "height", "bytes", "sha256", "error", "note",
@@ -426,7 +426,8 @@ def write_gallery_images(result: Explanation, heatmap_dir: Path, stem: str) -> t
 
 
 def build_gallery(
-    run: RunData, model: LoadedModel | None, model_problem: str, heatmap_dir: Path, max_gallery: int
+    run: RunData, model: LoadedModel | None, model_problem: str, heatmap_dir: Path, max_gallery: int,
+    heatmap_cache: HeatmapCache | None = None,
 ) -> tuple[list[GalleryItem], int]:
     """Write thumbnails and Grad-CAM overlays of the flagged images; return the gallery items.
 
@@ -444,7 +445,7 @@ def build_gallery(
     readable = [(index, path) for index, path in paths.items() if path is not None]
     if model is not None and readable:
         with GradCamExplainer(model) as explainer:
-            results = explainer.explain_paths([path for _, path in readable], THUMBNAIL_SIZE)
+            results = explainer.explain_paths([path for _, path in readable], THUMBNAIL_SIZE, heatmap_cache)
             for (index, _), result in zip(readable, results):
                 if isinstance(result, Explanation):
                     explained[index] = (result.sha256, *write_gallery_images(result, heatmap_dir, f"g{index + 1:04d}"))
@@ -538,18 +539,6 @@ def model_facts(summary: dict[str, Any], card: ModelCard | None, model: LoadedMo
     )
 
 
-def options_list(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    """The scan's options as (name, value) text pairs, for the front page."""
-    options = summary.get("options") or {}
-    shown = []
-    for name, value in options.items():
-        if name == "archives":
-            continue
-        text = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else ("" if value is None else str(value))
-        shown.append((name, text or "—"))
-    return shown
-
-
 def table_records(frame: pd.DataFrame) -> list[list[Any]]:
     """All rows for the page's sortable table, as JSON-ready lists in TABLE_COLUMNS order."""
     records = []
@@ -565,48 +554,6 @@ def table_records(frame: pd.DataFrame) -> list[list[Any]]:
             record.append(value)
         records.append(record)
     return records
-
-
-def _format_metric(value: float | None, digits: int = 4) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def _format_percent(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
-
-
-def _format_bytes(value: int | None) -> str:
-    if value is None:
-        return "—"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(value)
-
-
-def _compact(value: Any, limit: int = 300) -> str:
-    """A card value as one bounded line: JSON for nested values, text otherwise."""
-    text = json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, (dict, list, tuple)) else str(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def template_environment():
-    import jinja2
-
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
-        # Autoescape on for every template: archive strings are never trusted markup.
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    environment.filters["metric"] = _format_metric
-    environment.filters["percent"] = _format_percent
-    environment.filters["filesize"] = _format_bytes
-    environment.filters["compact"] = _compact
-    return environment
 
 
 @dataclass
@@ -637,6 +584,10 @@ class ReportContent:
     # summary.json's "changes" (audit.store): what is new since the last run on the store; None
     # for a run folder written before the run store existed.
     changes: dict[str, Any] | None = None
+    # summary.json's "store": the run store's path, this run's id in it and how it was chosen.
+    store: dict[str, Any] | None = None
+    # An unchanged night (audit.report_reuse): the run whose pages follow this front, copied.
+    copied_from: dict[str, Any] | None = None
 
 
 # A half-broken mount can make every file an error; listing 100,000 of them would stall the PDF
@@ -645,7 +596,8 @@ MAX_ERRORS_LISTED = 500
 
 
 def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | None, model_problem: str,
-                  heatmap_dir: Path, max_gallery: int, seconds: dict[str, float] | None = None) -> ReportContent:
+                  heatmap_dir: Path, max_gallery: int, seconds: dict[str, float] | None = None,
+                  heatmap_cache: HeatmapCache | None = None) -> ReportContent:
     """Compute everything the page shows; ``seconds`` receives the time of the costly parts."""
     seconds = {} if seconds is None else seconds
     started = time.perf_counter()
@@ -664,7 +616,7 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
             charts["roc_pr"] = roc_pr_chart(frame, metrics)
     seconds["metrics_and_charts"] = time.perf_counter() - started
     started = time.perf_counter()
-    gallery, flagged_total = build_gallery(run, model, model_problem, heatmap_dir, max_gallery)
+    gallery, flagged_total = build_gallery(run, model, model_problem, heatmap_dir, max_gallery, heatmap_cache)
     seconds["gallery_gradcam"] = time.perf_counter() - started
     errors = frame[frame["status"] != "ok"]
     roots = list((summary.get("options") or {}).get("archives") or sorted(set(frame["root"])))
@@ -694,22 +646,7 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
         errors_total=len(errors),
         table=table_records(frame),
         changes=summary.get("changes"),
-    )
-
-
-def render_page(content: ReportContent, target: str) -> str:
-    """target "html": the interactive page; "pdf": the print version (no script, no table)."""
-    environment = template_environment()
-    template = environment.get_template("report.html.j2")
-    script = (TEMPLATE_DIR / "report.js").read_text(encoding="utf-8") if target == "html" else ""
-    # The page's Content-Security-Policy allows this one script by its hash and nothing else.
-    script_hash = "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
-    return template.render(
-        report=content,
-        target=target,
-        css=(TEMPLATE_DIR / "report.css").read_text(encoding="utf-8"),
-        script=script,
-        script_hash=script_hash,
+        store=summary.get("store"),
     )
 
 
@@ -754,7 +691,10 @@ def write_pdf(html: str, run_dir: Path, pdf_path: Path, fetcher: Any = None) -> 
 
     fetcher = fetcher or run_files_fetcher(run_dir)
     temporary = pdf_path.with_name(pdf_path.name + ".tmp")
-    document = HTML(string=html, base_url=run_dir.resolve().as_uri() + "/", url_fetcher=fetcher)
+    document = HTML(string=html, base_url=run_dir.resolve().as_uri() + "/", url_fetcher=fetcher).render()
+    # Pages before the body (the charts section starts a page): what an unchanged night renders
+    # again (audit.report_reuse).
+    fetcher.front_pages = next((index for index, page in enumerate(document.pages) if "charts" in page.anchors), None)
     document.write_pdf(temporary)
     temporary.replace(pdf_path)
     return fetcher
@@ -785,12 +725,16 @@ class RenderedReport:
     pdf_path: Path
     refused_urls: tuple[str, ...]  # URLs the PDF renderer asked for and was refused
     seconds: dict[str, float]  # read, metrics_and_charts, gallery_gradcam, html, pdf, total
+    front_pages: int | None = None  # PDF pages before the charts
+    content: ReportContent | None = None
 
 
 def render_report_files(
-    run_dir: str | Path, model: LoadedModel | str | Path | None = None, max_gallery: int = DEFAULT_MAX_GALLERY
+    run_dir: str | Path, model: LoadedModel | str | Path | None = None, max_gallery: int = DEFAULT_MAX_GALLERY,
+    heatmap_cache: HeatmapCache | None = None,
 ) -> RenderedReport:
-    """Render report.html, report.pdf and heatmaps/ into the run folder from its results."""
+    """Render report.html, report.pdf and heatmaps/ into the run folder from its results. With
+    ``heatmap_cache`` (the run store's), Grad-CAM runs only for images it has no map of yet."""
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
     run_dir = Path(run_dir)
@@ -801,7 +745,7 @@ def render_report_files(
     shutil.rmtree(new_heatmaps, ignore_errors=True)
     new_heatmaps.mkdir(parents=True)
     try:
-        content = build_content(run, loaded, card, model_problem, new_heatmaps, max_gallery, seconds)
+        content = build_content(run, loaded, card, model_problem, new_heatmaps, max_gallery, seconds, heatmap_cache)
         _swap_in(new_heatmaps, run_dir / "heatmaps")
     except BaseException:
         shutil.rmtree(new_heatmaps, ignore_errors=True)
@@ -814,12 +758,14 @@ def render_report_files(
     fetcher = write_pdf(render_page(content, "pdf"), run_dir, pdf_path)
     seconds["pdf"] = time.perf_counter() - started
     seconds["total"] = time.perf_counter() - clock
-    return RenderedReport(html_path, pdf_path, tuple(fetcher.refused), {k: round(v, 3) for k, v in seconds.items()})
+    return RenderedReport(html_path, pdf_path, tuple(fetcher.refused), {k: round(v, 3) for k, v in seconds.items()},
+                          getattr(fetcher, "front_pages", None), content)
 
 
 def render_report(
-    run_dir: str | Path, model: LoadedModel | str | Path | None = None, max_gallery: int = DEFAULT_MAX_GALLERY
+    run_dir: str | Path, model: LoadedModel | str | Path | None = None, max_gallery: int = DEFAULT_MAX_GALLERY,
+    heatmap_cache: HeatmapCache | None = None,
 ) -> tuple[Path, Path]:
     """The report stage's interface: (report.html, report.pdf) written into ``run_dir``."""
-    rendered = render_report_files(run_dir, model, max_gallery)
+    rendered = render_report_files(run_dir, model, max_gallery, heatmap_cache)
     return rendered.html_path, rendered.pdf_path

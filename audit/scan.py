@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import audit
 from audit.discover import DiscoverOptions, FileRecord, discover, printable_name
@@ -51,7 +51,9 @@ from audit.store import (
     FileUpdate,
     RunCounts,
     RunStore,
+    LEGACY_STORE_FILE_NAME,
     StoredScore,
+    StoreLock,
     default_store_path,
     open_locked,
     store_root,
@@ -278,12 +280,29 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
     out_dir = options.out_dir or default_out_dir(started)
     # The lock comes after every usage check (a usage error writes nothing) and before the output
     # folder: a second run on the same store leaves at once (StoreLocked) and touches nothing.
-    store, lock = open_locked(options.store or default_store_path(out_dir))
+    store_path = options.store or default_store_path(options.archives)
+    store, lock = open_locked(store_path)
     try:
-        return _run_with_store(options, model, plan, labeller, evidence_options, out_dir, store, started, clock)
+        _say_where_the_store_is(options, store_path, lock, out_dir)
+        return _run_with_store(options, model, plan, labeller, evidence_options, out_dir, store, started, clock,
+                               lock.takeover.message(lock.path) if lock.takeover else None)
     finally:
         store.close()
         lock.release()
+
+
+def _say_where_the_store_is(options: ScanOptions, store_path: Path, lock: StoreLock, out_dir: Path) -> None:
+    """At the start of every run (unless --quiet): which run store, and whether a killed run's
+    lock was taken over (that one is said even with --quiet: a night was lost)."""
+    if options.progress != "none":
+        how = "--store" if options.store else "the default for these archives"
+        print(f"audit scan: run store {store_path.absolute()} ({how})", file=sys.stderr, flush=True)
+        legacy = out_dir.parent / LEGACY_STORE_FILE_NAME
+        if options.store is None and legacy.is_file() and legacy.resolve() != store_path.resolve():
+            print(f"audit scan: note: {legacy} (where earlier versions kept the run store) is not used; "
+                  f"pass --store {legacy} to go on with it", file=sys.stderr, flush=True)
+    if lock.takeover is not None:
+        print(f"audit scan: warning: {lock.takeover.message(lock.path)}", file=sys.stderr, flush=True)
 
 
 def scoring_key(model: LoadedModel, load_options: LoadOptions) -> str:
@@ -370,6 +389,27 @@ class BatchCommitter:
     updates: list[FileUpdate] = field(default_factory=list)
     reused: list[tuple[str, str, str]] = field(default_factory=list)
     pending_scored: int = 0
+    # Earlier results for the sha256s about to be recorded, looked up LOOKUP_CHUNK at a time
+    # (:meth:`prefetch`) rather than one query a file (20,000 queries on a first run of CIFAKE's
+    # test split); None: the store has none.
+    earlier: dict[str, StoredScore | None] = field(default_factory=dict)
+
+    def prefetch(self, sha256s: Iterable[str]) -> None:
+        """Look up, in one query a chunk, the earlier results of the files about to be scored."""
+        wanted = sorted({sha256 for sha256 in sha256s if sha256 and sha256 not in self.scores})
+        self.earlier = {}
+        for start in range(0, len(wanted), LOOKUP_CHUNK):
+            chunk = wanted[start : start + LOOKUP_CHUNK]
+            found = self.store.scores(chunk, self.key, scored_run=self.run_id if self.full else None)
+            self.earlier.update({sha256: found.get(sha256) for sha256 in chunk})
+
+    def _earlier_result(self, sha256: str) -> StoredScore | None:
+        if sha256 in self.scores:
+            return self.scores[sha256]
+        if sha256 in self.earlier:
+            return self.earlier[sha256]
+        # Not prefetched (a caller that does not prefetch): one query.
+        return self.store.scores([sha256], self.key, scored_run=self.run_id if self.full else None).get(sha256)
 
     def scored(self, record: FileRecord, row: ResultRow) -> ResultRow:
         """Queue what scoring the file taught; return the row to write for it.
@@ -379,8 +419,7 @@ class BatchCommitter:
         in every run and an unchanged rerun writes the same CSV. --full replaces earlier runs'
         results, so it takes only those of this run."""
         if row.sha256:
-            earlier = self.scores.get(row.sha256) or self.store.scores(
-                [row.sha256], self.key, scored_run=self.run_id if self.full else None).get(row.sha256)
+            earlier = self._earlier_result(row.sha256)
             if earlier is None:
                 self.scores[row.sha256] = StoredScore(row.sha256, self.key, row.model_id, stored_row(row))
             else:
@@ -397,21 +436,33 @@ class BatchCommitter:
     def commit(self) -> None:
         if self.scores or self.updates:
             self.store.commit_batch(self.run_id, self.scores.values(), self.updates)
+            self.earlier.update(self.scores)  # a later duplicate in the prefetched chunk finds them here
         if self.reused:
             self.store.touch_files(self.run_id, self.reused)
         self.scores, self.updates, self.reused, self.pending_scored = {}, [], [], 0
 
 
+def prefetched(stream: Iterator[Scored], committer: BatchCommitter, chunk: int) -> Iterator[Scored]:
+    """The scored stream, ``chunk`` items at a time, each chunk's earlier results looked up in one
+    query before its rows are made (the DataLoader hands over whole batches anyway)."""
+    while True:
+        items = list(itertools.islice(stream, chunk))
+        if not items:
+            return
+        committer.prefetch(item.result.sha256 for item in items)
+        yield from items
+
+
 def _run_with_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan | None, labeller: Labeller,
                     evidence_options: EvidenceOptions | None, out_dir: Path, store: RunStore, started: datetime,
-                    clock: float) -> ScanOutcome:
+                    clock: float, takeover: str | None = None) -> ScanOutcome:
     out_dir_created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     baseline = store.baseline_run()
     run_id = store.start_run(iso_utc(started), options.to_json(), out_dir, out_dir_created)
     try:
         return _scan_into_store(options, model, plan, labeller, evidence_options, out_dir, store, started, clock,
-                                baseline, run_id)
+                                baseline, run_id, takeover)
     except BaseException as exc:  # a stop before the row loop (discovery, lookups): no counts yet
         _record_stop(store, run_id, exc)
         raise
@@ -419,7 +470,7 @@ def _run_with_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan 
 
 def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan | None, labeller: Labeller,
                      evidence_options: EvidenceOptions | None, out_dir: Path, store: RunStore, started: datetime,
-                     clock: float, baseline: int | None, run_id: int) -> ScanOutcome:
+                     clock: float, baseline: int | None, run_id: int, takeover: str | None = None) -> ScanOutcome:
     t0 = time.perf_counter()
     discover_options = DiscoverOptions(tuple(options.include), tuple(options.exclude), options.include_hidden)
     records = list(discover(options.archives, discover_options))
@@ -459,9 +510,10 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
             engine.start(to_score)
         writer = ResultWriter(out_dir, write_xlsx=options.write_xlsx, earlier_xlsx=earlier_xlsx(store, baseline))
         if engine is not None:
-            scored_stream = iter(engine.score(to_score))
+            scored = iter(engine.score(to_score))
         else:
-            scored_stream = iter(score_records(to_score, scorer, load_options, options.batch_size, workers) if scorer else ())
+            scored = iter(score_records(to_score, scorer, load_options, options.batch_size, workers) if scorer else ())
+        scored_stream = prefetched(scored, committer, options.batch_size)
         for record, reuse_sha256 in zip(records, plan_rows):
             if reuse_sha256 is None:
                 row = committer.scored(record, make_row(next(scored_stream), labeller.label_for(record), model,
@@ -495,6 +547,8 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
         summary = build_summary(options, model, compute, workers, tally, seconds, started, exit_code, labeller.unmatched)
         summary["engine"] = engine.stats.to_json() if engine else {"name": options.engine}
         summary.update(store_summary(store.path, run_id, counts, changes, options.full))
+        summary["store"]["chosen_by"] = "--store" if options.store else "default (follows the archives)"
+        summary["store"]["lock_takeover"] = takeover
         # Lets the next run check that its rows are these very bytes before it copies the XLSX.
         summary["output_sha256"] = writer.sha256
         renames.append(write_json_tmp(out_dir / "summary.json", summary))
@@ -519,7 +573,7 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
             engine.close()
 
     if options.report:
-        _render_report(out_dir, model, options)
+        _render_report(out_dir, model, options, store, baseline)
     progress.message(_closing_line(tally, out_dir))
     return ScanOutcome(out_dir=out_dir, summary=summary, exit_code=exit_code)
 
@@ -557,7 +611,7 @@ def store_summary(store_path: Path, run_id: int, counts: RunCounts, changes: Cha
     return {
         "files_scored": counts.files_scored,
         "files_reused": counts.files_reused,
-        "store": {"path": str(store_path), "run_id": run_id, "mode": "full" if full else "incremental"},
+        "store": {"path": str(store_path.absolute()), "run_id": run_id, "mode": "full" if full else "incremental"},
         "changes": changes.to_json(),
     }
 
@@ -640,17 +694,38 @@ def build_summary(
     }
 
 
-def _render_report(out_dir: Path, model: LoadedModel, options: ScanOptions) -> None:
+def _render_report(out_dir: Path, model: LoadedModel, options: ScanOptions, store: RunStore | None = None,
+                   baseline: int | None = None) -> None:
     """report.html, report.pdf and heatmaps/ from the files just written (audit.report).
 
     The results are complete and committed before this runs, so a report that fails does not
     cost the run: the error is said on stderr (even with --quiet: it is a failure) and
     `audit report OUT_DIR` renders it again.
     """
-    from audit.report import render_report
+    from audit import report_reuse
+
+    earlier = store.out_dir_of(baseline) if store is not None and baseline is not None else None
+    try:
+        copied = report_reuse.copy_unchanged_report(out_dir, model, options.max_gallery, earlier, baseline)
+    except Exception as exc:  # noqa: BLE001 - a copy that fails is rendered instead
+        copied = None
+        print(f"audit scan: note: the unchanged report could not be copied ({type(exc).__name__}: {exc}); "
+              "rendering it", file=sys.stderr, flush=True)
+    if copied is not None:
+        if options.progress != "none":
+            print(f"audit scan: nothing the report shows changed since run {baseline}: its pages were copied "
+                  "behind a new front page", file=sys.stderr, flush=True)
+        return
+    from audit.heatmap_cache import HeatmapCache
+    from audit.report import render_report_files
 
     try:
-        render_report(out_dir, model=model, max_gallery=options.max_gallery)
+        # The store's lock is still held: its heatmap cache spares Grad-CAM for images explained before.
+        cache = HeatmapCache(store.db) if store is not None else None
+        rendered = render_report_files(out_dir, model=model, max_gallery=options.max_gallery, heatmap_cache=cache)
+        summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+        report_reuse.record_rendered_report(out_dir, report_reuse.report_fingerprint(summary, model, options.max_gallery),
+                                            rendered.front_pages, rendered.content)
     except Exception as exc:  # noqa: BLE001 - the results stand; the report can be rendered again
         print(f"audit scan: warning: the report was not rendered ({type(exc).__name__}: {exc}); "
               f"run `audit report {out_dir}` to try again", file=sys.stderr, flush=True)

@@ -129,6 +129,7 @@ class RecordDataset:
         return len(self.records)
 
     def __getitem__(self, index: int) -> LoadResult:
+        exit_if_orphaned()
         return load_image(self.records[index], self.options)
 
 
@@ -163,13 +164,50 @@ def collate_results(items: list[LoadResult]) -> Batch:
     return Batch(results=items, images=images, ok_positions=ok_positions)
 
 
-def _ignore_stop_signals(_worker_id: int) -> None:
-    """Decode workers leave SIGINT/SIGTERM to the main process.
+# The parent's pid as a decode worker saw it at start; None in the main process.
+_WORKER_PARENT_PID: int | None = None
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this worker when the process that forked it dies (Linux).
+
+    A scan killed outright (SIGKILL: the OOM killer, a node drain, a timeout) runs no cleanup, and
+    its workers were seen to live on as orphans for minutes, blocked on a pipe that no one read.
+    They hold nothing worth keeping: the main process owns the store and the outputs. (The kernel
+    watches the *thread* that forked the worker: the one that iterates the loader, which must
+    outlive the iteration; the scan iterates in its main thread.)
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the loop's parent check still ends the worker
+        pass
+
+
+def exit_if_orphaned() -> None:
+    """In a decode worker: end at once when the parent that started it is gone.
+
+    PR_SET_PDEATHSIG cannot cover a parent that died before the worker asked for it, nor other
+    systems; each item a worker loads checks this too (one getppid call)."""
+    if _WORKER_PARENT_PID is not None and os.getppid() != _WORKER_PARENT_PID:
+        os._exit(1)
+
+
+def _init_decode_worker(_worker_id: int) -> None:
+    """Set up a decode worker: it dies with the scan, and leaves stop signals to the scan.
 
     `systemctl stop` and Ctrl-C signal the whole process group. A worker that died of the signal
     first would make torch raise "worker exited unexpectedly" in the middle of the main process's
     orderly stop; the main process shuts its workers down itself.
     """
+    global _WORKER_PARENT_PID
+    _WORKER_PARENT_PID = os.getppid()
+    _die_with_parent()
+    exit_if_orphaned()  # the parent may have died between the fork and the prctl
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -184,7 +222,7 @@ def make_loader(records: Sequence[FileRecord], options: LoadOptions, batch_size:
         num_workers=workers,
         collate_fn=collate_results,
         pin_memory=pin_memory,
-        worker_init_fn=_ignore_stop_signals if workers > 0 else None,
+        worker_init_fn=_init_decode_worker if workers > 0 else None,
         prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
     )
 

@@ -9,6 +9,7 @@ and the score, the map follows the patch, values lie in [0, 1], and shapes match
 from __future__ import annotations
 
 import copy
+import io
 import re
 from pathlib import Path
 
@@ -280,20 +281,29 @@ def test_explain_applies_the_scans_verdict_rule_to_metadata_declarations(model: 
     assert "\tai-generated\t" in declared_line and "declared AI by png-text" in declared_line
 
 
-def test_a_file_replaced_while_it_is_explained_is_refused_not_decoded(
+def test_each_file_is_read_once_and_the_thumbnail_shows_the_bytes_that_were_judged(
         model: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
     import audit.explain
 
     rng = np.random.default_rng(19)
     picture = sd.write_png(tmp_path / "picture.png", sd.with_patch(sd.background(rng), 0, 0))
+    original = picture.read_bytes()
     replacement = sd.background(rng)
-    load_for_model = audit.explain.load_model_input
+    read = audit.explain.read_image_file
+    reads: list[Path] = []
 
-    def load_then_replace(path: Path, pre):
-        loaded = load_for_model(path, pre)
-        sd.write_png(path, replacement)  # the archive changes between the model's read and the thumbnail's
-        return loaded
+    def read_then_replace(path: Path) -> bytes:
+        reads.append(path)
+        data = read(path)
+        sd.write_png(path, replacement)  # the archive changes right after the one read
+        return data
 
-    monkeypatch.setattr(audit.explain, "load_model_input", load_then_replace)
+    monkeypatch.setattr(audit.explain, "read_image_file", read_then_replace)
     [result] = explain_images([picture], model)
-    assert isinstance(result, ExplainFailure) and "changed" in result.error
+    assert reads == [picture]  # model input, sha256 and thumbnail from one read
+    assert isinstance(result, Explanation) and result.sha256 == hashlib.sha256(original).hexdigest()
+    with Image.open(io.BytesIO(original)) as opened:
+        expected = make_thumbnail(opened.convert("RGB"))
+    assert np.array_equal(np.asarray(result.thumbnail), np.asarray(expected))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -227,7 +228,10 @@ def test_default_out_dir_is_reports_run_id(tmp_path: Path, model_path: Path, mon
     monkeypatch.chdir(tmp_path)
     assert scan(archive, "--model", model_path, "--workers", "0", "--quiet").exit_code == 0
     (run_dir,) = [path for path in (tmp_path / "reports").iterdir() if path.is_dir()]
-    assert (tmp_path / "reports" / "audit-store.sqlite").is_file()  # the run store, beside the run folders
+    # The run store follows the archive (audit.store.default_store_path), not the run folders.
+    assert sorted(path.name for path in (tmp_path / "reports").iterdir()) == [run_dir.name]
+    store = Path(json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["store"]["path"])
+    assert store.is_file() and store.is_relative_to(os.environ["AUDIT_STATE_DIR"])
     assert re.fullmatch(r"\d{8}T\d{6}Z", run_dir.name) and (run_dir / "summary.json").is_file()
 
 

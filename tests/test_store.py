@@ -76,7 +76,7 @@ def test_the_lock_refuses_a_second_holder_and_names_the_first(tmp_path: Path) ->
     first.acquire()
     try:
         with pytest.raises(StoreLocked, match=r"in use by another run \(pid \d+ on .* since "):
-            StoreLock(tmp_path / "s.sqlite").acquire()  # another open file description: flock conflicts
+            StoreLock(tmp_path / "s.sqlite").acquire()  # a second holder, even in the same process
     finally:
         first.release()
     again = StoreLock(tmp_path / "s.sqlite")
@@ -90,10 +90,19 @@ def test_a_lock_left_by_a_dead_process_is_stale(tmp_path: Path) -> None:
             "StoreLock(__import__('pathlib').Path(sys.argv[1])).acquire(); os._exit(9)")
     died = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s.sqlite"), str(Path(__file__).parents[1])])
     assert died.returncode == 9
-    assert "pid" in (tmp_path / "s.sqlite.lock").read_text()  # its note is still there
+    left = (tmp_path / "s.sqlite.lock").read_text().strip()
+    assert left.startswith("pid")  # its note is still there
     store, lock = open_locked(tmp_path / "s.sqlite")
     store.close()
+    # The next run takes the store over and says whose lock it was.
+    assert lock.takeover is not None and lock.takeover.holder == left and not lock.takeover.holder_alive
+    assert "ended without releasing it" in lock.takeover.message(lock.path)
     lock.release()
+    assert (tmp_path / "s.sqlite.lock").read_text() == ""  # released in order: nothing to take over
+    again = StoreLock(tmp_path / "s.sqlite")
+    again.acquire()
+    assert again.takeover is None
+    again.release()
 
 
 def test_changes_since_the_last_completed_run(tmp_path: Path) -> None:

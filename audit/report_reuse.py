@@ -1,0 +1,223 @@
+"""An unchanged night's report: the last run's pages, copied, behind a front page made for tonight.
+
+Rendering the report is most of an unchanged rerun's time (Grad-CAM of the gallery, then a PDF of
+some 26 pages). When tonight's rows are byte for byte last night's (the sha256 of results.csv),
+with the same model card, gallery size, tool version and templates, everything after the front
+page would come out the same: the charts, the metrics, the gallery and its heatmaps, the errors
+and the method. So those pages are copied, as results.xlsx is, once their sha256 (recorded in
+the earlier summary.json under "report") shows nobody edited them.
+
+The front page is not copied: it names the run, its times, the run store and what changed since
+the last run, and that must be tonight's truth. It is rendered again from the earlier front's
+recorded content with tonight's run facts, and says that the pages after it are run N's report,
+copied (their page headers name run N). The PDF is the new front pages followed by the earlier
+PDF's other pages (pypdf); the HTML is the new head and front followed by the earlier page's rest.
+Only when the new front has as many pages as the earlier one (the page numbers "page X of Y" stay
+right) is the copy made; otherwise, and on any doubt, the report is rendered from scratch.
+
+This module imports neither pandas nor torch (the report stage does): the point is seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import audit
+from audit.model import LoadedModel, file_sha256
+from audit.report_page import TEMPLATE_DIR, options_list, render_page
+
+# The body starts here in the page; the front (with its head) is everything before.
+BODY_MARKER = '<section class="charts"'
+# Content fields too large or too specific to the body to keep for a later front page.
+_BODY_FIELDS = ("charts", "gallery", "table", "errors")
+
+
+@dataclass(frozen=True)
+class ReportRecord:
+    """What summary.json records about a rendered report (under "report")."""
+
+    fingerprint: str  # of everything the pages after the front depend on
+    html_sha256: str
+    pdf_sha256: str
+    heatmaps_sha256: str  # of the heatmaps/ listing (names and sizes)
+    front_pages: int  # PDF pages before the body
+    front_content: dict[str, Any]  # the content the front page was rendered from
+    copied_from_run: int | None = None  # the store run whose pages were copied; None: rendered
+    # The run the pages after the front were rendered for (they name it): this one, or the
+    # first of a chain of unchanged nights. {"run": store run id, "run_id": its folder's name}
+    body_from: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def report_fingerprint(summary: dict[str, Any], model: LoadedModel, max_gallery: int) -> str | None:
+    """What the report's body depends on; None when the run recorded no results.csv hash."""
+    try:
+        rows = summary["output_sha256"]["results.csv"]
+    except (KeyError, TypeError):
+        return None
+    templates = {path.name: file_sha256(path) for path in sorted(TEMPLATE_DIR.iterdir()) if path.is_file()}
+    parts = {
+        "results.csv": rows,
+        "model_id": model.model_id,
+        "card": json.dumps(dataclasses.asdict(model.card), sort_keys=True, default=str),
+        "max_gallery": max_gallery,
+        "tool": audit.__version__,
+        "templates": templates,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def heatmaps_listing_sha256(run_dir: Path) -> str:
+    folder = run_dir / "heatmaps"
+    listing = sorted((p.name, p.stat().st_size) for p in folder.iterdir()) if folder.is_dir() else []
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+
+def front_content_of(content: Any) -> dict[str, Any]:
+    """The report content without its body's bulk, as JSON-ready data (for a later front page)."""
+    data = dataclasses.asdict(content)
+    for name in _BODY_FIELDS:
+        data.pop(name, None)
+    return json.loads(json.dumps(data, default=str))
+
+
+def record_rendered_report(run_dir: Path, fingerprint: str | None, front_pages: int | None, content: Any,
+                           copied_from_run: int | None = None, body_from: dict[str, Any] | None = None) -> ReportRecord | None:
+    """Add "report" to the run's summary.json (rewritten atomically), so the next unchanged run
+    can copy these pages; nothing when there is nothing to go by."""
+    if fingerprint is None or front_pages is None:
+        return None
+    front = content if isinstance(content, dict) else front_content_of(content)
+    if body_from is None:  # rendered here
+        run = (json.loads((run_dir / "summary.json").read_text(encoding="utf-8")).get("store") or {}).get("run_id")
+        body_from = {"run": run, "run_id": run_dir.resolve().name}
+    record = ReportRecord(fingerprint, file_sha256(run_dir / "report.html"), file_sha256(run_dir / "report.pdf"),
+                          heatmaps_listing_sha256(run_dir), front_pages, front, copied_from_run, body_from)
+    _update_summary(run_dir, {"report": record.to_json()})
+    return record
+
+
+def _update_summary(run_dir: Path, fields: dict[str, Any]) -> None:
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    summary.update(fields)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+def _earlier_record(earlier_dir: Path) -> tuple[dict[str, Any], ReportRecord] | None:
+    try:
+        summary = json.loads((earlier_dir / "summary.json").read_text(encoding="utf-8"))
+        return summary, ReportRecord(**summary["report"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def tonight_front(front: dict[str, Any], run_dir: Path, summary: dict[str, Any], earlier_run: int | None,
+                  body_from: dict[str, Any]) -> dict[str, Any]:
+    """The earlier front's content with tonight's run facts (and empty body fields)."""
+    tool = summary.get("tool") or {}
+    return {
+        **front,
+        "run_id": run_dir.resolve().name,
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "started_at": str(summary.get("started_at", "unknown")),
+        "finished_at": str(summary.get("finished_at", "unknown")),
+        "tool_version": str(tool.get("version", "unknown")),
+        "report_tool_version": audit.__version__,
+        "options": options_list(summary),
+        "changes": summary.get("changes"),
+        "store": summary.get("store"),
+        "copied_from": {"run": earlier_run, "body_run": body_from.get("run"), "body_run_id": body_from.get("run_id")},
+        "metrics": None,  # the body's (its properties are not kept)
+        "charts": {"histogram": ""},
+        "gallery": [],
+        "table": [],
+        "errors": [],
+    }
+
+
+def _front_pdf(page: str, total_pages: int, run_dir: Path) -> tuple[bytes, int]:
+    """The print page's front alone, its footer counting the whole report's pages."""
+    from weasyprint import HTML
+    from weasyprint.urls import URLFetcher
+
+    footer = ('<style>@page { @bottom-right { content: "page " counter(page) " of %d"; } }</style></head>'
+              % total_pages)
+    front = page[: page.index(BODY_MARKER)].replace("</head>", footer, 1) + "</body></html>"
+    # The front holds no picture: it fetches nothing but data: URIs.
+    fetcher = URLFetcher(allowed_protocols=("data",), allow_redirects=False, timeout=5)
+    document = HTML(string=front, base_url=run_dir.resolve().as_uri() + "/", url_fetcher=fetcher).render()
+    return document.write_pdf(), len(document.pages)
+
+
+def copy_unchanged_report(run_dir: Path, model: LoadedModel, max_gallery: int, earlier_dir: Path | None,
+                          earlier_run: int | None) -> ReportRecord | None:
+    """Tonight's report from the earlier run's when nothing its body shows has changed; None (and
+    nothing written) when it cannot be: render the report instead."""
+    if earlier_dir is None or earlier_dir.resolve() == run_dir.resolve():
+        return None
+    found = _earlier_record(earlier_dir)
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    fingerprint = report_fingerprint(summary, model, max_gallery)
+    if found is None or fingerprint is None or found[1].fingerprint != fingerprint:
+        return None
+    earlier = found[1]
+    html_path, pdf_path = earlier_dir / "report.html", earlier_dir / "report.pdf"
+    try:  # nobody edited what is copied
+        if (file_sha256(html_path), file_sha256(pdf_path), heatmaps_listing_sha256(earlier_dir)) != \
+                (earlier.html_sha256, earlier.pdf_sha256, earlier.heatmaps_sha256):
+            return None
+    except OSError:
+        return None
+    from pypdf import PdfReader, PdfWriter
+
+    body_from = earlier.body_from or {"run": earlier_run, "run_id": earlier_dir.name}
+    front = tonight_front(earlier.front_content, run_dir, summary, earlier_run, body_from)
+    earlier_pdf = PdfReader(pdf_path)
+    front_pdf, front_pages = _front_pdf(render_page(front, "pdf"), len(earlier_pdf.pages), run_dir)
+    if front_pages != earlier.front_pages:
+        return None  # the page numbers would be wrong: render instead
+    earlier_html = html_path.read_text(encoding="utf-8")
+    page = render_page(front, "html")
+    html = page[: page.index(BODY_MARKER)] + earlier_html[earlier_html.index(BODY_MARKER):]
+
+    writer = PdfWriter()
+    writer.append(PdfReader(io.BytesIO(front_pdf)))
+    writer.append(earlier_pdf, pages=(earlier.front_pages, len(earlier_pdf.pages)), import_outline=False)
+    writer.add_metadata({"/Title": f"AI image audit: run {front['run_id']}"})
+    new_heatmaps = run_dir / "heatmaps.tmp"
+    shutil.rmtree(new_heatmaps, ignore_errors=True)
+    if (earlier_dir / "heatmaps").is_dir():
+        shutil.copytree(earlier_dir / "heatmaps", new_heatmaps)
+    else:
+        new_heatmaps.mkdir()
+    pdf_tmp, html_tmp = run_dir / "report.pdf.tmp", run_dir / "report.html.tmp"
+    with open(pdf_tmp, "wb") as handle:
+        writer.write(handle)
+    html_tmp.write_text(html, encoding="utf-8")
+    _replace_folder(new_heatmaps, run_dir / "heatmaps")
+    html_tmp.replace(run_dir / "report.html")
+    pdf_tmp.replace(run_dir / "report.pdf")
+    return record_rendered_report(run_dir, fingerprint, front_pages, earlier.front_content, earlier_run, body_from)
+
+
+def _replace_folder(new_dir: Path, final_dir: Path) -> None:
+    """Put new_dir in final_dir's place (as the report stage does with its heatmaps)."""
+    old = final_dir.with_name(final_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final_dir.exists():
+        final_dir.rename(old)
+    new_dir.rename(final_dir)
+    shutil.rmtree(old, ignore_errors=True)

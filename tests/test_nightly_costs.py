@@ -1,0 +1,190 @@
+"""Nightly costs and where the run store lives: the default store follows the archive (never the
+output folder's parent), a first run asks the store for earlier results a batch at a time, and a
+report's Grad-CAM maps are cached in the store so a rerun explains only images it has not
+explained before."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from audit.cli import main
+from audit.results import read_results_csv
+from audit.store import RunStore
+from scan_fixtures import jpeg_bytes, make_model, model_dir, model_path, noise_image  # noqa: F401 - fixtures
+
+
+def write_images(archive: Path, names: list[str], seed: int = 0) -> None:
+    archive.mkdir(parents=True, exist_ok=True)
+    for index, name in enumerate(names):
+        (archive / name).write_bytes(jpeg_bytes(noise_image(32, 32, seed=seed + index)))
+
+
+def scan(archive: Path, model: Path, out: Path, *extra: str):
+    args = ["scan", str(archive), "--model", str(model), "--out", str(out), "--workers", "0", "--batch-size", "8",
+            "--no-report", *extra]
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def summary_of(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+
+
+def test_the_default_store_follows_the_archive_and_never_joins_unrelated_ones(tmp_path: Path, model_path: Path) -> None:
+    photos, scans = tmp_path / "photos", tmp_path / "scans"
+    write_images(photos, ["a.jpg", "b.jpg"])
+    write_images(scans, ["c.jpg"], seed=50)
+
+    first = scan(photos, model_path, tmp_path / "tmp" / "a")
+    assert first.exit_code == 0, first.output
+    store = Path(summary_of(tmp_path / "tmp" / "a")["store"]["path"])
+    assert f"audit scan: run store {store} (the default for these archives)" in first.stderr  # said at the start
+    assert store.is_file() and store.is_relative_to(os.environ["AUDIT_STATE_DIR"])
+    # An unrelated archive whose output folder has the same parent: another store, no lock shared.
+    other = scan(scans, model_path, tmp_path / "tmp" / "b", "--quiet")
+    assert other.exit_code == 0 and other.stderr == ""
+    assert Path(summary_of(tmp_path / "tmp" / "b")["store"]["path"]) != store
+    assert summary_of(tmp_path / "tmp" / "b")["changes"]["baseline_run"] is None  # it saw none of photos' runs
+    # The same archive with its output somewhere else (and typed otherwise): the same store, reused.
+    again = scan(Path(str(photos) + "/"), model_path, tmp_path / "home" / "audit", "--quiet")
+    assert again.exit_code == 0
+    assert summary_of(tmp_path / "home" / "audit")["store"]["path"] == str(store)
+    assert summary_of(tmp_path / "home" / "audit")["files_reused"] == 2
+    assert not list(tmp_path.rglob("*.sqlite"))  # nothing beside the reports, nor in the "home" folder
+
+    # `audit runs` and `audit prune` find it by the same rule.
+    listing = CliRunner().invoke(main, ["runs", str(photos)])
+    assert listing.exit_code == 0, listing.output
+    assert len([line for line in listing.stdout.splitlines() if line[:1].isdigit()]) == 2
+    pruned = CliRunner().invoke(main, ["prune", str(photos), "--keep", "1"])
+    assert pruned.exit_code == 0 and "pruned 1 run(s)" in pruned.output
+    assert [run.out_dir for run in RunStore(store).runs()] == [str((tmp_path / "home" / "audit").resolve())]
+    assert (tmp_path / "tmp" / "b" / "results.csv").is_file()  # the other archive's run is not touched
+    unnamed = CliRunner().invoke(main, ["runs"])
+    assert unnamed.exit_code == 2 and str(store) in unnamed.output and str(photos) in unnamed.output
+
+
+def test_the_report_names_the_run_store(tmp_path: Path, model_path: Path) -> None:
+    from audit.report import build_content, read_run, render_page
+
+    write_images(tmp_path / "photos", ["a.jpg"])
+    assert scan(tmp_path / "photos", model_path, tmp_path / "out", "--quiet").exit_code == 0
+    store = summary_of(tmp_path / "out")["store"]["path"]
+    page = render_page(build_content(read_run(tmp_path / "out"), None, None, "not needed", tmp_path / "h", 0), "html")
+    assert f"<code>{store}</code> (run 1; default (follows the archives))" in page
+
+
+def test_a_first_run_asks_the_store_for_earlier_results_a_batch_at_a_time(
+        tmp_path: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    queries: list[int] = []
+    real_scores = RunStore.scores
+
+    def counted(self, sha256s, key, scored_run=None):
+        queries.append(len(sha256s))
+        return real_scores(self, sha256s, key, scored_run)
+
+    monkeypatch.setattr(RunStore, "scores", counted)
+    archive = tmp_path / "archive"
+    write_images(archive, [f"{i:02d}.jpg" for i in range(40)])
+    (archive / "copy-of-03.jpg").write_bytes((archive / "03.jpg").read_bytes())  # a duplicate, 3 batches later
+    assert scan(archive, model_path, tmp_path / "r1", "--quiet").exit_code == 0
+    assert queries == [8, 8, 8, 8, 8, 1]  # 41 files: one query per batch of 8, not one per file
+    rows = {row["path"]: row for row in read_results_csv(tmp_path / "r1" / "results.csv")}
+    assert {k: v for k, v in rows["copy-of-03.jpg"].items() if k != "path"} == \
+        {k: v for k, v in rows["03.jpg"].items() if k != "path"}  # duplicates still read alike
+
+
+def test_report_heatmaps_come_from_the_store_for_images_explained_before(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from audit.explain import GradCamExplainer
+
+    computed: list[int] = []
+    real = GradCamExplainer.explain_batch_logits
+
+    def counted(self, batch):
+        computed.append(int(batch.shape[0]))
+        return real(self, batch)
+
+    monkeypatch.setattr(GradCamExplainer, "explain_batch_logits", counted)
+    flag_all = make_model(tmp_path / "models", threshold=0.0)  # every image is in the gallery
+    archive = tmp_path / "archive"
+    write_images(archive, [f"{i}.jpg" for i in range(4)])
+
+    def night(name: str) -> dict:
+        result = CliRunner().invoke(main, ["scan", str(archive), "--model", str(flag_all), "--out", str(tmp_path / name),
+                                           "--workers", "0", "--quiet", "--no-xlsx"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / name / "report.pdf").is_file()
+        return summary_of(tmp_path / name)
+
+    night("n1")
+    assert sum(computed) == 4
+    night("n2")
+    assert sum(computed) == 4  # nothing new to explain
+    for name in (f"g{rank:04d}-gradcam.jpg" for rank in range(1, 5)):  # the same pictures as a computed map gives
+        assert (tmp_path / "n2" / "heatmaps" / name).read_bytes() == (tmp_path / "n1" / "heatmaps" / name).read_bytes()
+    write_images(archive, ["2.jpg"], seed=90)
+    os.utime(archive / "2.jpg", (1, 1))
+    night("n3")
+    assert sum(computed) == 5  # only the changed image
+
+
+def test_an_unchanged_night_copies_the_report_behind_a_front_page_made_for_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pypdf import PdfReader
+
+    import audit.report
+    from audit.report_reuse import BODY_MARKER
+
+    rendered: list[Path] = []
+    real_render = audit.report.render_report_files
+    monkeypatch.setattr(audit.report, "render_report_files", lambda run_dir, *a, **k: (rendered.append(Path(run_dir)),
+                                                                                        real_render(run_dir, *a, **k))[1])
+    flag_all = make_model(tmp_path / "models", threshold=0.0)  # every image in the gallery: a report of some pages
+    archive = tmp_path / "archive"
+    write_images(archive, [f"{i}.jpg" for i in range(6)])
+
+    def night(name: str) -> tuple[dict, list[str], str]:
+        result = CliRunner().invoke(main, ["scan", str(archive), "--model", str(flag_all), "--out", str(tmp_path / name),
+                                           "--workers", "0", "--no-xlsx"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        pages = [page.extract_text() for page in PdfReader(tmp_path / name / "report.pdf").pages]
+        return summary_of(tmp_path / name), pages, (tmp_path / name / "report.html").read_text(encoding="utf-8")
+
+    first, first_pages, first_html = night("n1")
+    assert rendered == [tmp_path / "n1"] and first["report"]["copied_from_run"] is None
+    front = first["report"]["front_pages"]
+    assert 1 <= front < len(first_pages)
+
+    second, second_pages, second_html = night("n2")
+    assert rendered == [tmp_path / "n1"]  # not rendered again: copied
+    assert second["report"]["copied_from_run"] == first["store"]["run_id"]
+    # The front page is tonight's: its run, and the truth about what changed since the last run.
+    assert "n2" in second_pages[0] and "Unchanged since run 1" in second_pages[0]
+    assert "rendered for run 1 (n1)" in " ".join(second_pages[0].split())
+    assert "every file is new" in first_pages[0] and "every file is new" not in second_pages[0]
+    assert "Compared with run 1" in " ".join(second_pages[0].split())
+    assert f"page 1 of {len(first_pages)}" in second_pages[0]
+    # The pages after it are last night's, as they were.
+    assert second_pages[front:] == first_pages[front:] and len(second_pages) == len(first_pages)
+    assert second_html[second_html.index(BODY_MARKER):] == first_html[first_html.index(BODY_MARKER):]
+    assert "<title>AI image audit: run n2</title>" in second_html and 'id="unchanged"' in second_html
+    assert sorted(p.name for p in (tmp_path / "n2" / "heatmaps").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "n1" / "heatmaps").iterdir())
+
+    # A chain of unchanged nights: the pages still name the run they were rendered for.
+    chained, chained_pages, _ = night("n2b")
+    assert rendered == [tmp_path / "n1"] and chained["report"]["copied_from_run"] == second["store"]["run_id"]
+    assert "rendered for run 1 (n1)" in " ".join(chained_pages[0].split())
+    assert chained_pages[front:] == first_pages[front:]
+
+    # A reviewer annotated last night's PDF: tonight's report is rendered, not made from it.
+    with open(tmp_path / "n2b" / "report.pdf", "ab") as handle:
+        handle.write(b"\n% annotated\n")
+    third, third_pages, _ = night("n3")
+    assert rendered == [tmp_path / "n1", tmp_path / "n3"] and third["report"]["copied_from_run"] is None
+    assert "Unchanged since" not in third_pages[0]
