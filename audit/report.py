@@ -40,7 +40,7 @@ TEMPLATE_DIR = Path(__file__).parent / "templates"
 DEFAULT_MAX_GALLERY = 200
 # The all-results table is data for the page's script; these columns, in this order.
 TABLE_COLUMNS = ("path", "verdict", "prob_ai", "true_label", "status", "width", "height", "bytes", "sha256", "error", "note",
-                 "verdict_reason", "evidence_source")
+                 "verdict_reason", "evidence_source", "review")
 VERDICT_AI = "ai-generated"
 VERDICT_REAL = "real"
 VERDICT_ERROR = "error"

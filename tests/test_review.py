@@ -345,3 +345,61 @@ def test_a_version_1_store_gains_the_decisions_table_and_keeps_its_results(night
     assert scan(archive, flag_all, out.parent / "n2", store).exit_code == 0
     assert summary_of(out.parent / "n2")["files_reused"] == 4
     assert review("set", str(archive / "a.jpg"), "unsure", "--store", str(store)).exit_code == 0
+
+
+# --------------------------------------------------------------------------- the HTML report
+
+
+def test_decisions_clicked_in_the_html_report_are_exported_and_imported(tmp_path: Path, flag_all: Path) -> None:
+    from headless_browser import Browser, find_chromium
+
+    executable = find_chromium()
+    if executable is None:
+        if os.environ.get("AUDIT_REQUIRE_REPORT_TOOLS") == "1":
+            pytest.fail("chromium is not installed (.ci/run installs it)")
+        pytest.skip("chromium is not installed")
+    archive, store, out = tmp_path / "archive", tmp_path / "store.sqlite", tmp_path / "night1"
+    write_images(archive, NAMES[:3])
+    assert scan(archive, flag_all, out, store, "--report").exit_code == 0
+    rows = rows_by_path(out)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with Browser(executable) as page:
+        page.call("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+        page.open(out / "report.html")
+        assert page.evaluate('document.getElementById("export-decisions").disabled') is True
+
+        def click(path: str, decision: str, note: str | None = None) -> None:
+            card = f'document.querySelector(".card[data-path=\'{path}\']")'
+            if note is not None:
+                page.evaluate(f'{card}.querySelector(".decision-note").value = {json.dumps(note)};')
+            page.evaluate(f'{card}.querySelector("button[data-decision=\'{decision}\']").click();')
+
+        page.evaluate('document.getElementById("reviewer").value = "ana";')
+        click("a.jpg", "false-positive", "=my own photo")
+        click("b.jpg", "confirmed-ai")
+        click("b.jpg", "unsure", "ask Bo")  # a second click on the same image replaces the first
+        assert page.evaluate('document.getElementById("decision-count").textContent') == "2 decisions made on this page"
+        pressed = page.evaluate('Array.from(document.querySelectorAll(".card[data-path=\'b.jpg\'] button[aria-pressed=true]"))'
+                                '.map(function (b) { return b.getAttribute("data-decision"); })')
+        assert pressed == ["unsure"]
+        page.evaluate('document.getElementById("export-decisions").click();')
+        deadline = time.monotonic() + 30
+        exported = downloads / "decisions-night1.csv"
+        while not exported.is_file():
+            assert time.monotonic() < deadline, list(downloads.iterdir())
+            time.sleep(0.1)
+        assert page.log.console_errors == [] and page.log.exceptions == [] and page.log.csp_violations == []
+        run_uri = out.resolve().as_uri()
+        assert all(url.startswith(("data:", run_uri, "blob:")) for url in page.log.requests), page.log.requests
+
+    imported = review("import", str(exported), "--store", str(store))
+    assert imported.exit_code == 0, imported.output
+    assert "2 new decisions" in imported.output and "1 note(s) start like a spreadsheet formula" in imported.output
+    assert decisions_in(store) == [(rows["a.jpg"]["sha256"], "false-positive", "ana", "=my own photo"),
+                                   (rows["b.jpg"]["sha256"], "unsure", "ana", "ask Bo")]
+    assert scan(archive, flag_all, tmp_path / "night2", store, "--report").exit_code == 0
+    content, _ = front_page(tmp_path / "night2")
+    assert sorted(item.path for item in content.gallery) == ["b.jpg", "c.jpg"]  # unsure still awaits a decision
+    assert [(item.path, item.review.decision, item.review.by) for item in content.decided] == [("a.jpg", "false-positive", "ana")]
+    assert rows_by_path(tmp_path / "night2")["a.jpg"]["review_model_id"] == rows["a.jpg"]["model_id"]
