@@ -16,6 +16,8 @@ its ``review*`` columns (:class:`ReviewTally`), and the report and ``--fail-on-f
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
 import getpass
 import json
 import re
@@ -98,12 +100,21 @@ def decision_history(store: RunStore, sha256: str) -> list[Decision]:
 
 def known_sha256s(store: RunStore, sha256s: Iterable[str]) -> set[str]:
     """Those of ``sha256s`` that some run scored into this store (a result under any model)."""
-    wanted, known = sorted(set(sha256s)), set()
+    return set(stored_results(store, sha256s))
+
+
+def stored_results(store: RunStore, sha256s: Iterable[str]) -> dict[str, dict[str, float | None]]:
+    """For each of ``sha256s`` that some run scored into this store: prob_ai by model id, the
+    newest result first (so the first key is the model that judged these bytes last)."""
+    wanted, found = sorted(set(sha256s)), {}
     for start in range(0, len(wanted), _CHUNK):
         chunk = wanted[start : start + _CHUNK]
         marks = ",".join("?" * len(chunk))
-        known.update(row[0] for row in store.db.execute(f"SELECT DISTINCT sha256 FROM scores WHERE sha256 IN ({marks})", chunk))
-    return known
+        rows = store.db.execute(f"SELECT sha256, model_id, row_json FROM scores WHERE sha256 IN ({marks}) "
+                                "ORDER BY scored_run DESC", chunk)
+        for sha256, model_id, row_json in rows:
+            found.setdefault(sha256, {}).setdefault(model_id, json.loads(row_json).get("prob_ai"))
+    return found
 
 
 def latest_result(store: RunStore, sha256: str) -> tuple[str, float | None] | None:
@@ -242,6 +253,7 @@ class ImportReport:
     changed: int = 0
     unchanged: int = 0
     without_decision: int = 0
+    copies: int = 0  # rows that repeat, for a copy of an image (same sha256), another row's decision
     formula_notes: int = 0
     ignored: dict[str, list[str]] = field(default_factory=dict)  # reason -> rows ("row 7: ...")
     imported_before: str = ""  # when this very file was imported before, if it was
@@ -256,7 +268,8 @@ class ImportReport:
     def lines(self) -> list[str]:
         taken = self.new + self.changed
         out = [f"{self.file}: {self.rows} rows: {self.new} new decisions, {self.changed} changed, "
-               f"{self.unchanged} unchanged, {self.ignored_count} ignored, {self.without_decision} without a decision"]
+               f"{self.unchanged} unchanged, {self.ignored_count} ignored, {self.without_decision} without a decision"
+               + (f", {self.copies} repeating the decision of a copy of the same image" if self.copies else "")]
         if self.imported_before:
             out.append(f"this file was imported before ({self.imported_before}); only what differs from the "
                        f"current decisions was recorded")
@@ -272,48 +285,173 @@ class ImportReport:
 
 # The columns a file of decisions needs; results.xlsx/results.csv and the report's export have them.
 REQUIRED_IMPORT_COLUMNS = ("sha256", "review")
+# Every column an import reads (the others are never looked at, so edits to them change nothing).
+IMPORT_COLUMNS = ("sha256", "review", "review_note", "reviewed_at", "model_id", "decided_by", "decided_at")
 
 
-def read_table(path: Path) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of an XLSX (first sheet) or a CSV, every cell as text, spreadsheet quoting undone."""
+def read_table(path: Path, columns: Sequence[str] = IMPORT_COLUMNS) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header, [(row number, cells)]) of an XLSX (its "results" sheet, else the first) or a CSV,
+    cells as text with the spreadsheet quoting undone. Only the cells under ``columns`` are read
+    (the others are ""): an import needs 8 of results.xlsx's columns. Row numbers are the
+    spreadsheet's (the header is row 1)."""
     if not path.is_file():
         raise ReviewError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix in (".xlsx", ".xlsm"):
-        rows = _xlsx_rows(path)
+        rows = _xlsx_rows(path, set(columns))
     elif suffix in (".csv", ".txt"):
-        rows = _csv_rows(path)
+        rows = list(enumerate(_csv_rows(path), start=1))
     else:
         raise ReviewError(f"{path}: not an .xlsx or .csv file")
     if not rows:
         raise ReviewError(f"{path} is empty: expected a results.xlsx/results.csv of audit scan or the report's export")
-    header = [cell.strip() for cell in rows[0]]
-    return header, [[unneutralise(cell) for cell in row] for row in rows[1:]]
+    header = [cell.strip() for cell in rows[0][1]]
+    wanted = [index for index, name in enumerate(header) if name in columns]
+    table = []
+    for number, cells in rows[1:]:
+        kept = [""] * len(header)
+        for index in wanted:
+            if index < len(cells):
+                kept[index] = unneutralise(cells[index])
+        table.append((number, kept))
+    return header, table
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+_MAIN = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+_REL = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}"
+_PACKAGE_REL = "{http://schemas.openxmlformats.org/package/2006/relationships}"
+# An XLSX part larger than this uncompressed is refused before it is parsed (a zip bomb).
+MAX_XLSX_PART_BYTES = 1 << 30
 
 
-def _xlsx_rows(path: Path) -> list[list[str]]:
-    from zipfile import BadZipFile
+def _xlsx_rows(path: Path, columns: set[str]) -> list[tuple[int, list[str]]]:
+    """The sheet's rows (the header whole, then only the cells under ``columns``), streamed from
+    its XML with lxml, which hands over one element per row.
 
-    from openpyxl import load_workbook
+    openpyxl takes about 0.5 ms to read a row of results.xlsx, most of it on cells an import does
+    not need; this is what keeps an import of 20,000 decisions within seconds. A cell holding a
+    formula is read as its text (``=...``), never as a value: a note typed as a formula stays
+    what was typed.
+    """
+    import zipfile
+
+    from lxml import etree as ElementTree
 
     try:
-        # data_only=False: a formula typed into a cell is read as its text, never as a value.
-        workbook = load_workbook(path, read_only=True, data_only=False)
-    except (BadZipFile, KeyError, ValueError, OSError) as exc:
-        raise ReviewError(f"{path} cannot be read as an XLSX workbook ({exc})") from None
-    try:
-        sheet = workbook["results"] if "results" in workbook.sheetnames else workbook.worksheets[0]
-        return [[_text(value) for value in row] for row in sheet.iter_rows(values_only=True)]
-    finally:
-        workbook.close()
+        with zipfile.ZipFile(path) as package:
+            sheet = _results_sheet_part(package)
+            for part in (sheet, "xl/sharedStrings.xml"):
+                if part in package.namelist() and package.getinfo(part).file_size > MAX_XLSX_PART_BYTES:
+                    raise ReviewError(f"{path}: {part} is larger than {MAX_XLSX_PART_BYTES >> 20} MiB uncompressed")
+            shared = _shared_strings(package)
+            with package.open(sheet) as handle:
+                rows = ElementTree.iterparse(handle, events=("end",), tag=_MAIN + "row", resolve_entities=False,
+                                             no_network=True)
+                return _sheet_rows(rows, shared, columns)
+    except (zipfile.BadZipFile, KeyError, ElementTree.ParseError, OSError, ValueError, IndexError) as exc:
+        raise ReviewError(f"{path} cannot be read as an XLSX workbook ({type(exc).__name__}: {exc})") from None
+
+
+def _results_sheet_part(package: Any) -> str:
+    from lxml import etree as ElementTree
+
+    workbook = ElementTree.fromstring(package.read("xl/workbook.xml"))
+    sheets = [(sheet.get("name"), sheet.get(_REL + "id")) for sheet in workbook.iter(_MAIN + "sheet")]
+    if not sheets:
+        raise ValueError("the workbook has no sheet")
+    rel_id = next((rid for name, rid in sheets if name == "results"), sheets[0][1])
+    relations = ElementTree.fromstring(package.read("xl/_rels/workbook.xml.rels"))
+    target = next(rel.get("Target") for rel in relations.iter(_PACKAGE_REL + "Relationship") if rel.get("Id") == rel_id)
+    return target.lstrip("/") if target.startswith("/") else f"xl/{target}"
+
+
+def _shared_strings(package: Any) -> list[str]:
+    from lxml import etree as ElementTree
+
+    if "xl/sharedStrings.xml" not in package.namelist():
+        return []
+    strings = []
+    with package.open("xl/sharedStrings.xml") as handle:
+        for _, element in ElementTree.iterparse(handle, events=("end",), tag=_MAIN + "si", resolve_entities=False,
+                                                no_network=True):
+            strings.append(_inline_text(element))
+            element.clear(keep_tail=True)
+    return strings
+
+
+def _inline_text(element: Any) -> str:
+    """The text of a string item: its <t>, or its rich-text runs' <t>s (phonetic hints left out)."""
+    parts = []
+    for child in element:
+        if child.tag == _MAIN + "t":
+            parts.append(child.text or "")
+        elif child.tag == _MAIN + "r":
+            parts.extend(t.text or "" for t in child.iter(_MAIN + "t"))
+    return "".join(parts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _column_index(letters: str) -> int:
+    """0-based column of a cell reference's letters (``AB`` of ``AB12``)."""
+    index = 0
+    for char in letters.upper():
+        index = index * 26 + (ord(char) - 64)
+    return index - 1
+
+
+def _column_letters(index: int) -> str:
+    letters, number = "", index + 1
+    while number:
+        number, remainder = divmod(number - 1, 26)
+        letters = chr(65 + remainder) + letters
+    return letters
+
+
+def _sheet_rows(events: Any, shared: list[str], columns: set[str]) -> list[tuple[int, list[str]]]:
+    rows: list[tuple[int, list[str]]] = []
+    wanted: set[int] | None = None  # the header row is read whole; then only the wanted columns
+    wanted_letters: set[str] = set()
+    for _, element in events:
+        number = int(element.get("r") or (rows[-1][0] + 1 if rows else 1))
+        cells: list[str] = []
+        for position, cell in enumerate(element.iterchildren(_MAIN + "c")):
+            reference = cell.get("r")
+            letters = reference.rstrip("0123456789") if reference else ""
+            if wanted is not None and letters not in wanted_letters and (letters or position not in wanted):
+                continue  # most cells: a string test, no parsing
+            column = _column_index(letters) if letters else position
+            cells.extend([""] * (column - len(cells)))
+            cells.append(_cell_text(cell, shared))
+        if any(cells):
+            rows.append((number, cells))
+            if wanted is None:
+                wanted = {index for index, name in enumerate(cells) if name.strip() in columns}
+                wanted_letters = {_column_letters(index) for index in wanted}
+        element.clear(keep_tail=True)  # the rows read so far are not kept as XML
+        while element.getprevious() is not None:
+            del element.getparent()[0]
+    return rows
+
+
+def _cell_text(cell: Any, shared: list[str]) -> str:
+    value = inline = None
+    for child in cell:
+        tag = child.tag
+        if tag == _MAIN + "f" and child.text:
+            return "=" + child.text
+        if tag == _MAIN + "v":
+            value = child
+        elif tag == _MAIN + "is":
+            inline = child
+    kind = cell.get("t")
+    if kind == "inlineStr":
+        return _inline_text(inline) if inline is not None else ""
+    text = value.text if value is not None and value.text else ""
+    if kind == "s" and text:
+        return shared[int(text)]
+    if kind == "b":
+        return "TRUE" if text == "1" else "FALSE"
+    return text
 
 
 def _csv_rows(path: Path) -> list[list[str]]:
@@ -342,13 +480,16 @@ def import_decisions(store: RunStore, path: Path, by: str | None = None) -> Impo
 
     header, rows = read_table(path)
     missing = [name for name in REQUIRED_IMPORT_COLUMNS if name not in header]
+    if missing == ["review"] and "verdict" in header:
+        raise ReviewError(f"{path} has no review column: it was written by an audit older than reviewer decisions; "
+                          f"import the results.xlsx of a newer run")
     if missing:
         raise ReviewError(f"{path} is not a results.xlsx/results.csv of audit scan nor a decisions export of its "
                           f"report: it lacks the column(s) {', '.join(missing)}")
     column = {name: header.index(name) for name in header if name}
     report = ImportReport(file=path, rows=len(rows))
     file_hash = file_sha256(path)
-    source = f"import sha256:{file_hash} {path.name}"[:MAX_NAME_CHARS + 80]
+    source = f"import sha256:{file_hash} {path.name[:MAX_NAME_CHARS]}"
     before = store.db.execute("SELECT min(recorded_at) FROM decisions WHERE source LIKE ?",
                               (f"import sha256:{file_hash}%",)).fetchone()[0]
     report.imported_before = f"on {before}" if before else ""
@@ -359,7 +500,7 @@ def import_decisions(store: RunStore, path: Path, by: str | None = None) -> Impo
         return row[index] if index is not None and index < len(row) else ""
 
     candidates: list[_Candidate] = []
-    for number, row in enumerate(rows, start=2):  # spreadsheet row numbers: the header is row 1
+    for number, row in rows:
         where = f"row {number}"
         review, note = cell(row, "review").strip(), cell(row, "review_note")
         if not review:
@@ -386,10 +527,9 @@ def import_decisions(store: RunStore, path: Path, by: str | None = None) -> Impo
         candidates.append(_Candidate(where, Decision(
             sha256=sha256, decision=decision, decided_by=decided_by,
             decided_at=decided_at if _ISO_UTC.fullmatch(decided_at) else now, note=note,
-            model_id=cell(row, "model_id").strip()[:MAX_NAME_CHARS], prob_ai=_float_or_none(cell(row, "prob_ai")),
-            source=source), cell(row, "reviewed_at").strip()))
+            model_id=cell(row, "model_id").strip()[:MAX_NAME_CHARS], source=source), cell(row, "reviewed_at").strip()))
 
-    known = known_sha256s(store, [c.decision.sha256 for c in candidates])
+    known = stored_results(store, [c.decision.sha256 for c in candidates])
     current = current_decisions(store)
     by_sha256: dict[str, list[_Candidate]] = {}
     for candidate in candidates:
@@ -405,7 +545,7 @@ def import_decisions(store: RunStore, path: Path, by: str | None = None) -> Impo
             report.ignore("stale: the file shows an older decision that a newer one replaced", f"{candidate.where} "
                           f"(now {now_current.decision} by {now_current.decided_by} at {now_current.decided_at})")
             continue
-        by_sha256.setdefault(sha256, []).append(candidate)
+        by_sha256.setdefault(sha256, []).append(candidate_with_result(candidate, known[sha256]))
 
     if candidates and not known:
         raise ReviewError(f"none of the {len(candidates)} decisions in {path} is for a file this run store "
@@ -418,6 +558,7 @@ def import_decisions(store: RunStore, path: Path, by: str | None = None) -> Impo
                 report.ignore("conflicting decisions for the same content (copies of one image)", candidate.where)
             continue
         taken.append(same[0].decision)
+        report.copies += len(same) - 1
         if sha256 in current:
             report.changed += 1
         else:
@@ -425,6 +566,15 @@ def import_decisions(store: RunStore, path: Path, by: str | None = None) -> Impo
     if taken:
         record_decisions(store, taken)
     return report
+
+
+def candidate_with_result(candidate: _Candidate, results: dict[str, float | None]) -> _Candidate:
+    """The model id and prob_ai the reviewer saw, from the store, not from the file's cells (an
+    edited cell changes nothing): the row's model when the store has its result for these bytes,
+    else the model that judged them last."""
+    model_id = candidate.decision.model_id if candidate.decision.model_id in results else next(iter(results))
+    decision = dataclasses.replace(candidate.decision, model_id=model_id, prob_ai=results[model_id])
+    return dataclasses.replace(candidate, decision=decision)
 
 
 def _is_stale(store: RunStore, candidate: _Candidate, current: Decision) -> bool:
@@ -435,14 +585,6 @@ def _is_stale(store: RunStore, candidate: _Candidate, current: Decision) -> bool
     shown = candidate.decision
     return any(old.decided_at == candidate.exported_at and (old.decision, old.note) == (shown.decision, shown.note)
                for old in decision_history(store, shown.sha256))
-
-
-def _float_or_none(text: str) -> float | None:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if 0.0 <= value <= 1.0 else None
 
 
 # --------------------------------------------------------------------------- listing

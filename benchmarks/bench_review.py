@@ -114,7 +114,7 @@ def main() -> None:
         in_process_s = time.perf_counter() - started
         store.close()
         print(f"import: {filled} rows with a decision, {recorded} decisions recorded (one per distinct sha256; "
-              f"{outcome.unchanged} rows repeat a copy's decision); `audit review import` {import_s:.2f} s wall, "
+              f"{outcome.copies} rows repeat a copy's decision); `audit review import` {import_s:.2f} s wall, "
               f"import_decisions in-process {in_process_s:.2f} s (target <= 10 s)")
 
         warm = {}

@@ -110,6 +110,9 @@ def test_decisions_made_in_the_spreadsheet_are_carried_by_the_next_run(night1, f
     assert rows["b.jpg"]["review"] == "confirmed-ai" and rows["b.jpg"]["reviewed_at"].endswith("Z")
     assert rows["c.jpg"]["review"] == rows["c.jpg"]["reviewed_by"] == ""
     assert rows["a.jpg"]["prob_ai"] == rows_by_path(out)["a.jpg"]["prob_ai"], "the edited prob_ai cell changed nothing"
+    with sqlite3.connect(store) as db:  # the decision records the stored result the reviewer saw
+        assert db.execute("SELECT model_id, prob_ai FROM decisions WHERE sha256 = ?", (rows["a.jpg"]["sha256"],)).fetchone() \
+            == (rows["a.jpg"]["model_id"], pytest.approx(float(rows["a.jpg"]["prob_ai"]), abs=1e-6))
     assert summary_of(night2)["review"] | {"decisions_up_to": 0} == {
         "flagged_awaiting_review": 2, "flagged_confirmed": 1, "flagged_cleared": 1, "cleared_under_another_model": 0,
         "files_with_decision": 2, "decisions_up_to": 0}
@@ -234,6 +237,9 @@ def test_a_file_from_another_tool_or_another_store_is_refused_whole(night1, flag
     refused = review("import", str(tmp_path / "other-run" / "results.xlsx"), "--store", str(store))
     assert refused.exit_code == 2 and "another run store or another tool" in refused.output
     assert "Nothing was recorded" in refused.output and decisions_in(store) == []
+    older = write_csv(tmp_path / "old-results.csv", ["path", "sha256", "verdict"], [["a.jpg", "0" * 64, "real"]])
+    refused = review("import", str(older), "--store", str(store))
+    assert refused.exit_code == 2 and "written by an audit older than reviewer decisions" in refused.output
     not_a_workbook = tmp_path / "results.xlsx"
     not_a_workbook.write_text("hello")
     refused = review("import", str(not_a_workbook), "--store", str(store))
@@ -286,9 +292,12 @@ def get_column(sheet, name: str) -> str:
 
 def test_importing_the_same_file_twice_records_nothing_the_second_time(night1) -> None:
     archive, store, out = night1
-    fill_in_xlsx(out / "results.xlsx", {"a.jpg": ("false-positive", ""), "b.jpg": ("unsure", "ask")})
+    # A note typed as a formula is saved by the spreadsheet as a formula: it is read as its text.
+    fill_in_xlsx(out / "results.xlsx", {"a.jpg": ("false-positive", ""), "b.jpg": ("unsure", "=SUM(A1:A3)")})
     first = review("import", str(out / "results.xlsx"), "--store", str(store))
     assert first.exit_code == 0 and "2 new decisions" in first.output
+    assert "1 note(s) start like a spreadsheet formula" in first.output
+    assert sorted(row[3] for row in decisions_in(store)) == ["", "=SUM(A1:A3)"]
     again = review("import", str(out / "results.xlsx"), "--store", str(store))
     assert again.exit_code == 0
     assert "0 new decisions, 0 changed, 2 unchanged, 0 ignored" in again.output
@@ -317,6 +326,11 @@ def test_copies_of_one_image_given_different_decisions_are_not_guessed(night1, t
     result = review("import", str(file), "--store", str(store))
     assert "ignored (conflicting decisions for the same content (copies of one image)): row 2, row 3" in result.output
     assert decisions_in(store) == []
+    agreeing = write_csv(tmp_path / "e.csv", ["sha256", "path", "review"],
+                         [[sha, "a.jpg", "unsure"], [sha, "copy-of-a.jpg", "unsure"]])
+    result = review("import", str(agreeing), "--store", str(store))
+    assert "1 new decisions" in result.output and "1 repeating the decision of a copy of the same image" in result.output
+    assert len(decisions_in(store)) == 1
 
 
 def test_an_import_is_one_transaction(night1, tmp_path: Path) -> None:
