@@ -97,7 +97,7 @@ def test_decisions_made_in_the_spreadsheet_are_carried_by_the_next_run(night1, f
     archive, store, out = night1
     assert summary_of(out)["review"]["flagged_awaiting_review"] == 4
     fill_in_xlsx(out / "results.xlsx", {"a.jpg": ("false-positive", "a holiday photo, I took it"),
-                                        "b.jpg": ("confirmed-ai", "six fingers")})
+                                        "b.jpg": ("confirmed-ai", "six fingers <img src=x onerror=alert(1)>")})
     imported = review("import", str(out / "results.xlsx"), "--store", str(store), "--by", "ana")
     assert imported.exit_code == 0, imported.output
     assert "2 new decisions, 0 changed, 0 unchanged, 0 ignored, 2 without a decision" in imported.output
@@ -123,7 +123,8 @@ def test_decisions_made_in_the_spreadsheet_are_carried_by_the_next_run(night1, f
     assert [item.path for item in content.gallery] == sorted(["c.jpg", "d.jpg"], key=lambda p: -float(rows[p]["prob_ai"]))
     assert [item.path for item in content.decided] == ["b.jpg", "a.jpg"]  # confirmed, then cleared: compact lines
     decided = page[page.index('id="decided"'):]
-    assert "ana, " in decided and "six fingers" in decided
+    assert "ana, " in decided and "six fingers &lt;img src=x onerror=alert(1)&gt;" in decided
+    assert "<img src=x" not in page, "a note is text, never markup"
     # The XLSX of the next night shows the decisions in its review columns (the drop-down is there).
     from openpyxl import load_workbook
 
