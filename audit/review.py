@@ -538,7 +538,7 @@ def import_decisions(store: RunStore, path: Path, by: str | None = None) -> Impo
             report.ignore("unknown sha256: no scan recorded these bytes in this run store", candidate.where)
             continue
         now_current = current.get(sha256)
-        if now_current and (now_current.decision, now_current.note) == (candidate.decision.decision, candidate.decision.note):
+        if now_current and _repeats(candidate, now_current):
             report.unchanged += 1
             continue
         if now_current and _is_stale(store, candidate, now_current):
@@ -575,6 +575,18 @@ def candidate_with_result(candidate: _Candidate, results: dict[str, float | None
     model_id = candidate.decision.model_id if candidate.decision.model_id in results else next(iter(results))
     decision = dataclasses.replace(candidate.decision, model_id=model_id, prob_ai=results[model_id])
     return dataclasses.replace(candidate, decision=decision)
+
+
+def _repeats(candidate: _Candidate, current: Decision) -> bool:
+    """The row says what the current decision says: nothing to record. The same decision given
+    while another model's result was on screen is new, though (a false positive cleared again under
+    a new model), unless the row is the current decision as the spreadsheet showed it (its
+    reviewed_at is the decision's time): an untouched cell re-clears nothing."""
+    made = candidate.decision
+    if (made.decision, made.note) != (current.decision, current.note):
+        return False
+    same_model = not made.model_id or made.model_id == current.model_id
+    return same_model or candidate.exported_at == current.decided_at
 
 
 def _is_stale(store: RunStore, candidate: _Candidate, current: Decision) -> bool:

@@ -176,10 +176,18 @@ def test_a_new_model_shows_again_what_it_still_flags_marked_as_cleared_under_the
     card = next(item for item in content.gallery if item.path == "a.jpg")
     assert card.review.cleared_under == old_model_id
     assert f"cleared under model {old_model_id}" in page
-    # Cleared again under the new model: settled.
-    assert review("set", "--store", str(store), str(archive / "a.jpg"), "false-positive").exit_code == 0
+    # Its spreadsheet still says false-positive: imported untouched, that re-clears nothing.
+    untouched = review("import", str(night2 / "results.xlsx"), "--store", str(store))
+    assert "0 new decisions, 0 changed, 2 unchanged" in untouched.output, untouched.output
+    # Cleared again under the new model (the report's button, exported): settled.
+    a_row = rows_by_path(night2)["a.jpg"]
+    export = write_csv(tmp_path / "decisions.csv", ["sha256", "path", "model_id", "review", "review_note", "decided_by"],
+                       [[a_row["sha256"], "a.jpg", a_row["model_id"], "false-positive", "", "bo"]])
+    again = review("import", str(export), "--store", str(store))
+    assert "0 new decisions, 1 changed" in again.output, again.output
     assert scan(archive, newer, out.parent / "n3", store).exit_code == 0
     assert summary_of(out.parent / "n3")["review"]["flagged_cleared"] == 1
+    assert rows_by_path(out.parent / "n3")["a.jpg"]["review_model_id"] == a_row["model_id"] != old_model_id
 
 
 def test_decisions_are_appended_and_the_history_shows_them_all(night1) -> None:
