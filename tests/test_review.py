@@ -6,7 +6,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -132,8 +134,12 @@ def test_decisions_made_in_the_spreadsheet_are_carried_by_the_next_run(night1, f
     header = [cell.value for cell in sheet[1]]
     reviews = {row[0]: row[header.index("review")] for row in sheet.iter_rows(min_row=2, values_only=True)}
     assert reviews == {"a.jpg": "false-positive", "b.jpg": "confirmed-ai", "c.jpg": None, "d.jpg": None}
-    pdf_html = (night2 / "report.html").read_text(encoding="utf-8")
-    assert pdf_html.count('class="card"') == 2
+    html = (night2 / "report.html").read_text(encoding="utf-8")
+    assert html.count('class="card"') == 2
+    if shutil.which("pdftotext"):  # the PDF says the same (test_report.py requires poppler under CI)
+        text = subprocess.run(["pdftotext", "-layout", str(night2 / "report.pdf"), "-"], check=True, capture_output=True,
+                              text=True).stdout
+        assert "flagged, awaiting review" in text and "Already decided (2)" in text and "six fingers" in text
 
 
 def test_fail_on_flagged_ignores_what_reviewers_cleared(night1, flag_all: Path) -> None:
