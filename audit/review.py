@@ -47,7 +47,7 @@ class ReviewError(Exception):
     """A decision or a file of decisions that cannot be taken at all; the user must act (exit 2)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a run builds one per reviewed sha256, and frozen ones cost 3x
 class Decision:
     sha256: str
     decision: str  # one of REVIEW_DECISIONS
@@ -85,11 +85,13 @@ def _decision_from(row: Any) -> Decision:
 
 
 def current_decisions(store: RunStore) -> dict[str, Decision]:
-    """Every sha256's current decision (its newest row): read once per run, one query."""
-    rows = store.db.execute(
-        "SELECT d.* FROM decisions d JOIN (SELECT sha256, max(id) AS id FROM decisions GROUP BY sha256) newest "
-        "ON d.id = newest.id").fetchall()
-    return {row["sha256"]: _decision_from(row) for row in rows}
+    """Every sha256's current decision (its newest row): read once per run, in one pass over the
+    table in id order, each row replacing the one before (plain tuples: this is per nightly run)."""
+    cursor = store.db.cursor()
+    cursor.row_factory = None
+    cursor.execute("SELECT sha256, decision, decided_by, decided_at, note, model_id, prob_ai, source, recorded_at, id "
+                   "FROM decisions ORDER BY id")
+    return {row[0]: Decision(*row) for row in cursor}
 
 
 def decision_history(store: RunStore, sha256: str) -> list[Decision]:
@@ -214,6 +216,9 @@ class ReviewTally:
 
     def apply(self, row: ResultRow) -> None:
         decision = self.decisions.get(row.sha256) if row.sha256 else None
+        if decision is None and row.verdict != VERDICT_AI:  # most rows of a nightly run
+            self.counts["not-flagged"] += 1
+            return
         if decision is not None:
             row.review, row.review_note = decision.decision, decision.note
             row.reviewed_by, row.reviewed_at, row.review_model_id = decision.decided_by, decision.decided_at, decision.model_id
