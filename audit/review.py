@@ -86,12 +86,12 @@ def _decision_from(row: Any) -> Decision:
 
 def current_decisions(store: RunStore) -> dict[str, Decision]:
     """Every sha256's current decision (its newest row): read once per run, in one pass over the
-    table in id order, each row replacing the one before (plain tuples: this is per nightly run)."""
+    table in id order, each row replacing the one before. Plain tuples and no ``source`` or
+    ``recorded_at`` (only the history shows them): this is on every nightly run's path."""
     cursor = store.db.cursor()
     cursor.row_factory = None
-    cursor.execute("SELECT sha256, decision, decided_by, decided_at, note, model_id, prob_ai, source, recorded_at, id "
-                   "FROM decisions ORDER BY id")
-    return {row[0]: Decision(*row) for row in cursor}
+    cursor.execute("SELECT sha256, decision, decided_by, decided_at, note, model_id, prob_ai, id FROM decisions ORDER BY id")
+    return {row[0]: Decision(*row[:7], id=row[7]) for row in cursor}
 
 
 def decision_history(store: RunStore, sha256: str) -> list[Decision]:
