@@ -94,6 +94,16 @@ def current_decisions(store: RunStore) -> dict[str, Decision]:
     return {row[0]: Decision(*row[:7], id=row[7]) for row in cursor}
 
 
+def review_cells(store: RunStore) -> dict[str, tuple[str, str, str, str, str]]:
+    """What a run writes into each decided file's review columns, by sha256: (review,
+    review_note, reviewed_by, reviewed_at, review_model_id) of the current decision. Tuples
+    straight from SQLite, newest row last so it wins: this is on every nightly run's path."""
+    cursor = store.db.cursor()
+    cursor.row_factory = None
+    cursor.execute("SELECT sha256, decision, note, decided_by, decided_at, model_id FROM decisions ORDER BY id")
+    return {row[0]: row[1:] for row in cursor}
+
+
 def decision_history(store: RunStore, sha256: str) -> list[Decision]:
     """Every decision ever recorded for these bytes, oldest first."""
     rows = store.db.execute("SELECT * FROM decisions WHERE sha256 = ? ORDER BY id", (sha256,)).fetchall()
@@ -209,19 +219,23 @@ def cleared_under_other_model(verdict: str, model_id: str, review: str, review_m
 class ReviewTally:
     """Fills each row's review columns from the decisions and counts the flagged rows by state."""
 
-    decisions: dict[str, Decision]
+    cells: dict[str, tuple[str, str, str, str, str]]  # from review_cells()
+    decisions_up_to: int = 0  # the newest decision's id
     counts: Counter = field(default_factory=Counter)
     rows_with_decision: int = 0
     cleared_under_other_model: int = 0
 
+    @classmethod
+    def from_store(cls, store: RunStore) -> "ReviewTally":
+        return cls(review_cells(store), store.db.execute("SELECT coalesce(max(id), 0) FROM decisions").fetchone()[0])
+
     def apply(self, row: ResultRow) -> None:
-        decision = self.decisions.get(row.sha256) if row.sha256 else None
-        if decision is None and row.verdict != VERDICT_AI:  # most rows of a nightly run
+        cells = self.cells.get(row.sha256) if row.sha256 else None
+        if cells is None and row.verdict != VERDICT_AI:  # most rows of a nightly run
             self.counts["not-flagged"] += 1
             return
-        if decision is not None:
-            row.review, row.review_note = decision.decision, decision.note
-            row.reviewed_by, row.reviewed_at, row.review_model_id = decision.decided_by, decision.decided_at, decision.model_id
+        if cells is not None:
+            row.review, row.review_note, row.reviewed_by, row.reviewed_at, row.review_model_id = cells
             self.rows_with_decision += 1
         state = review_state(row.verdict, row.model_id, row.review, row.review_model_id)
         self.counts[state] += 1
@@ -241,7 +255,7 @@ class ReviewTally:
             "cleared_under_another_model": self.cleared_under_other_model,
             "files_with_decision": self.rows_with_decision,
             # Changes whenever a decision is recorded: a rerun with new decisions is not "unchanged".
-            "decisions_up_to": max((d.id for d in self.decisions.values()), default=0),
+            "decisions_up_to": self.decisions_up_to,
         }
 
 

@@ -44,7 +44,7 @@ from audit.results import (
     remove_stale_outputs,
     write_json_tmp,
 )
-from audit.review import ReviewTally, current_decisions
+from audit.review import ReviewTally
 from audit.scoring import DEFAULT_BATCH_SIZE, ComputePlan, Scored, Scorer, default_workers, plan_compute, score_records
 from audit.stopping import raise_if_stop_requested
 from audit.store import (
@@ -428,7 +428,7 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
         progress.message("audit scan: warning: no image files found under the given archive(s)")
     tally = Tally()
     # Reviewers' decisions by sha256, read once: one taken while the run goes shows the next night.
-    review = ReviewTally(current_decisions(store))
+    review = ReviewTally.from_store(store)
     stored_rows = StoredRows(store, key, plan_rows)
     committer = BatchCommitter(store, run_id, key, options.batch_size, full=options.full)
     writer: ResultWriter | None = None
