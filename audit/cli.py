@@ -256,5 +256,14 @@ def prune(archives: tuple[str, ...], store_path: Path | None, keep: int) -> None
     click.echo(f"pruned {len(removed)} run(s), kept the newest {keep}")
 
 
+def _add_review_commands() -> None:
+    from audit.review_cli import review
+
+    main.add_command(review)  # audit review set|import|list (reviewers' decisions)
+
+
+_add_review_commands()
+
+
 if __name__ == "__main__":
     main()

@@ -18,6 +18,7 @@ import json
 import math
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,12 +35,13 @@ from audit.heatmap_cache import HeatmapCache
 from audit.model import LoadedModel, ModelCard, ModelError, load_model, read_card
 from audit.model_summary import ModelSummary, data_set_rows, summarize, training_rows
 from audit.report_page import TEMPLATE_DIR, options_list, render_page, template_environment  # noqa: F401 - the report's interface
-from audit.results import unneutralise
+from audit.results import REVIEW_COLUMNS, unneutralise
+from audit.review import cleared_under_other_model, review_state
 
 DEFAULT_MAX_GALLERY = 200
 # The all-results table is data for the page's script; these columns, in this order.
 TABLE_COLUMNS = ("path", "verdict", "prob_ai", "true_label", "status", "width", "height", "bytes", "sha256", "error", "note",
-                 "verdict_reason", "evidence_source")
+                 "verdict_reason", "evidence_source", "review")
 VERDICT_AI = "ai-generated"
 VERDICT_REAL = "real"
 VERDICT_ERROR = "error"
@@ -68,7 +70,8 @@ def read_results(csv_path: Path) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ReportError(f"{csv_path} lacks the column(s) {', '.join(missing)}: not a results.csv of audit scan")
-    for column in ("evidence", "evidence_source", "verdict_reason", "note", "error", "true_label", "sha256", "format", "root"):
+    for column in ("evidence", "evidence_source", "verdict_reason", "note", "error", "true_label", "sha256", "format", "root",
+                   "model_id", *REVIEW_COLUMNS):
         if column not in frame.columns:
             frame[column] = ""
     for column in frame.columns:
@@ -161,16 +164,32 @@ class Counts:
     ai_generated: int
     real: int
     errors: int
+    # The flagged images by reviewers' decision (audit.review): not looked at or not settled,
+    # confirmed as AI-generated, cleared as false positives (under this run's model).
+    awaiting_review: int = 0
+    confirmed: int = 0
+    cleared: int = 0
 
     @classmethod
     def from_results(cls, frame: pd.DataFrame) -> "Counts":
         verdicts = frame["verdict"]
+        states = Counter(review_states(flagged_rows(frame)))
         return cls(
             scanned=len(frame),
             ai_generated=int((verdicts == VERDICT_AI).sum()),
             real=int((verdicts == VERDICT_REAL).sum()),
             errors=int((frame["status"] != "ok").sum()),
+            awaiting_review=states["awaiting"],
+            confirmed=states["confirmed"],
+            cleared=states["cleared"],
         )
+
+
+def review_states(frame: pd.DataFrame) -> list[str]:
+    """Each row's place for the reviewers: awaiting, confirmed, cleared or not-flagged."""
+    return [review_state(verdict, model_id, review, review_model)
+            for verdict, model_id, review, review_model in
+            zip(frame["verdict"], frame["model_id"], frame["review"], frame["review_model_id"])]
 
 
 @dataclass(frozen=True)
@@ -388,6 +407,55 @@ class GalleryItem:
     original_src: str | None  # relative URL under heatmaps/, None when not available
     overlay_src: str | None
     problem: str = ""  # why there is no heatmap, or that the file changed since the scan
+    review: ReviewFacts | None = None  # the decision recorded on these bytes, if any
+
+
+@dataclass(frozen=True)
+class ReviewFacts:
+    """A reviewer's decision as the page shows it, and what its buttons export."""
+
+    sha256: str
+    model_id: str  # the model of this run (what the reviewer sees now)
+    prob_ai: float | None
+    decision: str = ""  # confirmed-ai | false-positive | unsure | "" (none yet)
+    note: str = ""
+    by: str = ""
+    at: str = ""
+    cleared_under: str = ""  # the other model under which it was cleared; this one flags it again
+
+
+@dataclass(frozen=True)
+class DecidedItem:
+    """A flagged image that reviewers confirmed or cleared: one line, after the cards."""
+
+    path: str
+    prob_ai: float
+    review: ReviewFacts
+
+
+def review_facts(row: pd.Series) -> ReviewFacts:
+    verdict, model_id = str(row.get("verdict", "")), str(row.get("model_id", ""))
+    decision, decided_model = str(row.get("review", "")), str(row.get("review_model_id", ""))
+    return ReviewFacts(
+        sha256=str(row.get("sha256", "")), model_id=model_id, prob_ai=_float_or_none(row.get("prob_ai")),
+        decision=decision, note=str(row.get("review_note", "")), by=str(row.get("reviewed_by", "")),
+        at=str(row.get("reviewed_at", "")),
+        cleared_under=decided_model if cleared_under_other_model(verdict, model_id, decision, decided_model) else "",
+    )
+
+
+# The decided images listed after the cards; results.csv (and `audit review list`) has them all.
+MAX_DECIDED_LISTED = 500
+
+
+def decided_items(frame: pd.DataFrame) -> tuple[list[DecidedItem], int]:
+    """The flagged images reviewers confirmed or cleared, confirmed first, most confident first."""
+    flagged = flagged_rows(frame)
+    states = pd.Series(review_states(flagged), index=flagged.index, dtype=object)
+    decided = pd.concat([flagged[states == "confirmed"], flagged[states == "cleared"]])
+    items = [DecidedItem(path=str(row["path"]), prob_ai=float(row["prob_ai"]), review=review_facts(row))
+             for _, row in decided.head(MAX_DECIDED_LISTED).iterrows()]
+    return items, len(decided)
 
 
 def evidence_lines(text: str) -> tuple[str, ...]:
@@ -435,7 +503,9 @@ def build_gallery(
     gallery. Output names are the rank only: nothing from the archive names a file on disk.
     """
     flagged = flagged_rows(run.results)
-    shown = flagged.head(max(0, max_gallery))
+    # Cards for the images that still need a reviewer; decided ones are listed compactly after.
+    awaiting = flagged[[state == "awaiting" for state in review_states(flagged)]]
+    shown = awaiting.head(max(0, max_gallery))
     rows = list(shown.iterrows())
     paths = {index: run.image_path(row) for index, (_, row) in enumerate(rows)}
     # index -> (sha256, original URL, overlay URL), or why there is no picture
@@ -481,6 +551,7 @@ def build_gallery(
                 original_src=original,
                 overlay_src=overlay,
                 problem=problem,
+                review=review_facts(row),
             )
         )
     return items, len(flagged)
@@ -588,6 +659,8 @@ class ReportContent:
     store: dict[str, Any] | None = None
     # An unchanged night (audit.report_reuse): the run whose pages follow this front, copied.
     copied_from: dict[str, Any] | None = None
+    decided: list[DecidedItem] = field(default_factory=list)  # the first MAX_DECIDED_LISTED
+    decided_total: int = 0
 
 
 # A half-broken mount can make every file an error; listing 100,000 of them would stall the PDF
@@ -618,6 +691,7 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
     started = time.perf_counter()
     gallery, flagged_total = build_gallery(run, model, model_problem, heatmap_dir, max_gallery, heatmap_cache)
     seconds["gallery_gradcam"] = time.perf_counter() - started
+    decided, decided_total = decided_items(frame)
     errors = frame[frame["status"] != "ok"]
     roots = list((summary.get("options") or {}).get("archives") or sorted(set(frame["root"])))
     tool = summary.get("tool") or {}
@@ -647,6 +721,8 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
         table=table_records(frame),
         changes=summary.get("changes"),
         store=summary.get("store"),
+        decided=decided,
+        decided_total=decided_total,
     )
 
 

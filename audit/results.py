@@ -56,12 +56,25 @@ class ResultRow:
     evidence: str = ""
     evidence_source: str = ""
     verdict_reason: str = ""
+    # The reviewer's current decision on these bytes (audit.review), carried from the run store by
+    # sha256: confirmed-ai | false-positive | unsure, its note, who and when, and the model id
+    # whose result the reviewer saw. Not part of a stored result: every run fills them afresh.
+    review: str = ""
+    review_note: str = ""
+    reviewed_by: str = ""
+    reviewed_at: str = ""
+    review_model_id: str = ""
 
     def cells(self) -> list[Any]:
         return [getattr(self, name) for name in RESULT_COLUMNS]
 
 
 RESULT_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ResultRow))
+REVIEW_COLUMNS: tuple[str, ...] = ("review", "review_note", "reviewed_by", "reviewed_at", "review_model_id")
+# The columns a scored result is made of: what the run store keeps and its scoring key names.
+SCORED_COLUMNS: tuple[str, ...] = tuple(name for name in RESULT_COLUMNS if name not in REVIEW_COLUMNS)
+# The decisions a reviewer can pick in the spreadsheet's drop-down (audit.review validates them).
+REVIEW_DECISIONS: tuple[str, ...] = ("confirmed-ai", "false-positive", "unsure")
 
 # Spreadsheets run a cell that starts with one of these as a formula (OWASP "CSV injection").
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -208,7 +221,21 @@ def write_xlsx_from_csv(csv_path: Path, xlsx_path: Path) -> None:
             ])
             rows += 1
     sheet.auto_filter.ref = f"A1:{_column_letter(len(RESULT_COLUMNS))}{rows + 1}"
+    _add_review_drop_down(sheet, rows)
     workbook.save(xlsx_path)
+
+
+def _add_review_drop_down(sheet: Any, rows: int) -> None:
+    """A drop-down of the decisions on the ``review`` column (audit review import reads it back).
+    A typed value outside the list is refused by the spreadsheet; the import checks again."""
+    from openpyxl.worksheet.datavalidation import DataValidation
+
+    letter = _column_letter(RESULT_COLUMNS.index("review") + 1)
+    validation = DataValidation(type="list", formula1='"' + ",".join(REVIEW_DECISIONS) + '"', allow_blank=True,
+                                showErrorMessage=True, errorTitle="review",
+                                error="Pick confirmed-ai, false-positive or unsure (or leave it empty).")
+    validation.add(f"{letter}2:{letter}{max(rows, 1) + 1}")
+    sheet.data_validations.append(validation)
 
 
 def discard_partial_outputs(out_dir: Path) -> None:

@@ -30,7 +30,7 @@ from audit.loading import DEFAULT_MAX_PIXELS, LoadOptions
 from audit.model import LoadedModel, load_model
 from audit.provenance import EvidenceOptions, check_options, decide, evidence_cell, evidence_sources, load_trust_anchors
 from audit.results import (
-    RESULT_COLUMNS,
+    SCORED_COLUMNS,
     STATUS_ERROR,
     STATUS_OK,
     VERDICT_AI,
@@ -44,6 +44,7 @@ from audit.results import (
     remove_stale_outputs,
     write_json_tmp,
 )
+from audit.review import ReviewTally
 from audit.scoring import DEFAULT_BATCH_SIZE, ComputePlan, Scored, Scorer, default_workers, plan_compute, score_records
 from audit.stopping import raise_if_stop_requested
 from audit.store import (
@@ -319,13 +320,14 @@ def scoring_key(model: LoadedModel, load_options: LoadOptions) -> str:
         "max_pixels": load_options.max_pixels,
         "max_file_bytes": load_options.max_file_bytes,
         "draft": load_options.draft,
-        "columns": RESULT_COLUMNS,
+        # The review columns are filled afresh each run from the store's decisions: not part of it.
+        "columns": SCORED_COLUMNS,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
 # The ResultRow fields kept in the store: all but where the file is and its ground truth.
-_STORED_FIELDS = tuple(name for name in RESULT_COLUMNS if name not in ("path", "root", "true_label"))
+_STORED_FIELDS = tuple(name for name in SCORED_COLUMNS if name not in ("path", "root", "true_label"))
 
 
 def stored_row(row: ResultRow) -> dict[str, Any]:
@@ -500,6 +502,8 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
     if not records:
         progress.message("audit scan: warning: no image files found under the given archive(s)")
     tally = Tally()
+    # Reviewers' decisions by sha256, read once: one taken while the run goes shows the next night.
+    review = ReviewTally.from_store(store)
     stored_rows = StoredRows(store, key, plan_rows)
     committer = BatchCommitter(store, run_id, key, options.batch_size, full=options.full)
     writer: ResultWriter | None = None
@@ -521,6 +525,7 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
             else:
                 row = stored_rows.next_row(record, labeller.label_for(record))
                 committer.reused_file(record, row)
+            review.apply(row)
             tw = time.perf_counter()
             writer.write(row)
             seconds_writing_rows += time.perf_counter() - tw
@@ -540,7 +545,8 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
             "write": seconds_writing_rows + time.perf_counter() - tw,
             "total": time.perf_counter() - clock,
         }
-        exit_code = exit_code_for(tally.by_status[STATUS_ERROR], tally.by_verdict[VERDICT_AI], options.fail_on_flagged)
+        # --fail-on-flagged leaves out what reviewers cleared as false positives under this model.
+        exit_code = exit_code_for(tally.by_status[STATUS_ERROR], review.flagged_not_cleared, options.fail_on_flagged)
         counts = RunCounts(tally.files, len(to_score), tally.files - len(to_score), tally.by_verdict[VERDICT_AI],
                            tally.by_status[STATUS_ERROR])
         compute = plan.describe() if plan else engine.compute if engine else None
@@ -549,6 +555,7 @@ def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan
         summary.update(store_summary(store.path, run_id, counts, changes, options.full))
         summary["store"]["chosen_by"] = "--store" if options.store else "default (follows the archives)"
         summary["store"]["lock_takeover"] = takeover
+        summary["review"] = review.to_json()
         # Lets the next run check that its rows are these very bytes before it copies the XLSX.
         summary["output_sha256"] = writer.sha256
         renames.append(write_json_tmp(out_dir / "summary.json", summary))

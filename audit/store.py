@@ -8,6 +8,7 @@ incremental, resumable and recorded.
   decoding. The scoring key is the model id plus whatever else changes a result (calibration
   temperature, threshold, evidence on/off, trust anchors, --max-pixels, draft decoding).
 * ``runs``: one row per run: start, end, options, counts, exit status, partial flag, out dir.
+* ``decisions``: reviewers' decisions by sha256, appended and never updated (audit.review).
 
 Scored results are committed one transaction per scored batch, so a run killed with SIGKILL
 loses at most the batch in flight: the next run finds the committed ones and reuses them.
@@ -40,14 +41,41 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TextIO
 
 STORE_FILE_NAME = "audit-store.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EXIT_LOCKED = 5
 # Changes listed by name in summary.json and the report; the counts are always complete.
 MAX_LISTED_CHANGES = 200
 
-# Migrations from version N to N + 1, applied in order inside one transaction. Version 1 is the
-# first schema, so there is none yet; a store whose version has no path here is refused.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+# Reviewers' decisions (audit.review holds the logic). Rows are only ever appended: the newest row
+# (highest id) for a sha256 is its current decision, the others are its history.
+_DECISIONS_SCHEMA = """
+CREATE TABLE decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sha256 TEXT NOT NULL,
+    decision TEXT NOT NULL,       -- confirmed-ai | false-positive | unsure
+    decided_by TEXT NOT NULL,
+    decided_at TEXT NOT NULL,     -- ISO 8601 UTC, when the reviewer decided
+    recorded_at TEXT NOT NULL,    -- when it reached the store
+    note TEXT NOT NULL DEFAULT '',
+    model_id TEXT NOT NULL DEFAULT '',  -- the model whose result the reviewer saw
+    prob_ai REAL,
+    source TEXT NOT NULL DEFAULT ''     -- "set" or "import sha256:<file's sha256> <file name>"
+);
+CREATE INDEX decisions_by_sha256 ON decisions (sha256, id)
+"""
+
+
+def _run_statements(db: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+# Migrations from version N to N + 1, applied in order inside one transaction; a store whose
+# version has no path here is refused.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: lambda db: _run_statements(db, _DECISIONS_SCHEMA),  # 1 -> 2: reviewers' decisions
+}
 
 _SCHEMA = """
 CREATE TABLE files (
@@ -88,7 +116,7 @@ CREATE TABLE runs (
     partial INTEGER NOT NULL DEFAULT 1,  -- 0 only once the run has completed
     note TEXT NOT NULL DEFAULT ''
 );
-"""
+""" + ";" + _DECISIONS_SCHEMA
 
 
 class StoreError(Exception):
@@ -389,9 +417,7 @@ class RunStore:
 
     def _create(self) -> None:
         with self._transaction() as db:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            _run_statements(db, _SCHEMA)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _migrate(self, version: int) -> None:

@@ -110,3 +110,86 @@
   moreButton.addEventListener("click", function () { state.limit += PAGE; render(); });
   render();
 })();
+
+/* Reviewers' decisions: buttons on each flagged image record a decision in the page, and
+   "export decisions" saves them as a CSV file for `audit review import` (the offline page cannot
+   write to the run store). Nothing leaves the machine: the file is made from a Blob. Cells that a
+   spreadsheet would run as a formula get a leading quote, as in results.csv. */
+(function () {
+  "use strict";
+  var exportButton = document.getElementById("export-decisions");
+  var reviewer = document.getElementById("reviewer");
+  var countText = document.getElementById("decision-count");
+  if (!exportButton) { return; }
+  var COLUMNS = ["sha256", "path", "model_id", "prob_ai", "review", "review_note", "decided_by", "decided_at"];
+  var decisions = {};  // by sha256: the last one clicked for those bytes
+  var order = [];
+
+  function itemOf(element) {
+    while (element && !element.hasAttribute("data-sha256")) { element = element.parentElement; }
+    return element;
+  }
+
+  function isoNow() { return new Date().toISOString().replace(/\.\d+Z$/, "Z"); }
+
+  function decide(button) {
+    var item = itemOf(button);
+    if (!item) { return; }
+    var sha256 = item.getAttribute("data-sha256");
+    if (!/^[0-9a-f]{64}$/.test(sha256)) { return; }
+    var note = item.querySelector(".decision-note");
+    if (!(sha256 in decisions)) { order.push(sha256); }
+    decisions[sha256] = {
+      sha256: sha256, path: item.getAttribute("data-path"), model_id: item.getAttribute("data-model-id"),
+      prob_ai: item.getAttribute("data-prob-ai"), review: button.getAttribute("data-decision"),
+      review_note: note ? note.value : "", decided_at: isoNow()
+    };
+    // Copies of one image (the same sha256) share the decision; show it on each.
+    Array.prototype.forEach.call(document.querySelectorAll("[data-sha256='" + sha256 + "'] .decide button"), function (b) {
+      b.setAttribute("aria-pressed", b.getAttribute("data-decision") === decisions[sha256].review ? "true" : "false");
+    });
+    item.classList.add("decided-here");
+    countText.textContent = order.length + " decision" + (order.length === 1 ? "" : "s") + " made on this page";
+    exportButton.disabled = false;
+  }
+
+  function csvCell(value) {
+    var text = value === null || value === undefined ? "" : String(value);
+    if (/^[=+\-@\t\r']/.test(text)) { text = "'" + text; }
+    return '"' + text.replace(/"/g, '""') + '"';
+  }
+
+  function exportText() {
+    var by = reviewer.value.trim();
+    var lines = [COLUMNS.join(",")];
+    order.forEach(function (sha256) {
+      var d = decisions[sha256];
+      d.decided_by = by;
+      lines.push(COLUMNS.map(function (name) { return csvCell(d[name]); }).join(","));
+    });
+    return "\ufeff" + lines.join("\r\n") + "\r\n";
+  }
+
+  Array.prototype.forEach.call(document.querySelectorAll(".decide button[data-decision]"), function (button) {
+    button.setAttribute("aria-pressed", "false");
+    button.addEventListener("click", function () { decide(button); });
+  });
+  // A note typed after the click still belongs to that decision.
+  Array.prototype.forEach.call(document.querySelectorAll(".decision-note"), function (input) {
+    input.addEventListener("input", function () {
+      var item = itemOf(input);
+      var sha256 = item && item.getAttribute("data-sha256");
+      if (sha256 && decisions[sha256]) { decisions[sha256].review_note = input.value; }
+    });
+  });
+  exportButton.addEventListener("click", function () {
+    var blob = new Blob([exportText()], { type: "text/csv;charset=utf-8" });
+    var link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = "decisions-" + (document.body.getAttribute("data-run-id") || "report") + ".csv";
+    document.body.appendChild(link);
+    link.click();
+    setTimeout(function () { URL.revokeObjectURL(link.href); link.remove(); }, 1000);
+  });
+  window.auditDecisionsCsv = exportText;  // for a reviewer's console, and the tests
+})();

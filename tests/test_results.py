@@ -12,6 +12,7 @@ EXPECTED_COLUMNS = (
     "path", "root", "sha256", "bytes", "format", "width", "height", "status", "error",
     "prob_ai", "verdict", "threshold", "true_label", "model_id", "scanned_at", "note",
     "evidence", "evidence_source", "verdict_reason",
+    "review", "review_note", "reviewed_by", "reviewed_at", "review_model_id",
 )
 
 
@@ -70,6 +71,11 @@ def test_xlsx_has_frozen_header_autofilter_and_the_same_cells(tmp_path: Path) ->
     assert values[1][0] == "'=cmd.jpg" and values[1][9] == 0.75
     assert values[2][0] == 'new\nline, "quoted".jpg'
     assert values[3][0] == "ünïcødé 画像.jpg" and values[3][15] == "ctrl\\x01char"
+    # The review column offers the decisions as a drop-down (audit review import reads them back).
+    (validation,) = sheet.data_validations.dataValidation
+    review = get_column_letter(EXPECTED_COLUMNS.index("review") + 1)
+    assert validation.type == "list" and validation.formula1 == '"confirmed-ai,false-positive,unsure"'
+    assert str(validation.sqref) == f"{review}2:{review}4"
 
 
 def test_abort_leaves_nothing_behind(tmp_path: Path) -> None:

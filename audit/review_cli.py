@@ -1,0 +1,126 @@
+"""``audit review``: record, import and list reviewers' decisions (the logic is in audit.review).
+
+Thin click commands, added to the ``audit`` group by audit.cli. Exit codes as for every audit
+command: 0 done (an import that ignored some rows says which and why), 2 the user must act
+(no run store, a file that is not a results file or the report's export, an unknown sha256 or
+decision given to ``set``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from audit.store import STORE_FILE_NAME, RunStore, StoreError
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> click.exceptions.Exit:
+    click.echo(f"audit: error: {message}", err=True)
+    return click.exceptions.Exit(EXIT_USAGE)
+
+
+def _open_store(store_path: Path) -> RunStore:
+    if not store_path.is_file():
+        raise _fail(f"no run store at {store_path} (pass --store PATH)")
+    try:
+        return RunStore(store_path)
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+
+
+_STORE_OPTION = click.option(
+    "--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports") / STORE_FILE_NAME,
+    show_default=True, help="The run store the scans used.")
+_BY_OPTION = click.option(
+    "--by", "by", default=None, metavar="NAME",
+    help="Who decided. Default: a decided_by column (the report's export), else your login name ($USER).")
+
+
+@click.group()
+def review() -> None:
+    """Reviewers' decisions on flagged images, kept by content (sha256) in the run store."""
+
+
+@review.command("set")
+@click.argument("target", metavar="SHA256|PATH")
+@click.argument("decision", type=click.Choice(("confirmed-ai", "false-positive", "unsure")))
+@click.option("--note", default="", help="Why (free text, at most 2000 characters).")
+@_BY_OPTION
+@_STORE_OPTION
+def set_command(target: str, decision: str, note: str, by: str | None, store_path: Path) -> None:
+    """Record DECISION for the image with this sha256, or for the bytes of the file at PATH."""
+    from audit.review import ReviewError, set_decision
+
+    store = _open_store(store_path)
+    try:
+        made = set_decision(store, target, decision, note=note, by=by)
+    except ReviewError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(f"{made.sha256}: {made.decision} by {made.decided_by} at {made.decided_at}"
+               f" (model {made.model_id or 'unknown'})")
+
+
+@review.command("import")
+@click.argument("file", type=click.Path(path_type=Path), metavar="FILE.xlsx|FILE.csv")
+@_BY_OPTION
+@_STORE_OPTION
+def import_command(file: Path, by: str | None, store_path: Path) -> None:
+    """Read the review and review_note columns of a results.xlsx/results.csv (or the CSV the HTML
+    report exports) and record what is new or changed, all in one transaction."""
+    from audit.review import ReviewError, import_decisions
+
+    store = _open_store(store_path)
+    try:
+        outcome = import_decisions(store, file, by=by)
+    except ReviewError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        store.close()
+    for line in outcome.lines():
+        click.echo(line)
+
+
+@review.command("list")
+@click.option("--history", "history", default=None, metavar="SHA256",
+              help="Every decision recorded for this sha256 (or a unique prefix of it), oldest first.")
+@_STORE_OPTION
+def list_command(history: str | None, store_path: Path) -> None:
+    """The current decision of every reviewed image, newest first (or one image's history)."""
+    from audit.review import LIST_HEADER, current_decisions, decision_history, describe_decision, paths_by_sha256
+
+    store = _open_store(store_path)
+    try:
+        paths = paths_by_sha256(store)
+        if history is None:
+            decisions = sorted(current_decisions(store).values(), key=lambda d: (d.decided_at, d.id), reverse=True)
+            table = [LIST_HEADER] + [describe_decision(d, paths.get(d.sha256, "")) for d in decisions]
+        else:
+            sha256 = _unique_sha256(store, history)
+            table = [LIST_HEADER + ["source"]] + [describe_decision(d, paths.get(d.sha256, ""), with_source=True)
+                                                   for d in decision_history(store, sha256)]
+    finally:
+        store.close()
+    if len(table) == 1:
+        click.echo("no decisions recorded" + (f" for {history}" if history else ""))
+        return
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+
+
+def _unique_sha256(store: RunStore, prefix: str) -> str:
+    text = prefix.strip().lower()
+    if len(text) < 8 or any(c not in "0123456789abcdef" for c in text):
+        raise _fail(f"{prefix!r}: give a sha256 or at least its first 8 hex digits")
+    found = [row[0] for row in store.db.execute(
+        "SELECT DISTINCT sha256 FROM decisions WHERE sha256 >= ? AND sha256 < ? LIMIT 2", (text, text + "g"))]
+    if len(found) > 1:
+        raise _fail(f"{prefix!r} is the start of more than one reviewed sha256; give more digits")
+    if not found:
+        raise _fail(f"no decision recorded for {prefix!r}")
+    return found[0]
