@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from audit.store import STORE_FILE_NAME, RunStore, StoreError
+from audit.store import RunStore, StoreError
 
 EXIT_USAGE = 2
 
@@ -32,8 +32,37 @@ def _open_store(store_path: Path) -> RunStore:
 
 
 _STORE_OPTION = click.option(
-    "--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports") / STORE_FILE_NAME,
-    show_default=True, help="The run store the scans used.")
+    "--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="The run store the scans used. Default: the store of --archive (the rule `audit scan` follows), else the "
+         "one a results file's summary.json names, else the only run store kept by default.")
+_ARCHIVE_OPTION = click.option(
+    "--archive", "archives", multiple=True, type=click.Path(path_type=str), metavar="ARCHIVE",
+    help="An archive the scans used (repeat as given to `audit scan`): its default run store.")
+
+
+def _review_store(store_path: Path | None, archives: tuple[str, ...], results_file: Path | None = None) -> Path:
+    """The run store by the scan's rule: --store; else the archives' default store; else the store
+    that the summary.json beside a results file names; else the only default store there is."""
+    import json
+
+    from audit.store import default_store_path, known_stores
+
+    if store_path is not None:
+        return store_path
+    if archives:
+        return default_store_path(archives)
+    if results_file is not None:
+        try:
+            recorded = json.loads((results_file.parent / "summary.json").read_text(encoding="utf-8"))["store"]["path"]
+            return Path(recorded)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    known = known_stores()
+    if len(known) == 1:
+        return known[0][0]
+    listed = "".join(f"\n  {path}  ({', '.join(found) or 'archives unknown'})" for path, found in known)
+    raise _fail("name the archive(s) the scans used with --archive, or pass --store PATH"
+                + (f"; the run stores kept by default are:{listed}" if listed else ""))
 _BY_OPTION = click.option(
     "--by", "by", default=None, metavar="NAME",
     help="Who decided. Default: a decided_by column (the report's export), else your login name ($USER).")
@@ -50,11 +79,13 @@ def review() -> None:
 @click.option("--note", default="", help="Why (free text, at most 2000 characters).")
 @_BY_OPTION
 @_STORE_OPTION
-def set_command(target: str, decision: str, note: str, by: str | None, store_path: Path) -> None:
+@_ARCHIVE_OPTION
+def set_command(target: str, decision: str, note: str, by: str | None, store_path: Path | None,
+                archives: tuple[str, ...]) -> None:
     """Record DECISION for the image with this sha256, or for the bytes of the file at PATH."""
     from audit.review import ReviewError, set_decision
 
-    store = _open_store(store_path)
+    store = _open_store(_review_store(store_path, archives))
     try:
         made = set_decision(store, target, decision, note=note, by=by)
     except ReviewError as exc:
@@ -69,12 +100,13 @@ def set_command(target: str, decision: str, note: str, by: str | None, store_pat
 @click.argument("file", type=click.Path(path_type=Path), metavar="FILE.xlsx|FILE.csv")
 @_BY_OPTION
 @_STORE_OPTION
-def import_command(file: Path, by: str | None, store_path: Path) -> None:
+@_ARCHIVE_OPTION
+def import_command(file: Path, by: str | None, store_path: Path | None, archives: tuple[str, ...]) -> None:
     """Read the review and review_note columns of a results.xlsx/results.csv (or the CSV the HTML
     report exports) and record what is new or changed, all in one transaction."""
     from audit.review import ReviewError, import_decisions
 
-    store = _open_store(store_path)
+    store = _open_store(_review_store(store_path, archives, results_file=file))
     try:
         outcome = import_decisions(store, file, by=by)
     except ReviewError as exc:
@@ -89,11 +121,12 @@ def import_command(file: Path, by: str | None, store_path: Path) -> None:
 @click.option("--history", "history", default=None, metavar="SHA256",
               help="Every decision recorded for this sha256 (or a unique prefix of it), oldest first.")
 @_STORE_OPTION
-def list_command(history: str | None, store_path: Path) -> None:
+@_ARCHIVE_OPTION
+def list_command(history: str | None, store_path: Path | None, archives: tuple[str, ...]) -> None:
     """The current decision of every reviewed image, newest first (or one image's history)."""
     from audit.review import LIST_HEADER, current_decisions, decision_history, describe_decision, paths_by_sha256
 
-    store = _open_store(store_path)
+    store = _open_store(_review_store(store_path, archives))
     try:
         paths = paths_by_sha256(store)
         if history is None:

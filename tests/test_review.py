@@ -432,3 +432,13 @@ def test_decisions_clicked_in_the_html_report_are_exported_and_imported(tmp_path
     assert sorted(item.path for item in content.gallery) == ["b.jpg", "c.jpg"]  # unsure still awaits a decision
     assert [(item.path, item.review.decision, item.review.by) for item in content.decided] == [("a.jpg", "false-positive", "ana")]
     assert rows_by_path(tmp_path / "night2")["a.jpg"]["review_model_id"] == rows["a.jpg"]["model_id"]
+
+
+def test_the_review_commands_find_the_run_store_by_the_scans_rule(night1) -> None:
+    """Without --store: a results file's summary.json names its store; --archive gives the store
+    `audit scan ARCHIVE` uses by default."""
+    archive, store, out = night1
+    imported = review("import", str(out / "results.xlsx"), "--by", "ana")
+    assert imported.exit_code == 0, imported.output
+    by_archive = review("list", "--archive", str(archive))  # a default store this archive never had
+    assert by_archive.exit_code == 2 and "no run store" in by_archive.output
