@@ -24,7 +24,7 @@ CARD_SCHEMA_VERSION = 1
 SHIPPED_MODELS_DIR = Path(__file__).parent / "weights"
 # The default detector: fine-tuned on CIFAKE and wild images. cifake-resnet18 (CIFAKE only)
 # ships beside it so its published comparison stays reproducible (`--model cifake-resnet18`).
-DEFAULT_MODEL_NAME = "cifake-resnet18"  # general-resnet18 once it ships
+DEFAULT_MODEL_NAME = "general-resnet18"
 DEFAULT_MODEL_PATH = SHIPPED_MODELS_DIR / f"{DEFAULT_MODEL_NAME}.json"
 
 # Index of each class in the network's output. Folder names in training data map onto these.

@@ -34,7 +34,7 @@ from audit.explain import GradCamExplainer, Explanation, THUMBNAIL_SIZE, gradcam
 from audit.heatmap_cache import HeatmapCache
 from audit.model import LoadedModel, ModelCard, ModelError, load_model, read_card
 from audit.model_summary import ModelSummary, data_set_rows, summarize, training_rows
-from audit.report_page import TEMPLATE_DIR, options_list, render_page, template_environment  # noqa: F401 - the report's interface
+from audit.report_page import TEMPLATE_DIR, options_list, render_page, swap_in_folder, template_environment  # noqa: F401 - the report's interface
 from audit.results import REVIEW_COLUMNS, unneutralise
 from audit.review import cleared_under_other_model, review_state
 
@@ -785,16 +785,6 @@ def _write_text_atomic(path: Path, text: str) -> None:
     temporary.replace(path)
 
 
-def _swap_in(new_dir: Path, final_dir: Path) -> None:
-    """Replace final_dir by new_dir; stale heatmaps of an earlier render do not survive."""
-    old = final_dir.with_name(final_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final_dir.exists():
-        final_dir.rename(old)
-    new_dir.rename(final_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 @dataclass(frozen=True)
 class RenderedReport:
     html_path: Path
@@ -822,7 +812,7 @@ def render_report_files(
     new_heatmaps.mkdir(parents=True)
     try:
         content = build_content(run, loaded, card, model_problem, new_heatmaps, max_gallery, seconds, heatmap_cache)
-        _swap_in(new_heatmaps, run_dir / "heatmaps")
+        swap_in_folder(new_heatmaps, run_dir / "heatmaps")
     except BaseException:
         shutil.rmtree(new_heatmaps, ignore_errors=True)
         raise

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,13 @@ def options_list(summary: dict[str, Any]) -> list[tuple[str, str]]:
         text = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else ("" if value is None else str(value))
         shown.append((name, text or "—"))
     return shown
+
+
+def swap_in_folder(new_dir: Path, final_dir: Path) -> None:
+    """Put new_dir in final_dir's place; stale files of an earlier render do not survive."""
+    old = final_dir.with_name(final_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final_dir.exists():
+        final_dir.rename(old)
+    new_dir.rename(final_dir)
+    shutil.rmtree(old, ignore_errors=True)

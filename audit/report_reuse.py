@@ -32,7 +32,7 @@ from typing import Any
 
 import audit
 from audit.model import LoadedModel, file_sha256
-from audit.report_page import TEMPLATE_DIR, options_list, render_page
+from audit.report_page import TEMPLATE_DIR, options_list, render_page, swap_in_folder
 
 # The body starts here in the page; the front (with its head) is everything before.
 BODY_MARKER = '<section class="charts"'
@@ -207,17 +207,7 @@ def copy_unchanged_report(run_dir: Path, model: LoadedModel, max_gallery: int, e
     with open(pdf_tmp, "wb") as handle:
         writer.write(handle)
     html_tmp.write_text(html, encoding="utf-8")
-    _replace_folder(new_heatmaps, run_dir / "heatmaps")
+    swap_in_folder(new_heatmaps, run_dir / "heatmaps")
     html_tmp.replace(run_dir / "report.html")
     pdf_tmp.replace(run_dir / "report.pdf")
     return record_rendered_report(run_dir, fingerprint, front_pages, earlier.front_content, earlier_run, body_from)
-
-
-def _replace_folder(new_dir: Path, final_dir: Path) -> None:
-    """Put new_dir in final_dir's place (as the report stage does with its heatmaps)."""
-    old = final_dir.with_name(final_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final_dir.exists():
-        final_dir.rename(old)
-    new_dir.rename(final_dir)
-    shutil.rmtree(old, ignore_errors=True)

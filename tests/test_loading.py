@@ -270,9 +270,9 @@ def test_draft_really_decodes_at_reduced_size(monkeypatch: pytest.MonkeyPatch, t
     seen: list[tuple[int, int]] = []
     original = loading.to_model_input
 
-    def spy(image, pre):
+    def spy(image, pre, **options):
         seen.append(image.size)
-        return original(image, pre)
+        return original(image, pre, **options)
 
     monkeypatch.setattr(loading, "to_model_input", spy)
     load_bytes(tmp_path, "p.jpg", jpeg_bytes(noise_image(1024, 768)), draft=True)
