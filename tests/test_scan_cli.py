@@ -142,7 +142,9 @@ def test_fail_on_flagged_exits_4_and_wins_over_errors(tmp_path: Path, model_dir:
 def test_missing_model_is_a_usage_error_with_one_clear_line(tmp_path: Path) -> None:
     result = scan(good_archive(tmp_path / "a"), "--model", tmp_path / "nope.json", "--out", tmp_path / "o")
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"audit: error: model weights not found: {tmp_path / 'nope.safetensors'}"
+    message = result.stderr.strip()
+    assert message.startswith(f"audit: error: model weights not found: {tmp_path / 'nope.safetensors'} (shipped models, by name: ")
+    assert "\n" not in message and "general-resnet18" in message
     assert not (tmp_path / "o").exists()
 
 
