@@ -645,8 +645,10 @@ def export_model(
         "epoch_size": len(epoch_order(data, args, 0)),
         "batch_size": args.batch_size,
         "optimizer": f"SGD nesterov momentum {args.momentum}, weight decay {args.weight_decay}, one-cycle peak lr {args.lr}",
-        "augmentation": {name: dataclasses.asdict(augment_config(args, side))
-                         for name, side in zip(data.counts, data.storage_sides)},
+        # One set: its augmentation; several: each set's (a crops policy crops each at its own size).
+        "augmentation": (dataclasses.asdict(augment_config(args, data.storage_sides[0])) if len(data.specs) == 1 else
+                         {name: dataclasses.asdict(augment_config(args, side))
+                          for name, side in zip(data.counts, data.storage_sides)}),
         "validation": "; ".join(f"{name}: {origin}" for name, origin in data.validation_origin.items()),
         "pretrained": pretrained_record(args.pretrained),
         "mixed_precision": args.amp,
