@@ -75,12 +75,6 @@ class DataSpec:
     def name(self) -> str:
         return self.path.stem if self.path.is_file() else self.path.name
 
-    def __str__(self) -> str:
-        text = str(self.path)
-        if self.share != 1.0:
-            text += f":share={self.share:g}"
-        return text + (":balance" if self.balance else "")
-
 
 def parse_data_spec(text: str) -> DataSpec:
     path, *options = str(text).split(":")
