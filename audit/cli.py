@@ -15,19 +15,19 @@ from pathlib import Path
 import click
 
 from audit import __version__
-from audit.labels import LabelsError
+from audit.compute import DEFAULT_BATCH_SIZE, DEVICE_CHOICES, PRECISION_CHOICES
+from audit.errors import EXIT_USAGE, UsageError
 from audit.loading import DEFAULT_MAX_PIXELS
-from audit.model import DEFAULT_MODEL_PATH, ModelError
-from audit.provenance import ProvenanceError
-from audit.scan import ENGINE_CHOICES, EXIT_ENGINE_LOST, EXIT_USAGE, EngineLost, ScanOptions, run_scan
-from audit.scoring import DEFAULT_BATCH_SIZE, DEVICE_CHOICES, PRECISION_CHOICES, ScoringError
+from audit.model import DEFAULT_MODEL_PATH
+from audit.scan import ENGINE_CHOICES, ScanOptions, run_scan
 from audit.stopping import stop_on_signals
-from audit.store import EXIT_LOCKED, RUN_TABLE_HEADER, StoreError, StoreLocked
+from audit.store import RUN_TABLE_HEADER
 
 
-def _usage_failure(message: str) -> click.exceptions.Exit:
-    click.echo(f"audit: error: {message}", err=True)
-    return click.exceptions.Exit(EXIT_USAGE)
+def fail(error: UsageError | str) -> click.exceptions.Exit:
+    """Say what the user must do, and exit with the error's code (2 for a message)."""
+    click.echo(f"audit: error: {error}", err=True)
+    return click.exceptions.Exit(error.exit_code if isinstance(error, UsageError) else EXIT_USAGE)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -101,19 +101,8 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
     with stop_on_signals():  # SIGTERM/SIGINT: partial outputs removed, run marked partial, exit 128 + signal
         try:
             outcome = run_scan(options)
-        except ModelError as exc:
-            missing_default = model_path is None and "not found" in str(exc)
-            hint = " (the default model is missing from this install; reinstall, or pass --model PATH)" if missing_default else ""
-            raise _usage_failure(f"{exc}{hint}") from None
-        except StoreLocked as exc:
-            click.echo(f"audit: error: {exc}", err=True)
-            raise click.exceptions.Exit(EXIT_LOCKED) from None
-        except EngineLost as exc:
-            click.echo(f"audit: error: {exc}; the batches committed so far are in the run store and the next "
-                       "run resumes from them", err=True)
-            raise click.exceptions.Exit(EXIT_ENGINE_LOST) from None
-        except (LabelsError, ScoringError, ProvenanceError, StoreError) as exc:
-            raise _usage_failure(str(exc)) from None
+        except UsageError as exc:
+            raise fail(exc) from None
     sys.exit(outcome.exit_code)
 
 
@@ -125,12 +114,12 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
               help="Show at most N flagged images (most confident first); results.csv lists them all.")
 def report(run_dir: Path, model_path: str | None, max_gallery: int) -> None:
     """Render RUN_DIR/report.html and report.pdf again from its results (nothing is rescored)."""
-    from audit.report import ReportError, render_report
+    from audit.report import render_report
 
     try:
         html_path, pdf_path = render_report(run_dir, model=model_path, max_gallery=max_gallery)
-    except (ReportError, ModelError) as exc:
-        raise _usage_failure(str(exc)) from None
+    except UsageError as exc:
+        raise fail(exc) from None
     click.echo(f"wrote {html_path}")
     click.echo(f"wrote {pdf_path}")
 
@@ -150,8 +139,8 @@ def explain(images: tuple[Path, ...], model_path: str | None, out_dir: Path) -> 
 
     try:
         code = explain_command(images, model_path, out_dir, echo=click.echo)
-    except ModelError as exc:
-        raise _usage_failure(str(exc)) from None
+    except UsageError as exc:
+        raise fail(exc) from None
     sys.exit(code)
 
 
@@ -170,7 +159,7 @@ def _store_for(archives: tuple[str, ...], store_path: Path | None) -> Path:
     if archives:
         return default_store_path(archives)
     listed = "".join(f"\n  {path}  ({', '.join(found) or 'archives unknown'})" for path, found in known_stores())
-    raise _usage_failure("name the archive(s) the scans used (the same as for `audit scan`), or pass --store PATH"
+    raise fail("name the archive(s) the scans used (the same as for `audit scan`), or pass --store PATH"
                          + (f"; the run stores kept by default are:{listed}" if listed else ""))
 
 
@@ -182,11 +171,11 @@ def models() -> None:
 
     found = shipped_models()
     if not found:
-        raise _usage_failure("no models are installed with this package")
+        raise fail("no models are installed with this package")
     for card_path in found:
         try:
             click.echo(format_summary(summarize(read_card(card_path), card_path)))
-        except ModelError as exc:
+        except UsageError as exc:
             click.echo(f"{card_path.stem}: unusable card: {exc}")
 
 
@@ -194,11 +183,11 @@ def _existing_store(store_path: Path):
     from audit.store import RunStore
 
     if not store_path.is_file():
-        raise _usage_failure(f"no run store at {store_path} (pass --store PATH)")
+        raise fail(f"no run store at {store_path} (pass --store PATH)")
     try:
         return RunStore(store_path)
-    except StoreError as exc:
-        raise _usage_failure(str(exc)) from None
+    except UsageError as exc:
+        raise fail(exc) from None
 
 
 @main.command()
@@ -236,12 +225,11 @@ def prune(archives: tuple[str, ...], store_path: Path | None, keep: int) -> None
     store_path = _store_for(archives, store_path)
     lock = StoreLock(store_path)
     if not store_path.is_file():
-        raise _usage_failure(f"no run store at {store_path} (pass --store PATH)")
+        raise fail(f"no run store at {store_path} (pass --store PATH)")
     try:
         lock.acquire()  # never prune under a running scan
-    except StoreLocked as exc:
-        click.echo(f"audit: error: {exc}", err=True)
-        raise click.exceptions.Exit(EXIT_LOCKED) from None
+    except UsageError as exc:
+        raise fail(exc) from None
     try:
         store = _existing_store(store_path)
         try:

@@ -26,10 +26,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from audit.atomic import atomic_path
 from audit.discover import FileRecord
 from audit.heatmap_cache import CachedMap, HeatmapCache
 from audit.loading import DEFAULT_MAX_FILE_BYTES, LoadOptions, LoadResult, load_bytes, read_file_bytes, strict_pillow, to_rgb
-from audit.provenance import Finding, decide
+from audit.provenance import Finding
+from audit.verdicts import judge
 from audit.model import (
     AI_CLASS_INDEX, LoadedModel, ModelError, Preprocessing, crop_boxes, crops_scale, load_model, normalize, shorter_side_to,
 )
@@ -367,12 +369,11 @@ def save_png(image: Image.Image, path: Path) -> Path:
 def save_image(image: Image.Image, path: Path, image_format: str, jpeg_quality: int = 88) -> Path:
     """Write PNG or JPEG through a temporary name, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    if image_format == "JPEG":
-        image.convert("RGB").save(temporary, format="JPEG", quality=jpeg_quality, optimize=True)
-    else:
-        image.save(temporary, format="PNG", optimize=True)
-    temporary.replace(path)
+    with atomic_path(path) as temporary:
+        if image_format == "JPEG":
+            image.convert("RGB").save(temporary, format="JPEG", quality=jpeg_quality, optimize=True)
+        else:
+            image.save(temporary, format="PNG", optimize=True)
     return path
 
 
@@ -407,8 +408,8 @@ def explain_command(
             continue
         # The scan's verdict rule: a declaration of AI generation in the metadata flags the image
         # whatever the model says (README, "Provenance evidence and the verdict").
-        decision = decide(result.prob_ai >= threshold, result.evidence)
-        verdict = "ai-generated" if decision.is_ai else "real"
+        decision = judge(result.prob_ai, threshold, result.evidence)
+        verdict = decision.verdict
         overlay_path = save_png(result.overlay, out / f"{safe_stem(result.path, index)}-gradcam.png")
         reason = "" if decision.reason == "model" else f"\t{decision.reason}"
         echo(f"{result.path}\tprob_ai={result.prob_ai:.4f}\t{verdict}\t{overlay_path}{reason}")

@@ -17,8 +17,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
+from audit.errors import UsageError
 from audit.discover import FileRecord
-from audit.results import VERDICT_AI, VERDICT_REAL
+from audit.verdicts import VERDICT_AI, VERDICT_REAL
 
 FOLDERS_MODE = "folders"
 FOLDER_LABELS = {"real": VERDICT_REAL, "fake": VERDICT_AI}
@@ -28,7 +29,7 @@ LABEL_SYNONYMS = {
 }
 
 
-class LabelsError(Exception):
+class LabelsError(UsageError):
     """The --labels value cannot be used (unreadable CSV, unknown label)."""
 
 

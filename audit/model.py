@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+from audit.errors import UsageError
+from audit.atomic import atomic_path, write_text
 
 if TYPE_CHECKING:  # torch is imported where a network is built or run: a rerun that scores nothing never pays for it
     import torch
@@ -43,7 +45,7 @@ CROP_COUNTS = (1, 5, 9)
 RESAMPLE_FILTERS = ("bilinear-antialias",)
 
 
-class ModelError(Exception):
+class ModelError(UsageError):
     """A model cannot be used; the user must act (wrong path, pickle file, broken card)."""
 
 
@@ -283,15 +285,12 @@ def save_model(net: nn.Module, card: ModelCard, path: str | Path, dtype: torch.d
         name: (tensor.detach().to(dtype) if tensor.is_floating_point() else tensor.detach()).contiguous().cpu()
         for name, tensor in net.state_dict().items()
     }
-    tmp_weights = weights_path.with_name(weights_path.name + ".tmp")
-    save_file(state, str(tmp_weights), metadata={"format": "pt"})
-    tmp_weights.replace(weights_path)
+    with atomic_path(weights_path) as tmp_weights:
+        save_file(state, str(tmp_weights), metadata={"format": "pt"})
     card = dataclasses.replace(
         card, weights_dtype=str(dtype).removeprefix("torch."), weights_sha256=file_sha256(weights_path)
     )
-    tmp_card = card_path.with_name(card_path.name + ".tmp")
-    tmp_card.write_text(card.to_json(), encoding="utf-8")
-    tmp_card.replace(card_path)
+    write_text(card_path, card.to_json())
     return card
 
 
@@ -365,6 +364,9 @@ def load_model(path: str | Path | None = None, verify_hash: bool = True, lazy: b
         refuse_pickle(given)
     weights_path, card_path = model_paths(given)
     if not weights_path.is_file():
+        if path is None:
+            raise ModelError(f"model weights not found: {weights_path} (the default model is missing from this "
+                             "install; reinstall, or pass --model PATH)")
         known = ", ".join(p.stem for p in shipped_models())
         raise ModelError(f"model weights not found: {weights_path} (shipped models, by name: {known or 'none'})")
     card = read_card(card_path)

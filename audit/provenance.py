@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from PIL import Image
+from audit.errors import UsageError
 
 # Strengths, strongest first (the order is used to sort findings and to pick evidence_source).
 DECLARES_AI = "declares-ai"
@@ -114,13 +115,7 @@ class EvidenceOptions:
     trust_anchors_pem: str = ""
 
 
-@dataclass(frozen=True)
-class Decision:
-    is_ai: bool
-    reason: str  # the row's verdict_reason
-
-
-class ProvenanceError(Exception):
+class ProvenanceError(UsageError):
     """The evidence options cannot be used (e.g. trust anchors that are not PEM certificates)."""
 
 
@@ -498,15 +493,3 @@ def evidence_cell(findings: Iterable[Finding]) -> str:
 def evidence_sources(findings: Iterable[Finding]) -> str:
     """The ``evidence_source`` column: the sources, strongest finding's first, without repeats."""
     return ", ".join(dict.fromkeys(f.source for f in sort_findings(findings)))
-
-
-def decide(model_says_ai: bool, findings: Iterable[Finding]) -> Decision:
-    """The verdict rule (README, "Verdict"): a declaration of AI generation flags the image
-    whatever the model says; nothing else changes the model's verdict. Camera EXIF and a C2PA
-    digitalCapture are shown but never clear an image: with no trust list, anyone can sign a
-    capture claim with a certificate they made themselves."""
-    declarations = [f for f in findings if f.strength == DECLARES_AI]
-    if declarations:
-        first = declarations[0]
-        return Decision(True, bounded_line(f"declared AI by {first.source} {first.kind}: {first.text}", 160))
-    return Decision(model_says_ai, "model")

@@ -39,7 +39,8 @@ import audit
 from audit.discover import FileRecord
 from audit.loading import LoadOptions, load_image
 from audit.model import LoadedModel
-from audit.scoring import Scored, ScoringError, collate_results
+from audit.compute import ComputeError
+from audit.scoring import Scored, collate_results
 
 if TYPE_CHECKING:
     from audit.scoring import Scorer
@@ -64,7 +65,7 @@ MIN_LOST_BLOCKS = 8
 LOST_BLOCK_SHARE = 0.05
 
 
-class RayUnavailable(ScoringError):
+class RayUnavailable(ComputeError):
     """Ray is not installed, no cluster can be reached, or a node cannot see the files (exit 2)."""
 
 
@@ -131,7 +132,8 @@ class ScoringActor:
         import torch
 
         from audit.model import load_model
-        from audit.scoring import Scorer, plan_compute
+        from audit.compute import plan_compute
+        from audit.scoring import Scorer
 
         if threads:
             torch.set_num_threads(threads)
@@ -395,12 +397,13 @@ class RayEngine:
 
     def _scorer_here(self) -> Scorer:
         if self._local_scorer is None:
-            from audit.scoring import Scorer, plan_compute
+            from audit.compute import plan_compute
+            from audit.scoring import Scorer
 
             device = "cuda" if self.settings.gpus_per_actor > 0 and self.device != "cpu" else "cpu"
             try:
                 plan = plan_compute(device, self.precision, self.model.card.compute_dtype)
-            except ScoringError:  # the driver has no GPU: the few lost files are scored on its CPU
+            except ComputeError:  # the driver has no GPU: the few lost files are scored on its CPU
                 plan = plan_compute("cpu", self.precision, self.model.card.compute_dtype)
             self._local_scorer = Scorer(self.model, plan)
         return self._local_scorer

@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 
 import audit
+from audit.errors import UsageError
+from audit.atomic import atomic_path, write_text
 from audit.explain import GradCamExplainer, Explanation, THUMBNAIL_SIZE, gradcam_grid, save_image
 from audit.heatmap_cache import HeatmapCache
 from audit.model import LoadedModel, ModelCard, ModelError, load_model, read_card
@@ -37,14 +39,12 @@ from audit.model_summary import ModelSummary, data_set_rows, summarize, training
 from audit.report_page import TEMPLATE_DIR, options_list, render_page, swap_in_folder, template_environment  # noqa: F401 - the report's interface
 from audit.results import REVIEW_COLUMNS, unneutralise
 from audit.review import cleared_under_other_model, review_state
+from audit.verdicts import VERDICT_AI, VERDICT_REAL
 
 DEFAULT_MAX_GALLERY = 200
 # The all-results table is data for the page's script; these columns, in this order.
 TABLE_COLUMNS = ("path", "verdict", "prob_ai", "true_label", "status", "width", "height", "bytes", "sha256", "error", "note",
                  "verdict_reason", "evidence_source", "review")
-VERDICT_AI = "ai-generated"
-VERDICT_REAL = "real"
-VERDICT_ERROR = "error"
 # results.csv columns the report cannot do without (the others are filled in when absent).
 REQUIRED_COLUMNS = ("path", "status", "verdict", "prob_ai", "threshold")
 # Evidence text comes from file metadata: bounded before it reaches the page.
@@ -53,7 +53,7 @@ MAX_EVIDENCE_CHARS = 300
 # The scan neutralises cells that a spreadsheet would run (see audit/results.py).
 
 
-class ReportError(Exception):
+class ReportError(UsageError):
     """The run folder cannot be reported on (no results.csv, broken summary.json)."""
 
 
@@ -766,23 +766,16 @@ def write_pdf(html: str, run_dir: Path, pdf_path: Path, fetcher: Any = None) -> 
     from weasyprint import HTML
 
     fetcher = fetcher or run_files_fetcher(run_dir)
-    temporary = pdf_path.with_name(pdf_path.name + ".tmp")
     document = HTML(string=html, base_url=run_dir.resolve().as_uri() + "/", url_fetcher=fetcher).render()
     # Pages before the body (the charts section starts a page): what an unchanged night renders
     # again (audit.report_reuse).
     fetcher.front_pages = next((index for index, page in enumerate(document.pages) if "charts" in page.anchors), None)
-    document.write_pdf(temporary)
-    temporary.replace(pdf_path)
+    with atomic_path(pdf_path) as temporary:
+        document.write_pdf(temporary)
     return fetcher
 
 
 # --------------------------------------------------------------------------- entry point
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
 
 
 @dataclass(frozen=True)
@@ -818,7 +811,7 @@ def render_report_files(
         raise
     html_path, pdf_path = run_dir / "report.html", run_dir / "report.pdf"
     started = time.perf_counter()
-    _write_text_atomic(html_path, render_page(content, "html"))
+    write_text(html_path, render_page(content, "html"))
     seconds["html"] = time.perf_counter() - started
     started = time.perf_counter()
     fetcher = write_pdf(render_page(content, "pdf"), run_dir, pdf_path)

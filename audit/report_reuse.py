@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import audit
+from audit.atomic import write_text
 from audit.model import LoadedModel, file_sha256
 from audit.report_page import TEMPLATE_DIR, options_list, render_page, swap_in_folder
 
@@ -111,9 +112,7 @@ def _update_summary(run_dir: Path, fields: dict[str, Any]) -> None:
     path = run_dir / "summary.json"
     summary = json.loads(path.read_text(encoding="utf-8"))
     summary.update(fields)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    temporary.replace(path)
+    write_text(path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
 
 
 def _earlier_record(earlier_dir: Path) -> tuple[dict[str, Any], ReportRecord] | None:

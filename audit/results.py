@@ -25,9 +25,6 @@ from audit.model import file_sha256
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
-VERDICT_AI = "ai-generated"
-VERDICT_REAL = "real"
-VERDICT_ERROR = "error"
 OUTPUT_NAMES = ("results.csv", "results.xlsx", "summary.json")
 
 

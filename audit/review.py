@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from audit.results import REVIEW_DECISIONS, VERDICT_AI, ResultRow, unneutralise
+from audit.errors import UsageError
+from audit.results import REVIEW_DECISIONS, ResultRow, unneutralise
+from audit.verdicts import VERDICT_AI
 from audit.store import RunStore, utc_text
 
 CONFIRMED, CLEARED, UNSURE = REVIEW_DECISIONS  # confirmed-ai, false-positive, unsure
@@ -43,7 +45,7 @@ _ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 _FORMULA_PREFIXES = ("=", "+", "-", "@")
 
 
-class ReviewError(Exception):
+class ReviewError(UsageError):
     """A decision or a file of decisions that cannot be taken at all; the user must act (exit 2)."""
 
 

@@ -24,18 +24,16 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import audit
+from audit.errors import EXIT_ENGINE_LOST, EXIT_ERRORS, EXIT_FLAGGED, EXIT_OK, UsageError
 from audit.discover import DiscoverOptions, FileRecord, discover, printable_name
 from audit.labels import Labeller
 from audit.loading import DEFAULT_MAX_PIXELS, LoadOptions
 from audit.model import LoadedModel, load_model
-from audit.provenance import EvidenceOptions, check_options, decide, evidence_cell, evidence_sources, load_trust_anchors
+from audit.provenance import EvidenceOptions, check_options, evidence_cell, evidence_sources, load_trust_anchors
 from audit.results import (
     SCORED_COLUMNS,
     STATUS_ERROR,
     STATUS_OK,
-    VERDICT_AI,
-    VERDICT_ERROR,
-    VERDICT_REAL,
     EarlierXlsx,
     ResultRow,
     ResultWriter,
@@ -45,7 +43,9 @@ from audit.results import (
     write_json_tmp,
 )
 from audit.review import ReviewTally
-from audit.scoring import DEFAULT_BATCH_SIZE, ComputePlan, Scored, Scorer, default_workers, plan_compute, score_records
+from audit.verdicts import VERDICT_AI, VERDICT_ERROR, VERDICT_REAL, judge
+from audit.compute import DEFAULT_BATCH_SIZE, ComputePlan, default_workers, plan_compute
+from audit.scoring import Scored, Scorer, score_records
 from audit.stopping import raise_if_stop_requested
 from audit.store import (
     Changes,
@@ -60,18 +60,18 @@ from audit.store import (
     store_root,
 )
 
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_ERRORS = 3
-EXIT_FLAGGED = 4
-EXIT_ENGINE_LOST = 6  # --engine ray: the cluster failed mid-run; committed batches stay in the store
-
 ENGINE_CHOICES = ("local", "ray")
 
 
-class EngineLost(Exception):
+class EngineLost(UsageError):
     """The distributed scoring engine went away mid-run. Unlike a usage error, the run had
     started: what was committed stays in the run store and the next run resumes from it."""
+
+    exit_code = EXIT_ENGINE_LOST
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}; the batches committed so far are in the run store and the next run resumes from them"
+
 
 PROGRESS_MODES = ("auto", "bar", "log", "none")
 _LOG_EVERY_SECONDS = 10.0
@@ -218,8 +218,8 @@ def make_row(scored: Scored, true_label: str, model: LoadedModel, scanned_at: st
     else:
         row.status, row.prob_ai = STATUS_OK, scored.prob_ai
         # prob_ai stays the model's; a declaration of AI generation can still flag the image.
-        decision = decide(scored.prob_ai >= threshold, result.evidence)
-        row.verdict = VERDICT_AI if decision.is_ai else VERDICT_REAL
+        decision = judge(scored.prob_ai, threshold, result.evidence)
+        row.verdict = decision.verdict
         row.verdict_reason = decision.reason
     row.evidence, row.evidence_source = evidence_cell(result.evidence), evidence_sources(result.evidence)
     return row

@@ -19,13 +19,13 @@ Compute paths (chosen by :func:`plan_compute`):
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
+from audit.compute import DEFAULT_BATCH_SIZE, ComputePlan, default_workers
 from audit.discover import FileRecord
 from audit.loading import LoadOptions, LoadResult, load_image
 from audit.model import LoadedModel, combine_views, flatten_views, normalize
@@ -34,84 +34,8 @@ if TYPE_CHECKING:  # imported where the network runs: a rerun that scores nothin
     import torch
     from torch.utils.data import DataLoader
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
-DEFAULT_BATCH_SIZE = 256
 # Batches each decode worker keeps in flight: bounds memory while keeping the model fed.
 PREFETCH_FACTOR = 2
-_AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
-
-
-class ScoringError(Exception):
-    """The requested compute setup is not available (e.g. --device cuda without a GPU)."""
-
-
-def cpu_has_native_bf16(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
-    """True when the CPU has bf16 instructions; without them bf16 is emulated and slow."""
-    try:
-        with open(cpuinfo_path, encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
-def default_workers(device: torch.device) -> int:
-    """Decode worker processes when --workers is not given.
-
-    On CUDA decoding is the bottleneck, so most cores decode. On the CPU the workers share the
-    cores with the model, and decoding a CIFAKE-sized image costs about a tenth of scoring it, so
-    half the cores (at least one, so decoding overlaps compute) is enough. On the 2-core
-    development machine, busy with a training run, 0, 1 and 2 workers measured within noise of
-    each other; ``benchmarks/bench_scan.py --workers-sweep 0,1,2`` settles it on an idle machine.
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if device.type == "cuda":
-        return max(1, min(8, cores - 1))
-    return max(1, min(4, cores // 2))
-
-
-@dataclass(frozen=True)
-class ComputePlan:
-    device: torch.device
-    autocast_dtype: torch.dtype | None  # None: plain fp32
-    channels_last: bool
-    pin_memory: bool
-
-    def describe(self) -> dict[str, str | bool]:
-        dtype = str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else "float32"
-        return {"device": str(self.device), "precision": dtype, "channels_last": self.channels_last, "pin_memory": self.pin_memory}
-
-
-def plan_compute(device: str = "auto", precision: str = "auto", card_compute_dtype: str = "float32") -> ComputePlan:
-    """Choose device and precision. ``card_compute_dtype`` is the model card's compute_dtype:
-    the precision its probabilities were validated in."""
-    if device not in DEVICE_CHOICES:
-        raise ScoringError(f"unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}")
-    if precision not in PRECISION_CHOICES:
-        raise ScoringError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if device == "cuda" and not cuda:
-        raise ScoringError("--device cuda was asked for, but no CUDA GPU is available")
-    on_cuda = device == "cuda" or (device == "auto" and cuda)
-    if precision == "auto":
-        if on_cuda:
-            precision = "fp16"
-        elif card_compute_dtype in ("bfloat16", "bf16") and cpu_has_native_bf16():
-            precision = "bf16"
-        else:
-            precision = "fp32"
-    return ComputePlan(
-        device=torch.device("cuda" if on_cuda else "cpu"),
-        autocast_dtype=getattr(torch, _AUTOCAST_DTYPES[precision]) if precision in _AUTOCAST_DTYPES else None,
-        channels_last=True,
-        pin_memory=on_cuda,
-    )
 
 
 # --------------------------------------------------------------------------- data
@@ -243,13 +167,6 @@ class Scorer:
             network = network.to(memory_format=torch.channels_last)
         self.network = network
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.plan.autocast_dtype is None:
-            return contextlib.nullcontext()
-        import torch
-
-        return torch.autocast(device_type=self.plan.device.type, dtype=self.plan.autocast_dtype)
-
     def probabilities(self, images_uint8: torch.Tensor, view_counts: list[int] | None = None) -> torch.Tensor:
         """Calibrated prob_ai per image; ``view_counts`` when images holds several crops an image."""
         import torch
@@ -263,7 +180,7 @@ class Scorer:
                 views = view_counts
             if self.plan.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with self._autocast():
+            with self.plan.autocast():
                 logits = combine_views(self.network(inputs).float(), views)
             return self.model.probabilities(logits).float().cpu()
 

@@ -40,9 +40,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TextIO
 
+from audit.errors import EXIT_LOCKED, UsageError
+
 STORE_FILE_NAME = "audit-store.sqlite"
 SCHEMA_VERSION = 2
-EXIT_LOCKED = 5
 # Changes listed by name in summary.json and the report; the counts are always complete.
 MAX_LISTED_CHANGES = 200
 
@@ -119,12 +120,14 @@ CREATE TABLE runs (
 """ + ";" + _DECISIONS_SCHEMA
 
 
-class StoreError(Exception):
+class StoreError(UsageError):
     """The store cannot be used (wrong schema version, not a run store); the user must act."""
 
 
 class StoreLocked(StoreError):
     """Another process holds the store's lock."""
+
+    exit_code = EXIT_LOCKED
 
 
 @functools.lru_cache(maxsize=256)

@@ -45,7 +45,8 @@ from audit.discover import discover  # noqa: E402
 from audit.loading import LoadOptions  # noqa: E402
 from audit.model import DEFAULT_MODEL_PATH, LoadedModel, load_model  # noqa: E402
 from audit.scan import ScanOptions, run_scan  # noqa: E402
-from audit.scoring import DEFAULT_BATCH_SIZE, Scorer, default_workers, make_loader, plan_compute  # noqa: E402
+from audit.compute import DEFAULT_BATCH_SIZE, default_workers, plan_compute  # noqa: E402
+from audit.scoring import Scorer, make_loader  # noqa: E402
 
 
 def extract_split(zip_path: Path, split: str, target: Path) -> None:

@@ -21,7 +21,8 @@ from audit.model import (
     DEFAULT_MODEL_PATH, SHIPPED_MODELS_DIR, LoadedModel, ModelCard, ModelError, Preprocessing, crop_boxes, load_model,
     normalize, read_card, resolve_model, save_model, shipped_models, to_model_input,
 )
-from audit.scoring import Scorer, plan_compute, score_records
+from audit.compute import plan_compute
+from audit.scoring import Scorer, score_records
 from training import train
 from training.sources import source_table
 from tests.synthetic_detector import save_trained_model, trained_network

@@ -28,11 +28,11 @@ from audit.provenance import (
     WEAK,
     EvidenceOptions,
     Finding,
-    decide,
     has_c2pa_marker,
     read_evidence,
 )
 from audit.results import ResultRow, ResultWriter, read_results_csv
+from audit.verdicts import Decision, decide
 
 import c2pa  # a hard dependency: a broken install must fail here, not skip the C2PA tests
 
@@ -207,7 +207,7 @@ def test_comfyui_prompt_and_workflow_chunks_declare_ai() -> None:
 def test_text_in_a_generator_key_without_the_generator_format_is_only_info() -> None:
     findings = evidence_of(png_with_text(prompt="remember to crop this", Comment="scanned at the library"))
     assert findings and all(f.strength == INFO for f in findings)
-    assert decide(False, findings) == provenance.Decision(False, "model")
+    assert decide(False, findings) == Decision(False, "model")
 
 
 def test_generator_parameters_in_exif_user_comment_and_description() -> None:
@@ -249,8 +249,8 @@ def test_camera_exif_is_weak_evidence_and_the_verdict_stays_the_models() -> None
     camera = [f for f in findings if f.kind == "camera"]
     assert [(f.strength, f.source) for f in camera] == [(WEAK, "exif")]
     assert camera[0].text == "Canon EOS R5, lens RF24-105mm F4 L IS USM, taken 2024:05:01 10:11:12"
-    assert decide(True, findings) == provenance.Decision(True, "model"), "camera EXIF never clears an image"
-    assert decide(False, findings) == provenance.Decision(False, "model")
+    assert decide(True, findings) == Decision(True, "model"), "camera EXIF never clears an image"
+    assert decide(False, findings) == Decision(False, "model")
 
 
 @pytest.mark.parametrize(("source_type", "strength", "is_ai"), [
@@ -312,8 +312,8 @@ def test_c2pa_digital_capture_declares_capture_but_clears_nothing(chain: Signing
     findings = evidence_of(c2pa_signed_jpeg(chain, "digitalCapture"))
     top = strongest(findings)
     assert (top.strength, top.source) == (DECLARES_CAPTURE, "c2pa") and top.text.startswith("digitalCapture")
-    assert decide(True, findings) == provenance.Decision(True, "model")
-    assert decide(False, findings) == provenance.Decision(False, "model")
+    assert decide(True, findings) == Decision(True, "model")
+    assert decide(False, findings) == Decision(False, "model")
 
 
 def test_c2pa_manifest_of_a_changed_image_is_invalid_but_its_ai_declaration_counts(signed_ai: bytes) -> None:
@@ -328,7 +328,7 @@ def test_corrupt_c2pa_manifest_is_an_info_note_not_a_crash(signed_ai: bytes) -> 
     notes = [f for f in findings if f.source == "c2pa"]
     assert [(f.kind, f.strength) for f in notes] == [("manifest unreadable", INFO)]
     assert notes[0].text.startswith("C2PA manifest present but could not be read: ")
-    assert decide(False, findings) == provenance.Decision(False, "model")
+    assert decide(False, findings) == Decision(False, "model")
 
 
 def test_c2pa_reader_is_not_called_without_a_jumbf_marker(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,16 +12,8 @@ import torch
 from audit.discover import discover
 from audit.loading import LoadOptions, load_image
 from audit.model import ModelCard, build_network, load_model, normalize, save_model
-from audit.scoring import (
-    ComputePlan,
-    Scorer,
-    ScoringError,
-    collate_results,
-    cpu_has_native_bf16,
-    default_workers,
-    plan_compute,
-    score_records,
-)
+from audit.compute import ComputeError, ComputePlan, cpu_has_native_bf16, default_workers, plan_compute
+from audit.scoring import Scorer, collate_results, score_records
 from scan_fixtures import jpeg_bytes, model_dir, model_path, noise_image  # noqa: F401 - fixtures
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cifake-sample"
@@ -32,9 +24,9 @@ def test_auto_plan_on_cpu_is_fp32_channels_last_unless_the_card_says_bf16(monkey
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     plan = plan_compute("auto", "auto")
     assert plan == ComputePlan(CPU, None, channels_last=True, pin_memory=False)
-    monkeypatch.setattr("audit.scoring.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("audit.compute.cpu_has_native_bf16", lambda: True)
     assert plan_compute("auto", "auto", card_compute_dtype="bfloat16").autocast_dtype == torch.bfloat16
-    monkeypatch.setattr("audit.scoring.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("audit.compute.cpu_has_native_bf16", lambda: False)
     assert plan_compute("auto", "auto", card_compute_dtype="bfloat16").autocast_dtype is None
     assert plan_compute("cpu", "bf16").autocast_dtype == torch.bfloat16
 
@@ -48,7 +40,7 @@ def test_cuda_plan_pins_memory_and_uses_fp16(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_cuda_without_a_gpu_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ScoringError, match="no CUDA GPU is available"):
+    with pytest.raises(ComputeError, match="no CUDA GPU is available"):
         plan_compute("cuda")
 
 

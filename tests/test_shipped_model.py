@@ -10,7 +10,8 @@ import pytest
 from audit.discover import discover
 from audit.loading import LoadOptions
 from audit.model import DEFAULT_MODEL_PATH, load_model, shipped_models
-from audit.scoring import Scorer, plan_compute, score_records
+from audit.compute import plan_compute
+from audit.scoring import Scorer, score_records
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cifake-sample"
 

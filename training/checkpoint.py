@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from audit.atomic import atomic_path, write_text
 from audit.model import ModelError, refuse_pickle, file_sha256
 
 TENSORS_NAME = "checkpoint.safetensors"
@@ -41,9 +42,8 @@ def save_checkpoint(run_dir: Path, net: nn.Module, optimizer: torch.optim.Optimi
         if buffer is not None:
             tensors[f"momentum.{index}"] = buffer.detach().contiguous().cpu()
     tensors_path = run_dir / TENSORS_NAME
-    tmp = tensors_path.with_name(tensors_path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(tensors_path)
+    with atomic_path(tensors_path) as tmp:
+        save_file(tensors, str(tmp))
     payload = {
         "epochs_done": state.epochs_done,
         "step": state.step,
@@ -52,10 +52,7 @@ def save_checkpoint(run_dir: Path, net: nn.Module, optimizer: torch.optim.Optimi
         "extra": state.extra,
         "tensors_sha256": file_sha256(tensors_path),
     }
-    state_path = run_dir / STATE_NAME
-    tmp_state = state_path.with_name(state_path.name + ".tmp")
-    tmp_state.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    tmp_state.replace(state_path)
+    write_text(run_dir / STATE_NAME, json.dumps(payload, indent=1) + "\n")
 
 
 def resolve_checkpoint(path: Path) -> Path:

@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from audit.errors import UsageError
 from audit.discover import FileRecord
 from audit.loading import LoadOptions, LoadResult, load_bytes
 from audit.model import Preprocessing
@@ -26,7 +27,7 @@ LABEL_FOLDERS = {"real": 0, "fake": 1}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
-class DataError(Exception):
+class DataError(UsageError):
     """The data set cannot be read as SPLIT/REAL|FAKE folders."""
 
 

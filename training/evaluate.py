@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from audit.atomic import write_text
 from audit.model import LoadedModel, load_model, model_paths
 from training.data import ImageSet, has_split, load_split, split_hashes
 from training.file_checks import file_level_checks
@@ -294,9 +295,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if prob_ai is not None:
         results["plots"] = write_plots(prob_ai, labels, model.card.threshold, output_dir)
     metrics_path = output_dir / "metrics.json"
-    tmp = metrics_path.with_name(metrics_path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(metrics_path)
+    write_text(metrics_path, json.dumps(results, indent=1) + "\n")
     for name in ("official_test", "deduplicated_test"):
         if name not in results:
             continue
@@ -309,8 +308,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.update_card:
         card = model.card
         card.test_metrics = card_summary(results)
-        tmp_card = card_path.with_name(card_path.name + ".tmp")
-        tmp_card.write_text(card.to_json(), encoding="utf-8")
-        tmp_card.replace(card_path)
+        write_text(card_path, card.to_json())
         log.info("updated the test metrics in %s", card_path)
     return results

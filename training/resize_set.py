@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from audit.atomic import atomic_path
 from audit.model import file_sha256
 from training.data import iter_files
 
@@ -46,14 +47,12 @@ def shrink(data: bytes, max_side: int, quality: int) -> bytes:
 
 def main(args: argparse.Namespace) -> Path:
     output = Path(args.output)
-    tmp = output.with_name(output.name + ".tmp")
     count = 0
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+    with atomic_path(output) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
         for split in args.splits.split(","):
             for name, _label, data in iter_files(Path(args.source), split):
                 archive.writestr(name, shrink(data, args.max_side, args.quality))
                 count += 1
-    tmp.replace(output)
     source = Path(args.source)
     source_hash = file_sha256(source) if source.is_file() else "(a folder)"
     print(f"{output}: {count} images, sha256 {file_sha256(output)}; from {source} sha256 {source_hash}; "

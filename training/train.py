@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from audit.atomic import atomic_path
 from audit.model import (
     CLASS_NAMES,
     combine_views,
@@ -513,9 +514,8 @@ def selection_auc(val: dict[str, dict[str, float]], select_on: str) -> float:
 def save_best(run_dir: Path, net: nn.Module) -> None:
     from safetensors.torch import save_file
 
-    tmp = run_dir / (BEST_NAME + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp))
-    tmp.replace(run_dir / BEST_NAME)
+    with atomic_path(run_dir / BEST_NAME) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp))
 
 
 def load_best(run_dir: Path, net: nn.Module) -> None:
@@ -593,12 +593,10 @@ def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     import csv
 
     path = run_dir / "history.csv"
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-    tmp.replace(path)
 
 
 def export_model(

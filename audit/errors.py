@@ -1,0 +1,21 @@
+"""Exit codes and the one error base the command line catches.
+
+A run goes on past a bad file (its row says why); it stops with a ``UsageError`` when the user
+must act: a missing model, an unusable option, a store that another run holds. Each error
+carries the exit code the CLI returns for it, so the CLI catches this one type.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_USAGE = 2  # bad option, missing or invalid model, unusable --labels or evidence options
+EXIT_ERRORS = 3  # some files could not be scored (their rows say why)
+EXIT_FLAGGED = 4  # --fail-on-flagged and something was flagged (4 wins over 3)
+EXIT_LOCKED = 5  # the run store is in use by another run (nothing was written)
+EXIT_ENGINE_LOST = 6  # --engine ray: the cluster failed mid-run; committed batches stay in the store
+
+
+class UsageError(Exception):
+    """A run cannot start, or cannot go on, until the user acts. The message says what to do."""
+
+    exit_code = EXIT_USAGE
