@@ -16,18 +16,12 @@ import click
 
 from audit import __version__
 from audit.compute import DEFAULT_BATCH_SIZE, DEVICE_CHOICES, PRECISION_CHOICES
-from audit.errors import EXIT_USAGE, UsageError
+from audit.cli_support import fail, open_store
+from audit.errors import UsageError
 from audit.loading import DEFAULT_MAX_PIXELS
 from audit.model import DEFAULT_MODEL_PATH
 from audit.scan import ENGINE_CHOICES, ScanOptions, run_scan
 from audit.stopping import stop_on_signals
-from audit.store import RUN_TABLE_HEADER
-
-
-def fail(error: UsageError | str) -> click.exceptions.Exit:
-    """Say what the user must do, and exit with the error's code (2 for a message)."""
-    click.echo(f"audit: error: {error}", err=True)
-    return click.exceptions.Exit(error.exit_code if isinstance(error, UsageError) else EXIT_USAGE)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -150,19 +144,6 @@ _STORE_OPTION = click.option(
 _ARCHIVES_ARGUMENT = click.argument("archives", nargs=-1, type=click.Path(path_type=str))
 
 
-def _store_for(archives: tuple[str, ...], store_path: Path | None) -> Path:
-    """--store, else the scan's default store for ARCHIVE... (the same rule as `audit scan`)."""
-    from audit.store import default_store_path, known_stores
-
-    if store_path is not None:
-        return store_path
-    if archives:
-        return default_store_path(archives)
-    listed = "".join(f"\n  {path}  ({', '.join(found) or 'archives unknown'})" for path, found in known_stores())
-    raise fail("name the archive(s) the scans used (the same as for `audit scan`), or pass --store PATH"
-                         + (f"; the run stores kept by default are:{listed}" if listed else ""))
-
-
 @main.command()
 def models() -> None:
     """List the models shipped with the tool (use one with --model NAME)."""
@@ -179,27 +160,16 @@ def models() -> None:
             click.echo(f"{card_path.stem}: unusable card: {exc}")
 
 
-def _existing_store(store_path: Path):
-    from audit.store import RunStore
-
-    if not store_path.is_file():
-        raise fail(f"no run store at {store_path} (pass --store PATH)")
-    try:
-        return RunStore(store_path)
-    except UsageError as exc:
-        raise fail(exc) from None
-
-
 @main.command()
 @_ARCHIVES_ARGUMENT
 @_STORE_OPTION
 def runs(archives: tuple[str, ...], store_path: Path | None) -> None:
     """List the runs recorded in the run store of ARCHIVE... (or --store), oldest first."""
-    from audit.store import describe_run
-
     if store_path is None and archives:
-        click.echo(f"run store {_store_for(archives, None).absolute()}", err=True)
-    store = _existing_store(_store_for(archives, store_path))
+        from audit.store_location import default_store_path
+
+        click.echo(f"run store {default_store_path(archives).absolute()}", err=True)
+    store = open_store(store_path, archives)
     try:
         table = [RUN_TABLE_HEADER] + [describe_run(run) for run in store.runs()]
     finally:
@@ -207,6 +177,20 @@ def runs(archives: tuple[str, ...], store_path: Path | None) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(RUN_TABLE_HEADER) - 1)]
     for row in table:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+
+
+RUN_TABLE_HEADER = ["id", "started", "finished", "files", "scored", "reused", "flagged", "errors", "exit", "partial", "out dir"]
+
+
+def describe_run(run) -> list[str]:
+    """One `audit runs` table row (an audit.store.RunRecord)."""
+
+    def cell(value: object) -> str:
+        return "-" if value is None else str(value)
+
+    return [str(run.id), run.started_at, cell(run.finished_at), cell(run.files), cell(run.files_scored),
+            cell(run.files_reused), cell(run.flagged), cell(run.errors), cell(run.exit_code),
+            "yes" if run.partial else "no", run.out_dir + (f" ({run.note})" if run.note else "")]
 
 
 @main.command()
@@ -220,18 +204,22 @@ def prune(archives: tuple[str, ...], store_path: Path | None, keep: int) -> None
     Only folders the store records as created by its own runs are removed; a folder that existed
     before its run (an --out given twice, say) is left in place.
     """
-    from audit.store import StoreLock
+    from audit.store_location import find_store
+    from audit.store_lock import StoreLock
 
-    store_path = _store_for(archives, store_path)
-    lock = StoreLock(store_path)
+    try:
+        store_path = find_store(store_path, archives)
+    except UsageError as exc:
+        raise fail(exc) from None
     if not store_path.is_file():
         raise fail(f"no run store at {store_path} (pass --store PATH)")
+    lock = StoreLock(store_path)
     try:
         lock.acquire()  # never prune under a running scan
     except UsageError as exc:
         raise fail(exc) from None
     try:
-        store = _existing_store(store_path)
+        store = open_store(store_path, archives)
         try:
             store.close_abandoned_runs()
             removed = store.prune(keep)

@@ -25,15 +25,19 @@ import hashlib
 import io
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import audit
 from audit.atomic import write_text
 from audit.model import LoadedModel, file_sha256
 from audit.report_page import TEMPLATE_DIR, options_list, render_page, swap_in_folder
+
+if TYPE_CHECKING:
+    from audit.store import RunStore
 
 # The body starts here in the page; the front (with its head) is everything before.
 BODY_MARKER = '<section class="charts"'
@@ -210,3 +214,38 @@ def copy_unchanged_report(run_dir: Path, model: LoadedModel, max_gallery: int, e
     html_tmp.replace(run_dir / "report.html")
     pdf_tmp.replace(run_dir / "report.pdf")
     return record_rendered_report(run_dir, fingerprint, front_pages, earlier.front_content, earlier_run, body_from)
+
+
+def write_report(out_dir: Path, model: LoadedModel, max_gallery: int, quiet: bool = False, store: RunStore | None = None,
+                 baseline: int | None = None) -> None:
+    """report.html, report.pdf and heatmaps/ from the files just written (audit.report).
+
+    The results are complete and committed before this runs, so a report that fails does not
+    cost the run: the error is said on stderr (even with --quiet: it is a failure) and
+    `audit report OUT_DIR` renders it again.
+    """
+    earlier = store.out_dir_of(baseline) if store is not None and baseline is not None else None
+    try:
+        copied = copy_unchanged_report(out_dir, model, max_gallery, earlier, baseline)
+    except Exception as exc:  # noqa: BLE001 - a copy that fails is rendered instead
+        copied = None
+        print(f"audit scan: note: the unchanged report could not be copied ({type(exc).__name__}: {exc}); "
+              "rendering it", file=sys.stderr, flush=True)
+    if copied is not None:
+        if not quiet:
+            print(f"audit scan: nothing the report shows changed since run {baseline}: its pages were copied "
+                  "behind a new front page", file=sys.stderr, flush=True)
+        return
+    from audit.heatmap_cache import HeatmapCache
+    from audit.report import render_report_files
+
+    try:
+        # The store's lock is still held: its heatmap cache spares Grad-CAM for images explained before.
+        cache = HeatmapCache(store.db) if store is not None else None
+        rendered = render_report_files(out_dir, model=model, max_gallery=max_gallery, heatmap_cache=cache)
+        summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+        record_rendered_report(out_dir, report_fingerprint(summary, model, max_gallery),
+                               rendered.front_pages, rendered.content)
+    except Exception as exc:  # noqa: BLE001 - the results stand; the report can be rendered again
+        print(f"audit scan: warning: the report was not rendered ({type(exc).__name__}: {exc}); "
+              f"run `audit report {out_dir}` to try again", file=sys.stderr, flush=True)

@@ -12,23 +12,9 @@ from pathlib import Path
 
 import click
 
-from audit.store import RunStore, StoreError
-
-EXIT_USAGE = 2
-
-
-def _fail(message: str) -> click.exceptions.Exit:
-    click.echo(f"audit: error: {message}", err=True)
-    return click.exceptions.Exit(EXIT_USAGE)
-
-
-def _open_store(store_path: Path) -> RunStore:
-    if not store_path.is_file():
-        raise _fail(f"no run store at {store_path} (pass --store PATH)")
-    try:
-        return RunStore(store_path)
-    except StoreError as exc:
-        raise _fail(str(exc)) from None
+from audit.cli_support import fail, open_store
+from audit.errors import UsageError
+from audit.store import RunStore
 
 
 _STORE_OPTION = click.option(
@@ -40,29 +26,12 @@ _ARCHIVE_OPTION = click.option(
     help="An archive the scans used (repeat as given to `audit scan`): its default run store.")
 
 
-def _review_store(store_path: Path | None, archives: tuple[str, ...], results_file: Path | None = None) -> Path:
-    """The run store by the scan's rule: --store; else the archives' default store; else the store
-    that the summary.json beside a results file names; else the only default store there is."""
-    import json
+def _review_store(store_path: Path | None, archives: tuple[str, ...], results_file: Path | None = None) -> RunStore:
+    """The run store by the scan's rule, else the only run store kept by default."""
+    return open_store(store_path, archives, results_file=results_file, only_store_if_one=True,
+                      archives_hint=" with --archive")
 
-    from audit.store import default_store_path, known_stores
 
-    if store_path is not None:
-        return store_path
-    if archives:
-        return default_store_path(archives)
-    if results_file is not None:
-        try:
-            recorded = json.loads((results_file.parent / "summary.json").read_text(encoding="utf-8"))["store"]["path"]
-            return Path(recorded)
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    known = known_stores()
-    if len(known) == 1:
-        return known[0][0]
-    listed = "".join(f"\n  {path}  ({', '.join(found) or 'archives unknown'})" for path, found in known)
-    raise _fail("name the archive(s) the scans used with --archive, or pass --store PATH"
-                + (f"; the run stores kept by default are:{listed}" if listed else ""))
 _BY_OPTION = click.option(
     "--by", "by", default=None, metavar="NAME",
     help="Who decided. Default: a decided_by column (the report's export), else your login name ($USER).")
@@ -83,13 +52,13 @@ def review() -> None:
 def set_command(target: str, decision: str, note: str, by: str | None, store_path: Path | None,
                 archives: tuple[str, ...]) -> None:
     """Record DECISION for the image with this sha256, or for the bytes of the file at PATH."""
-    from audit.review import ReviewError, set_decision
+    from audit.review import set_decision
 
-    store = _open_store(_review_store(store_path, archives))
+    store = _review_store(store_path, archives)
     try:
         made = set_decision(store, target, decision, note=note, by=by)
-    except ReviewError as exc:
-        raise _fail(str(exc)) from None
+    except UsageError as exc:
+        raise fail(exc) from None
     finally:
         store.close()
     click.echo(f"{made.sha256}: {made.decision} by {made.decided_by} at {made.decided_at}"
@@ -104,13 +73,13 @@ def set_command(target: str, decision: str, note: str, by: str | None, store_pat
 def import_command(file: Path, by: str | None, store_path: Path | None, archives: tuple[str, ...]) -> None:
     """Read the review and review_note columns of a results.xlsx/results.csv (or the CSV the HTML
     report exports) and record what is new or changed, all in one transaction."""
-    from audit.review import ReviewError, import_decisions
+    from audit.review import import_decisions
 
-    store = _open_store(_review_store(store_path, archives, results_file=file))
+    store = _review_store(store_path, archives, results_file=file)
     try:
         outcome = import_decisions(store, file, by=by)
-    except ReviewError as exc:
-        raise _fail(str(exc)) from None
+    except UsageError as exc:
+        raise fail(exc) from None
     finally:
         store.close()
     for line in outcome.lines():
@@ -126,7 +95,7 @@ def list_command(history: str | None, store_path: Path | None, archives: tuple[s
     """The current decision of every reviewed image, newest first (or one image's history)."""
     from audit.review import LIST_HEADER, current_decisions, decision_history, describe_decision, paths_by_sha256
 
-    store = _open_store(_review_store(store_path, archives))
+    store = _review_store(store_path, archives)
     try:
         paths = paths_by_sha256(store)
         if history is None:
@@ -149,11 +118,11 @@ def list_command(history: str | None, store_path: Path | None, archives: tuple[s
 def _unique_sha256(store: RunStore, prefix: str) -> str:
     text = prefix.strip().lower()
     if len(text) < 8 or any(c not in "0123456789abcdef" for c in text):
-        raise _fail(f"{prefix!r}: give a sha256 or at least its first 8 hex digits")
+        raise fail(f"{prefix!r}: give a sha256 or at least its first 8 hex digits")
     found = [row[0] for row in store.db.execute(
         "SELECT DISTINCT sha256 FROM decisions WHERE sha256 >= ? AND sha256 < ? LIMIT 2", (text, text + "g"))]
     if len(found) > 1:
-        raise _fail(f"{prefix!r} is the start of more than one reviewed sha256; give more digits")
+        raise fail(f"{prefix!r} is the start of more than one reviewed sha256; give more digits")
     if not found:
-        raise _fail(f"no decision recorded for {prefix!r}")
+        raise fail(f"no decision recorded for {prefix!r}")
     return found[0]

@@ -1,10 +1,14 @@
-"""``audit scan``: the orchestration of discover -> load -> score -> record for one run.
+"""``audit scan``: one run of discover -> load -> score -> verdict -> record (-> report).
 
 :func:`run_scan` is what the CLI calls; it returns a :class:`ScanOutcome` holding the summary
-(also written to summary.json) and the exit code. It raises only for usage errors (a missing or
-invalid model, an unusable --labels file, an unavailable device); anything wrong with a file in
-the archive becomes that file's row.
+(also written to summary.json) and the exit code. It raises only errors the user must act on
+(:class:`audit.errors.UsageError`: a missing or invalid model, an unusable --labels file, an
+unavailable device, a store in use); anything wrong with a file in the archive becomes that
+file's row.
 
+A :class:`ScanRun` holds what one run needs (options, model, store, output folder). Its rows
+stream, in discovery order, from the scorer or from the run store (audit.reuse) through the
+verdict rule (audit.verdicts) into the sinks (audit.sinks): results files, store, tally, progress.
 Outputs are written under temporary names and renamed together at the end, summary.json last:
 its presence means the run completed.
 """
@@ -12,55 +16,37 @@ its presence means the run completed.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import itertools
-import json
 import os
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
-import audit
-from audit.errors import EXIT_ENGINE_LOST, EXIT_ERRORS, EXIT_FLAGGED, EXIT_OK, UsageError
+from audit.compute import DEFAULT_BATCH_SIZE, ComputePlan, default_workers, plan_compute
 from audit.discover import DiscoverOptions, FileRecord, discover, printable_name
+from audit.errors import EXIT_ENGINE_LOST, EXIT_ERRORS, EXIT_FLAGGED, EXIT_OK, UsageError
 from audit.labels import Labeller
 from audit.loading import DEFAULT_MAX_PIXELS, LoadOptions
 from audit.model import LoadedModel, load_model
 from audit.provenance import EvidenceOptions, check_options, evidence_cell, evidence_sources, load_trust_anchors
-from audit.results import (
-    SCORED_COLUMNS,
-    STATUS_ERROR,
-    STATUS_OK,
-    EarlierXlsx,
-    ResultRow,
-    ResultWriter,
-    commit,
-    discard_partial_outputs,
-    remove_stale_outputs,
-    write_json_tmp,
-)
+from audit.report_reuse import write_report
+from audit.results import STATUS_ERROR, STATUS_OK, ResultRow, ResultWriter, commit, discard_partial_outputs, \
+    remove_stale_outputs, write_json_tmp
+from audit.reuse import BatchCommitter, StoredRows, earlier_xlsx, prefetched, reuse_plan, scoring_key
 from audit.review import ReviewTally
-from audit.verdicts import VERDICT_AI, VERDICT_ERROR, VERDICT_REAL, judge
-from audit.compute import DEFAULT_BATCH_SIZE, ComputePlan, default_workers, plan_compute
+from audit.run_summary import build_summary, iso_utc, store_summary, utc_now
 from audit.scoring import Scored, Scorer, score_records
+from audit.sinks import Progress, ResultFiles, ScannedFile, Sinks, Tally
 from audit.stopping import raise_if_stop_requested
-from audit.store import (
-    Changes,
-    FileUpdate,
-    RunCounts,
-    RunStore,
-    LEGACY_STORE_FILE_NAME,
-    StoredScore,
-    StoreLock,
-    default_store_path,
-    open_locked,
-    store_root,
-)
+from audit.store import RunCounts, RunStore, open_locked
+from audit.store_location import LEGACY_STORE_FILE_NAME, default_store_path
+from audit.store_lock import StoreLock
+from audit.verdicts import VERDICT_AI, VERDICT_ERROR, judge
 
 ENGINE_CHOICES = ("local", "ray")
+PROGRESS_MODES = ("auto", "bar", "log", "none")
 
 
 class EngineLost(UsageError):
@@ -71,10 +57,6 @@ class EngineLost(UsageError):
 
     def __str__(self) -> str:
         return f"{super().__str__()}; the batches committed so far are in the run store and the next run resumes from them"
-
-
-PROGRESS_MODES = ("auto", "bar", "log", "none")
-_LOG_EVERY_SECONDS = 10.0
 
 
 @dataclass
@@ -121,14 +103,13 @@ class ScanOutcome:
     out_dir: Path
     summary: dict[str, Any]
     exit_code: int
+    tally: Tally | None = None
 
 
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def iso_utc(moment: datetime) -> str:
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+def say(options: ScanOptions, text: str) -> None:
+    """A line on stderr, unless the run is quiet."""
+    if options.progress != "none":
+        print(text, file=sys.stderr, flush=True)
 
 
 def default_out_dir(started: datetime, base: Path = Path("reports")) -> Path:
@@ -149,51 +130,6 @@ def exit_code_for(errors: int, flagged: int, fail_on_flagged: bool) -> int:
     if errors:
         return EXIT_ERRORS
     return EXIT_OK
-
-
-# --------------------------------------------------------------------------- progress
-
-
-class Progress:
-    """A tqdm bar on an interactive stderr, plain periodic lines otherwise, or nothing."""
-
-    def __init__(self, total: int, mode: str) -> None:
-        if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "log"
-        self.mode, self.total, self.done = mode, total, 0
-        self.started = self.last_log = time.monotonic()
-        self.bar = None
-        if mode == "bar":
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="file", file=sys.stderr, dynamic_ncols=True)
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif self.mode == "log":
-            now = time.monotonic()
-            if now - self.last_log >= _LOG_EVERY_SECONDS:
-                self.last_log = now
-                self.log_line()
-
-    def log_line(self) -> None:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        print(f"audit scan: {self.done}/{self.total} files, {self.done / elapsed:.1f} files/s", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        elif self.mode == "log":
-            self.log_line()
-
-    def message(self, text: str) -> None:
-        if self.mode != "none":
-            print(text, file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- rows and counts
 
 
 def make_row(scored: Scored, true_label: str, model: LoadedModel, scanned_at: str) -> ResultRow:
@@ -225,43 +161,12 @@ def make_row(scored: Scored, true_label: str, model: LoadedModel, scanned_at: st
     return row
 
 
-@dataclass
-class Tally:
-    files: int = 0
-    by_status: dict[str, int] = field(default_factory=lambda: {STATUS_OK: 0, STATUS_ERROR: 0})
-    by_verdict: dict[str, int] = field(default_factory=lambda: {VERDICT_AI: 0, VERDICT_REAL: 0, VERDICT_ERROR: 0})
-    # confusion[true_label][verdict], for rows whose true label is known
-    confusion: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def add(self, row: ResultRow) -> None:
-        self.files += 1
-        self.by_status[row.status] = self.by_status.get(row.status, 0) + 1
-        self.by_verdict[row.verdict] = self.by_verdict.get(row.verdict, 0) + 1
-        if row.true_label:
-            per_label = self.confusion.setdefault(row.true_label, {})
-            per_label[row.verdict] = per_label.get(row.verdict, 0) + 1
-
-    def labelled_summary(self) -> dict[str, Any] | None:
-        if not self.confusion:
-            return None
-        scored = sum(n for label, verdicts in self.confusion.items() for v, n in verdicts.items() if v != VERDICT_ERROR)
-        correct = sum(verdicts.get(label, 0) for label, verdicts in self.confusion.items())
-        return {
-            "files": sum(sum(v.values()) for v in self.confusion.values()),
-            "scored": scored,
-            "correct": correct,
-            "accuracy": correct / scored if scored else None,
-            "confusion": self.confusion,
-        }
-
-
 # --------------------------------------------------------------------------- the run
 
 
 def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutcome:
     """Scan the archives and write results.csv, results.xlsx and summary.json."""
-    started = utc_now()
-    clock = time.perf_counter()
+    started, clock = utc_now(), time.perf_counter()
     # Lazy: the network is built (and torch imported) only when some file needs scoring.
     model = model or load_model(options.model_path, lazy=True)
     # --device cuda without a GPU is a usage error before anything is written; otherwise the
@@ -285,11 +190,174 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
     store, lock = open_locked(store_path)
     try:
         _say_where_the_store_is(options, store_path, lock, out_dir)
-        return _run_with_store(options, model, plan, labeller, evidence_options, out_dir, store, started, clock,
-                               lock.takeover.message(lock.path) if lock.takeover else None)
+        run = ScanRun(options, model, store, out_dir, labeller, evidence_options, started, clock, plan,
+                      lock.takeover.message(lock.path) if lock.takeover else None)
+        return run.execute()
     finally:
         store.close()
         lock.release()
+
+
+@dataclass
+class ScanRun:
+    """One run: what it was asked (options), what it judges with (model), where it remembers
+    (store) and where it writes (out_dir); the rest is learnt on the way."""
+
+    options: ScanOptions
+    model: LoadedModel
+    store: RunStore
+    out_dir: Path
+    labeller: Labeller
+    evidence: EvidenceOptions | None
+    started: datetime
+    clock: float
+    plan: ComputePlan | None = None  # chosen when something needs scoring (or --device cuda)
+    takeover: str | None = None  # a killed run's lock taken over, in words
+    baseline: int | None = None  # the last completed run: what "changed since" refers to
+    run_id: int = 0
+    key: str = ""  # audit.reuse.scoring_key
+    load_options: LoadOptions | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    engine: Any = None  # audit.ray_engine.RayEngine with --engine ray
+    scorer: Scorer | None = None
+    workers: int = 0
+
+    def execute(self) -> ScanOutcome:
+        out_dir_created = not self.out_dir.exists()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.baseline = self.store.baseline_run()
+        self.run_id = self.store.start_run(iso_utc(self.started), self.options.to_json(), self.out_dir, out_dir_created)
+        try:
+            records, reuse = self._discover_and_plan()
+            to_score = [record for record, stored in zip(records, reuse) if stored is None]
+            self._prepare_scoring(to_score)
+        except BaseException as exc:  # a stop before the row loop (discovery, lookups): no counts yet
+            _record_stop(self.store, self.run_id, exc)
+            raise
+        try:
+            outcome = self._record(records, reuse, to_score)
+        finally:
+            if self.engine is not None:
+                self.engine.close()
+        if self.options.report:
+            write_report(self.out_dir, self.model, self.options.max_gallery, self.options.progress == "none",
+                         self.store, self.baseline)
+        say(self.options, outcome.tally.closing_line(self.out_dir))
+        return outcome
+
+    def _discover_and_plan(self) -> tuple[list[FileRecord], list[str | None]]:
+        """The archive's files in order, and per file the sha256 of its stored row (None: score it)."""
+        options = self.options
+        t0 = time.perf_counter()
+        discover_options = DiscoverOptions(tuple(options.include), tuple(options.exclude), options.include_hidden)
+        records = list(discover(options.archives, discover_options))
+        self.seconds["discover"] = time.perf_counter() - t0
+        self.load_options = LoadOptions(preprocessing=self.model.card.preprocessing, max_pixels=options.max_pixels,
+                                        draft=options.draft, evidence=self.evidence)
+        self.key = scoring_key(self.model, self.load_options)
+        t0 = time.perf_counter()
+        # Decided before scoring starts, so the DataLoader gets exactly the files to decode, in
+        # discovery order.
+        reuse = [None] * len(records) if options.full else reuse_plan(self.store, records, self.key)
+        self.seconds["store_lookup"] = time.perf_counter() - t0
+        if not records:
+            say(options, "audit scan: warning: no image files found under the given archive(s)")
+        return records, reuse
+
+    def _prepare_scoring(self, to_score: Sequence[FileRecord]) -> None:
+        """The engine or the local scorer; a rerun with nothing new never builds the network."""
+        options = self.options
+        if to_score and options.engine == "ray":  # the hook: only files to score go to the cluster
+            from audit.ray_engine import RayEngine, engine_settings
+
+            self.engine = RayEngine(engine_settings(options), self.model, self.load_options, options.batch_size,
+                                    options.device, options.precision)
+        elif to_score:
+            self.plan = self.plan or plan_compute(options.device, options.precision, self.model.card.compute_dtype)
+            self.workers = options.workers if options.workers is not None else default_workers(self.plan.device)
+            self.scorer = Scorer(self.model, self.plan)
+
+    def _scored(self, to_score: Sequence[FileRecord]) -> Iterator[Scored]:
+        if self.engine is not None:
+            return iter(self.engine.score(to_score))
+        if self.scorer is None:
+            return iter(())
+        return iter(score_records(to_score, self.scorer, self.load_options, self.options.batch_size, self.workers))
+
+    def _rows(self, records: Sequence[FileRecord], reuse: Sequence[str | None], scored: Iterator[Scored],
+              committer: BatchCommitter, review: ReviewTally) -> Iterator[ScannedFile]:
+        """Every file's row in discovery order: scored now, or re-emitted from the store; the
+        reviewers' decisions filled in."""
+        stored_rows = StoredRows(self.store, self.key, reuse)
+        for record, reuse_sha256 in zip(records, reuse):
+            label = self.labeller.label_for(record)
+            if reuse_sha256 is None:
+                item = committer.resolve(record, make_row(next(scored), label, self.model, iso_utc(utc_now())))
+            else:
+                item = stored_rows.next_item(record, label)
+            review.apply(item.row)
+            yield item
+            raise_if_stop_requested()
+
+    def _record(self, records: list[FileRecord], reuse: list[str | None], to_score: list[FileRecord]) -> ScanOutcome:
+        options = self.options
+        tally, progress = Tally(), Progress(len(records), options.progress)
+        # Reviewers' decisions by sha256, read once: one taken while the run goes shows the next night.
+        review = ReviewTally.from_store(self.store)
+        committer = BatchCommitter(self.store, self.run_id, self.key, options.batch_size, full=options.full)
+        sinks = Sinks(committer, tally, progress)
+        t0 = time.perf_counter()
+        try:
+            if self.engine is not None:
+                self.engine.start(to_score)
+            results = ResultFiles(ResultWriter(self.out_dir, write_xlsx=options.write_xlsx,
+                                               earlier_xlsx=earlier_xlsx(self.store, self.baseline)))
+            sinks = Sinks(results, committer, tally, progress)
+            scored = prefetched(self._scored(to_score), committer, options.batch_size)
+            for item in self._rows(records, reuse, scored, committer, review):
+                sinks.add(item)
+            sinks.close()
+            self.seconds["load_and_score"] = time.perf_counter() - t0 - results.seconds
+            self.seconds["write"] = results.seconds
+            return self._finish(records, tally, review, results)
+        except BaseException as exc:  # also SystemExit from SIGTERM and KeyboardInterrupt
+            sinks.abort()
+            discard_partial_outputs(self.out_dir)
+            # Batches already committed stay in the store (the next run reuses them); the run's
+            # record says it is partial and why.
+            _record_stop(self.store, self.run_id, exc, RunCounts(tally.files, tally.scored, tally.files - tally.scored,
+                                                                 tally.by_verdict[VERDICT_AI],
+                                                                 tally.by_status[STATUS_ERROR]))
+            raise
+
+    def _finish(self, records: list[FileRecord], tally: Tally, review: ReviewTally, results: ResultFiles) -> ScanOutcome:
+        """summary.json, then every output renamed into place at once; the store learns what went."""
+        options, store = self.options, self.store
+        roots = {RunStore.root_key(root) for root in roots_seen_whole(options, records)}
+        changes = store.changes_since(self.run_id, roots, self.baseline)
+        self.seconds["total"] = time.perf_counter() - self.clock
+        # --fail-on-flagged leaves out what reviewers cleared as false positives under this model.
+        exit_code = exit_code_for(tally.by_status[STATUS_ERROR], review.flagged_not_cleared, options.fail_on_flagged)
+        counts = RunCounts(tally.files, tally.scored, tally.files - tally.scored, tally.by_verdict[VERDICT_AI],
+                           tally.by_status[STATUS_ERROR])
+        compute = self.plan.describe() if self.plan else self.engine.compute if self.engine else None
+        seconds = {name: self.seconds[name] for name in ("discover", "store_lookup", "load_and_score", "write", "total")}
+        summary = build_summary(options, self.model, compute, self.workers, tally, seconds, self.started, exit_code,
+                                self.labeller.unmatched)
+        summary["engine"] = self.engine.stats.to_json() if self.engine else {"name": options.engine}
+        summary.update(store_summary(store.path, self.run_id, counts, changes, options.full))
+        summary["store"]["chosen_by"] = "--store" if options.store else "default (follows the archives)"
+        summary["store"]["lock_takeover"] = self.takeover
+        summary["review"] = review.to_json()
+        # Lets the next run check that its rows are these very bytes before it copies the XLSX.
+        summary["output_sha256"] = results.sha256
+        renames = [*results.renames, write_json_tmp(self.out_dir / "summary.json", summary)]
+        raise_if_stop_requested()
+        remove_stale_outputs(self.out_dir, {final.name for _, final in renames})
+        commit(renames)  # summary.json last: its presence means the run is complete
+        store.forget_unseen(self.run_id, roots)
+        store.finish_run(self.run_id, counts, exit_code, partial=False)
+        return ScanOutcome(out_dir=self.out_dir, summary=summary, exit_code=exit_code, tally=tally)
 
 
 def _say_where_the_store_is(options: ScanOptions, store_path: Path, lock: StoreLock, out_dir: Path) -> None:
@@ -306,298 +374,6 @@ def _say_where_the_store_is(options: ScanOptions, store_path: Path, lock: StoreL
         print(f"audit scan: warning: {lock.takeover.message(lock.path)}", file=sys.stderr, flush=True)
 
 
-def scoring_key(model: LoadedModel, load_options: LoadOptions) -> str:
-    """What a stored result depends on besides the file's bytes: the model (id, calibration,
-    threshold, preprocessing), the evidence settings, the decode limits and the row schema.
-    Any of them changing means the file is scored again."""
-    evidence = load_options.evidence
-    parts = {
-        "model_id": model.model_id,
-        "temperature": model.card.temperature,
-        "threshold": model.card.threshold,
-        "preprocessing": repr(model.card.preprocessing),
-        "evidence": None if evidence is None else hashlib.sha256(evidence.trust_anchors_pem.encode()).hexdigest(),
-        "max_pixels": load_options.max_pixels,
-        "max_file_bytes": load_options.max_file_bytes,
-        "draft": load_options.draft,
-        # The review columns are filled afresh each run from the store's decisions: not part of it.
-        "columns": SCORED_COLUMNS,
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
-
-
-# The ResultRow fields kept in the store: all but where the file is and its ground truth.
-_STORED_FIELDS = tuple(name for name in SCORED_COLUMNS if name not in ("path", "root", "true_label"))
-
-
-def stored_row(row: ResultRow) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in _STORED_FIELDS}
-
-
-# Files looked up in the run store per query: under SQLite's old limit of 999 parameters.
-LOOKUP_CHUNK = 500
-
-
-def reuse_plan(store: RunStore, records: Sequence[FileRecord], key: str) -> list[str | None]:
-    """Per record, in order: the sha256 of a file whose (root, path, size, mtime) is unchanged
-    since a run recorded it and whose bytes have a result under ``key`` (its row is re-emitted);
-    None: score the file. Only the sha256 is kept, so memory does not grow with stored rows."""
-    plan: list[str | None] = [None] * len(records)
-    readable = [index for index, record in enumerate(records) if not record.error and record.size is not None]
-    for root, same_root in itertools.groupby(readable, key=lambda index: store_root(records[index].root)):
-        indices = list(same_root)
-        for start in range(0, len(indices), LOOKUP_CHUNK):
-            chunk = indices[start : start + LOOKUP_CHUNK]
-            known = store.reusable_files(root, [records[index].rel_path for index in chunk], key)
-            for index in chunk:
-                record = records[index]
-                size, mtime, sha256 = known.get(record.rel_path, (None, None, ""))
-                if sha256 and size == record.size and mtime == record.mtime:
-                    plan[index] = sha256
-    return plan
-
-
-class StoredRows:
-    """The rows a plan re-emits, read from the store LOOKUP_CHUNK at a time in plan order."""
-
-    def __init__(self, store: RunStore, key: str, plan: Sequence[str | None]) -> None:
-        self.store, self.key = store, key
-        self.sha256s = [sha256 for sha256 in plan if sha256 is not None]
-        self.position = 0
-        self.cache: dict[str, StoredScore] = {}
-
-    def next_row(self, record: FileRecord, true_label: str) -> ResultRow:
-        sha256 = self.sha256s[self.position]
-        if sha256 not in self.cache:
-            self.cache = self.store.scores(self.sha256s[self.position : self.position + LOOKUP_CHUNK], self.key)
-        self.position += 1
-        stored = self.cache.get(sha256)
-        if stored is None:  # the lock keeps other runs out, so this is a bug, not a user's problem
-            raise RuntimeError(f"the stored result for {record.rel_path} vanished from the run store during the run")
-        return ResultRow(path=record.rel_path, root=record.root, true_label=true_label, **stored.row)
-
-
-@dataclass
-class BatchCommitter:
-    """Collects what the run learns and commits it to the store one scored batch at a time, so a
-    killed run loses at most the batch in flight."""
-
-    store: RunStore
-    run_id: int
-    key: str
-    batch_size: int
-    full: bool = False
-    scores: dict[str, StoredScore] = field(default_factory=dict)  # by sha256
-    updates: list[FileUpdate] = field(default_factory=list)
-    reused: list[tuple[str, str, str]] = field(default_factory=list)
-    pending_scored: int = 0
-    # Earlier results for the sha256s about to be recorded, looked up LOOKUP_CHUNK at a time
-    # (:meth:`prefetch`) rather than one query a file (20,000 queries on a first run of CIFAKE's
-    # test split); None: the store has none.
-    earlier: dict[str, StoredScore | None] = field(default_factory=dict)
-
-    def prefetch(self, sha256s: Iterable[str]) -> None:
-        """Look up, in one query a chunk, the earlier results of the files about to be scored."""
-        wanted = sorted({sha256 for sha256 in sha256s if sha256 and sha256 not in self.scores})
-        self.earlier = {}
-        for start in range(0, len(wanted), LOOKUP_CHUNK):
-            chunk = wanted[start : start + LOOKUP_CHUNK]
-            found = self.store.scores(chunk, self.key, scored_run=self.run_id if self.full else None)
-            self.earlier.update({sha256: found.get(sha256) for sha256 in chunk})
-
-    def _earlier_result(self, sha256: str) -> StoredScore | None:
-        if sha256 in self.scores:
-            return self.scores[sha256]
-        if sha256 in self.earlier:
-            return self.earlier[sha256]
-        # Not prefetched (a caller that does not prefetch): one query.
-        return self.store.scores([sha256], self.key, scored_run=self.run_id if self.full else None).get(sha256)
-
-    def scored(self, record: FileRecord, row: ResultRow) -> ResultRow:
-        """Queue what scoring the file taught; return the row to write for it.
-
-        Under the same key the same bytes give one row: a file whose bytes already have a result
-        (a duplicate, or a copy under a new name) gets that result, so that duplicates read alike
-        in every run and an unchanged rerun writes the same CSV. --full replaces earlier runs'
-        results, so it takes only those of this run."""
-        if row.sha256:
-            earlier = self._earlier_result(row.sha256)
-            if earlier is None:
-                self.scores[row.sha256] = StoredScore(row.sha256, self.key, row.model_id, stored_row(row))
-            else:
-                row = ResultRow(path=row.path, root=row.root, true_label=row.true_label, **earlier.row)
-        self.updates.append(FileUpdate(store_root(record.root), record.rel_path, record.size, record.mtime, row.sha256, row.verdict))
-        self.pending_scored += 1
-        if self.pending_scored >= self.batch_size:
-            self.commit()
-        return row
-
-    def reused_file(self, record: FileRecord, row: ResultRow) -> None:
-        self.reused.append((store_root(record.root), record.rel_path, row.verdict))
-
-    def commit(self) -> None:
-        if self.scores or self.updates:
-            self.store.commit_batch(self.run_id, self.scores.values(), self.updates)
-            self.earlier.update(self.scores)  # a later duplicate in the prefetched chunk finds them here
-        if self.reused:
-            self.store.touch_files(self.run_id, self.reused)
-        self.scores, self.updates, self.reused, self.pending_scored = {}, [], [], 0
-
-
-def prefetched(stream: Iterator[Scored], committer: BatchCommitter, chunk: int) -> Iterator[Scored]:
-    """The scored stream, ``chunk`` items at a time, each chunk's earlier results looked up in one
-    query before its rows are made (the DataLoader hands over whole batches anyway)."""
-    while True:
-        items = list(itertools.islice(stream, chunk))
-        if not items:
-            return
-        committer.prefetch(item.result.sha256 for item in items)
-        yield from items
-
-
-def _run_with_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan | None, labeller: Labeller,
-                    evidence_options: EvidenceOptions | None, out_dir: Path, store: RunStore, started: datetime,
-                    clock: float, takeover: str | None = None) -> ScanOutcome:
-    out_dir_created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    baseline = store.baseline_run()
-    run_id = store.start_run(iso_utc(started), options.to_json(), out_dir, out_dir_created)
-    try:
-        return _scan_into_store(options, model, plan, labeller, evidence_options, out_dir, store, started, clock,
-                                baseline, run_id, takeover)
-    except BaseException as exc:  # a stop before the row loop (discovery, lookups): no counts yet
-        _record_stop(store, run_id, exc)
-        raise
-
-
-def _scan_into_store(options: ScanOptions, model: LoadedModel, plan: ComputePlan | None, labeller: Labeller,
-                     evidence_options: EvidenceOptions | None, out_dir: Path, store: RunStore, started: datetime,
-                     clock: float, baseline: int | None, run_id: int, takeover: str | None = None) -> ScanOutcome:
-    t0 = time.perf_counter()
-    discover_options = DiscoverOptions(tuple(options.include), tuple(options.exclude), options.include_hidden)
-    records = list(discover(options.archives, discover_options))
-    seconds_discover = time.perf_counter() - t0
-
-    load_options = LoadOptions(preprocessing=model.card.preprocessing, max_pixels=options.max_pixels, draft=options.draft,
-                               evidence=evidence_options)
-    key = scoring_key(model, load_options)
-    t0 = time.perf_counter()
-    # Decided before scoring starts, so the DataLoader gets exactly the files to decode, in
-    # discovery order.
-    plan_rows = [None] * len(records) if options.full else reuse_plan(store, records, key)
-    seconds_lookup = time.perf_counter() - t0
-    to_score = [record for record, stored in zip(records, plan_rows) if stored is None]
-
-    scorer, workers, engine = None, 0, None  # a rerun with nothing new never builds the network
-    if to_score and options.engine == "ray":  # the hook: only files to score go to the cluster
-        from audit.ray_engine import RayEngine, engine_settings
-
-        engine = RayEngine(engine_settings(options), model, load_options, options.batch_size, options.device,
-                           options.precision)
-    elif to_score:
-        plan = plan or plan_compute(options.device, options.precision, model.card.compute_dtype)
-        workers = options.workers if options.workers is not None else default_workers(plan.device)
-        scorer = Scorer(model, plan)
-    progress = Progress(len(records), options.progress)
-    if not records:
-        progress.message("audit scan: warning: no image files found under the given archive(s)")
-    tally = Tally()
-    # Reviewers' decisions by sha256, read once: one taken while the run goes shows the next night.
-    review = ReviewTally.from_store(store)
-    stored_rows = StoredRows(store, key, plan_rows)
-    committer = BatchCommitter(store, run_id, key, options.batch_size, full=options.full)
-    writer: ResultWriter | None = None
-    seconds_writing_rows = 0.0
-    t0 = time.perf_counter()
-    try:
-        if engine is not None:
-            engine.start(to_score)
-        writer = ResultWriter(out_dir, write_xlsx=options.write_xlsx, earlier_xlsx=earlier_xlsx(store, baseline))
-        if engine is not None:
-            scored = iter(engine.score(to_score))
-        else:
-            scored = iter(score_records(to_score, scorer, load_options, options.batch_size, workers) if scorer else ())
-        scored_stream = prefetched(scored, committer, options.batch_size)
-        for record, reuse_sha256 in zip(records, plan_rows):
-            if reuse_sha256 is None:
-                row = committer.scored(record, make_row(next(scored_stream), labeller.label_for(record), model,
-                                                        iso_utc(utc_now())))
-            else:
-                row = stored_rows.next_row(record, labeller.label_for(record))
-                committer.reused_file(record, row)
-            review.apply(row)
-            tw = time.perf_counter()
-            writer.write(row)
-            seconds_writing_rows += time.perf_counter() - tw
-            tally.add(row)
-            progress.update()
-            raise_if_stop_requested()
-        committer.commit()
-        seconds_loop = time.perf_counter() - t0
-        roots = {store_root(root) for root in roots_seen_whole(options, records)}
-        changes = store.changes_since(run_id, roots, baseline)
-        tw = time.perf_counter()
-        renames = writer.finish()
-        seconds = {
-            "discover": seconds_discover,
-            "store_lookup": seconds_lookup,
-            "load_and_score": seconds_loop - seconds_writing_rows,
-            "write": seconds_writing_rows + time.perf_counter() - tw,
-            "total": time.perf_counter() - clock,
-        }
-        # --fail-on-flagged leaves out what reviewers cleared as false positives under this model.
-        exit_code = exit_code_for(tally.by_status[STATUS_ERROR], review.flagged_not_cleared, options.fail_on_flagged)
-        counts = RunCounts(tally.files, len(to_score), tally.files - len(to_score), tally.by_verdict[VERDICT_AI],
-                           tally.by_status[STATUS_ERROR])
-        compute = plan.describe() if plan else engine.compute if engine else None
-        summary = build_summary(options, model, compute, workers, tally, seconds, started, exit_code, labeller.unmatched)
-        summary["engine"] = engine.stats.to_json() if engine else {"name": options.engine}
-        summary.update(store_summary(store.path, run_id, counts, changes, options.full))
-        summary["store"]["chosen_by"] = "--store" if options.store else "default (follows the archives)"
-        summary["store"]["lock_takeover"] = takeover
-        summary["review"] = review.to_json()
-        # Lets the next run check that its rows are these very bytes before it copies the XLSX.
-        summary["output_sha256"] = writer.sha256
-        renames.append(write_json_tmp(out_dir / "summary.json", summary))
-        raise_if_stop_requested()
-        remove_stale_outputs(out_dir, {final.name for _, final in renames})
-        commit(renames)  # summary.json last: its presence means the run is complete
-        store.forget_unseen(run_id, roots)
-        store.finish_run(run_id, counts, exit_code, partial=False)
-    except BaseException as exc:  # also SystemExit from SIGTERM and KeyboardInterrupt
-        if writer is not None:
-            writer.abort()
-        discard_partial_outputs(out_dir)
-        # Batches already committed stay in the store (the next run reuses them); the run's
-        # record says it is partial and why.
-        scored_so_far = sum(1 for stored in plan_rows[: tally.files] if stored is None)
-        _record_stop(store, run_id, exc, RunCounts(tally.files, scored_so_far, tally.files - scored_so_far,
-                                                   tally.by_verdict[VERDICT_AI], tally.by_status[STATUS_ERROR]))
-        raise
-    finally:
-        progress.close()
-        if engine is not None:
-            engine.close()
-
-    if options.report:
-        _render_report(out_dir, model, options, store, baseline)
-    progress.message(_closing_line(tally, out_dir))
-    return ScanOutcome(out_dir=out_dir, summary=summary, exit_code=exit_code)
-
-
-def earlier_xlsx(store: RunStore, baseline: int | None) -> EarlierXlsx | None:
-    """The last completed run's results.xlsx with the hashes its summary.json recorded; None
-    when there is none to go by (the writer then makes the XLSX)."""
-    folder = store.out_dir_of(baseline) if baseline is not None else None
-    if folder is None:
-        return None
-    try:
-        hashes = json.loads((folder / "summary.json").read_text(encoding="utf-8"))["output_sha256"]
-        return EarlierXlsx(folder / "results.xlsx", hashes["results.csv"], hashes["results.xlsx"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _record_stop(store: RunStore, run_id: int, exc: BaseException, counts: RunCounts | None = None) -> None:
     """Mark the run partial with why it stopped; its committed batches stay for the next run."""
     if isinstance(exc, KeyboardInterrupt):
@@ -611,22 +387,6 @@ def _record_stop(store: RunStore, run_id: int, exc: BaseException, counts: RunCo
         store.finish_run(run_id, counts, code, partial=True, note=note, only_if_open=True)
     except Exception:  # noqa: BLE001 - the original exception is what the caller must see
         pass
-
-
-def store_summary(store_path: Path, run_id: int, counts: RunCounts, changes: Changes, full: bool) -> dict[str, Any]:
-    """summary.json's run-store fields: how much was reused, and what changed since the last run."""
-    return {
-        "files_scored": counts.files_scored,
-        "files_reused": counts.files_reused,
-        "store": {"path": str(store_path.absolute()), "run_id": run_id, "mode": "full" if full else "incremental"},
-        "changes": changes.to_json(),
-    }
-
-
-def _rows(scored_stream: Iterable[Scored], labeller: Labeller, model: LoadedModel) -> Iterable[ResultRow]:
-    for scored in scored_stream:
-        record: FileRecord = scored.result.record
-        yield make_row(scored, labeller.label_for(record), model, iso_utc(utc_now()))
 
 
 def roots_seen_whole(options: ScanOptions, records: Sequence[FileRecord]) -> set[str]:
@@ -648,110 +408,3 @@ def roots_seen_whole(options: ScanOptions, records: Sequence[FileRecord]) -> set
         if os.path.isdir(archive) and root not in failed and root in populated:
             whole.add(root)
     return whole
-
-
-def build_summary(
-    options: ScanOptions,
-    model: LoadedModel,
-    compute: dict[str, Any] | None,
-    workers: int,
-    tally: Tally,
-    seconds: dict[str, float],
-    started: datetime,
-    exit_code: int,
-    labels_unmatched: int | None,
-) -> dict[str, Any]:
-    card = model.card
-    return {
-        "tool": {"name": "ai-image-audit", "version": audit.__version__},
-        "started_at": iso_utc(started),
-        "finished_at": iso_utc(utc_now()),
-        # Relative roots and model paths start here (audit report resolves them from it).
-        "cwd": os.getcwd(),
-        "exit_code": exit_code,
-        "files": tally.files,
-        "counts": {"by_status": tally.by_status, "by_verdict": tally.by_verdict},
-        "flagged": tally.by_verdict[VERDICT_AI],
-        # Over the stages themselves (discover + load and score + write), not model loading.
-        "throughput_files_per_s": _throughput(tally.files, seconds),
-        "seconds": {name: round(value, 3) for name, value in seconds.items()},
-        "model": {
-            "id": model.model_id,
-            "name": card.name,
-            "sha256": card.weights_sha256,
-            "path": str(model.weights_path),
-            "variant": card.variant,
-            "temperature": card.temperature,
-            "threshold": card.threshold,
-            "threshold_method": card.threshold_method,
-        },
-        "threshold": card.threshold,
-        # None when every row came from the run store: no device was chosen, no model ran.
-        "compute": {**compute, "workers": workers, "batch_size": options.batch_size, "torch_threads": _torch_threads()}
-        if compute
-        else None,
-        "labels": {"source": options.labels, "unmatched_csv_entries": labels_unmatched, **(tally.labelled_summary() or {})}
-        if options.labels
-        else None,
-        "options": options.to_json(),
-        # The report files are listed when asked for; a report that then fails says so on stderr
-        # and `audit report` renders it again.
-        "outputs": ["results.csv", *(["results.xlsx"] if options.write_xlsx else []), "summary.json",
-                    *(["report.html", "report.pdf", "heatmaps/"] if options.report else [])],
-    }
-
-
-def _render_report(out_dir: Path, model: LoadedModel, options: ScanOptions, store: RunStore | None = None,
-                   baseline: int | None = None) -> None:
-    """report.html, report.pdf and heatmaps/ from the files just written (audit.report).
-
-    The results are complete and committed before this runs, so a report that fails does not
-    cost the run: the error is said on stderr (even with --quiet: it is a failure) and
-    `audit report OUT_DIR` renders it again.
-    """
-    from audit import report_reuse
-
-    earlier = store.out_dir_of(baseline) if store is not None and baseline is not None else None
-    try:
-        copied = report_reuse.copy_unchanged_report(out_dir, model, options.max_gallery, earlier, baseline)
-    except Exception as exc:  # noqa: BLE001 - a copy that fails is rendered instead
-        copied = None
-        print(f"audit scan: note: the unchanged report could not be copied ({type(exc).__name__}: {exc}); "
-              "rendering it", file=sys.stderr, flush=True)
-    if copied is not None:
-        if options.progress != "none":
-            print(f"audit scan: nothing the report shows changed since run {baseline}: its pages were copied "
-                  "behind a new front page", file=sys.stderr, flush=True)
-        return
-    from audit.heatmap_cache import HeatmapCache
-    from audit.report import render_report_files
-
-    try:
-        # The store's lock is still held: its heatmap cache spares Grad-CAM for images explained before.
-        cache = HeatmapCache(store.db) if store is not None else None
-        rendered = render_report_files(out_dir, model=model, max_gallery=options.max_gallery, heatmap_cache=cache)
-        summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
-        report_reuse.record_rendered_report(out_dir, report_reuse.report_fingerprint(summary, model, options.max_gallery),
-                                            rendered.front_pages, rendered.content)
-    except Exception as exc:  # noqa: BLE001 - the results stand; the report can be rendered again
-        print(f"audit scan: warning: the report was not rendered ({type(exc).__name__}: {exc}); "
-              f"run `audit report {out_dir}` to try again", file=sys.stderr, flush=True)
-
-
-def _throughput(files: int, seconds: dict[str, float]) -> float | None:
-    stages = seconds["discover"] + seconds["load_and_score"] + seconds["write"]
-    return round(files / stages, 2) if stages > 0 else None
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-def _closing_line(tally: Tally, out_dir: Path) -> str:
-    v = tally.by_verdict
-    return (
-        f"audit scan: {tally.files} files: {v[VERDICT_AI]} ai-generated, {v[VERDICT_REAL]} real, "
-        f"{v[VERDICT_ERROR]} errors -> {out_dir}"
-    )

@@ -13,39 +13,26 @@ incremental, resumable and recorded.
 Scored results are committed one transaction per scored batch, so a run killed with SIGKILL
 loses at most the batch in flight: the next run finds the committed ones and reuses them.
 
-Concurrency: a run holds an exclusive POSIX record lock (``fcntl.lockf``) on ``STORE.lock`` for its
-whole length. The kernel drops it when the process dies (SIGKILL included), and, unlike a
-``flock``, a record lock belongs to the process and is not held by children it forks: a DataLoader
-worker orphaned by a killed scan cannot keep the next night out (it once did, through the flock
-descriptor it inherited). The pid, host and start time written into the lock file name the
-holder in the message; a run that finds them left behind by a process that died without
-releasing the lock takes the store over and says so.
+Concurrency: a run holds the store's lock (audit.store_lock) for its whole length; a second run
+leaves at once, and a run that finds the lock left by a killed one takes the store over.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import functools
-import hashlib
 import json
 import os
 import shutil
-import socket
 import sqlite3
-import struct
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, TextIO
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from audit.errors import EXIT_LOCKED, UsageError
+from audit.store_lock import StoreError, StoreLock, StoreLocked, utc_text  # noqa: F401 - StoreLocked: the store's interface
+from audit.store_records import MAX_LISTED_CHANGES, Changes, FileUpdate, RunCounts, RunRecord, StoredScore
 
 STORE_FILE_NAME = "audit-store.sqlite"
 SCHEMA_VERSION = 2
-# Changes listed by name in summary.json and the report; the counts are always complete.
-MAX_LISTED_CHANGES = 200
 
 # Reviewers' decisions (audit.review holds the logic). Rows are only ever appended: the newest row
 # (highest id) for a sha256 is its current decision, the others are its history.
@@ -120,270 +107,23 @@ CREATE TABLE runs (
 """ + ";" + _DECISIONS_SCHEMA
 
 
-class StoreError(UsageError):
-    """The store cannot be used (wrong schema version, not a run store); the user must act."""
-
-
-class StoreLocked(StoreError):
-    """Another process holds the store's lock."""
-
-    exit_code = EXIT_LOCKED
+# --------------------------------------------------------------------------- the store
 
 
 @functools.lru_cache(maxsize=256)
-def store_root(root: str) -> str:
-    """The run store knows a root by its resolved absolute path, so `photos`, `./photos/` and
-    `/srv/photos` (or a symlink to it) are one archive whatever the working directory of the
-    night's job; results.csv keeps the root as it was typed."""
+def _resolved_root(root: str) -> str:
     return os.path.realpath(root)
-
-
-STATE_DIR_ENV = "AUDIT_STATE_DIR"
-# The default before the store followed the archive: beside the run folders.
-LEGACY_STORE_FILE_NAME = STORE_FILE_NAME
-
-
-def state_dir() -> Path:
-    """Where default run stores live: $AUDIT_STATE_DIR, else $XDG_STATE_HOME/ai-image-audit, else
-    ~/.local/state/ai-image-audit (the XDG place for state that outlives a run)."""
-    if os.environ.get(STATE_DIR_ENV):
-        return Path(os.environ[STATE_DIR_ENV]).expanduser()
-    xdg = os.environ.get("XDG_STATE_HOME")
-    return (Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "state") / "ai-image-audit"
-
-
-def default_store_path(archives: Sequence[str]) -> Path:
-    """The run store that belongs to these archives: one file per set of resolved roots, under
-    :func:`state_dir`/stores/, named after the first root and a hash of them all.
-
-    It follows the archive, not the output folder: tonight's --out may be anywhere and the store
-    is still last night's, and two unrelated archives never share a store (nor its lock) because
-    their output folders happen to share a parent. `photos`, `./photos/` and a symlink to it are
-    the same archive (:func:`store_root`); `audit scan A B` and `audit scan B A` the same set.
-    """
-    roots = sorted({store_root(archive) for archive in archives})
-    digest = hashlib.sha256("\0".join(roots).encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    first = os.path.basename(roots[0].rstrip("/")) if roots else ""
-    name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in first)[:40].strip("._") or "root"
-    more = f"-and-{len(roots) - 1}-more" if len(roots) > 1 else ""
-    return state_dir() / "stores" / f"{name}{more}-{digest}.sqlite"
-
-
-def known_stores() -> list[tuple[Path, list[str]]]:
-    """The default stores under :func:`state_dir`, each with the archives its last run scanned."""
-    found = []
-    for path in sorted((state_dir() / "stores").glob("*.sqlite")):
-        archives: list[str] = []
-        try:
-            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
-                row = db.execute("SELECT options_json FROM runs ORDER BY id DESC LIMIT 1").fetchone()
-            archives = list(json.loads(row[0]).get("archives") or []) if row else []
-        except (sqlite3.Error, ValueError, TypeError):
-            pass
-        found.append((path, archives))
-    return found
-
-
-def utc_text(moment: datetime | None = None) -> str:
-    moment = moment or datetime.now(timezone.utc)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-# --------------------------------------------------------------------------- lock
-
-
-# Lock files held by this process: a POSIX record lock never conflicts with its own process (a
-# second run in the same interpreter would "get" it), and closing any descriptor of the file drops
-# it (so the file is never opened twice here), so a second acquire in the same process is refused
-# here instead: lock file -> the holder text written into it.
-_HELD_BY_THIS_PROCESS: dict[str, str] = {}
-
-
-def pid_alive(pid: int) -> bool:
-    """True when ``pid`` runs on this host (a zombie, dead but not yet reaped, counts as dead)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process: alive
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            return handle.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True  # no /proc (not Linux): kill(0) said it exists
-
-
-def lock_holder_pid(fileno: int) -> int | None:
-    """The pid the kernel names as holding a conflicting lock on the file (F_GETLK), or None
-    (no conflict, not visible from this pid namespace, or not supported)."""
-    # struct flock on Linux (LP64): short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid.
-    layout = "hhqqi4x"
-    try:
-        answer = fcntl.fcntl(fileno, fcntl.F_GETLK, struct.pack(layout, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
-        l_type, _, _, _, l_pid = struct.unpack(layout, answer)
-    except (OSError, struct.error, AttributeError):
-        return None
-    return l_pid if l_type != fcntl.F_UNLCK and l_pid > 0 else None
-
-
-@dataclass(frozen=True)
-class LockTakeover:
-    """The lock file named a holder that ended without releasing it (a killed run)."""
-
-    holder: str  # "pid N on HOST since TIME", as that run wrote it
-    holder_alive: bool  # the pid runs now (reused by another program, or an older audit)
-
-    def message(self, lock_path: Path) -> str:
-        still = (" (a process with that pid runs now, but it does not hold the lock)" if self.holder_alive else "")
-        return (f"the run store's lock {lock_path} was left by {self.holder}, which ended without releasing it "
-                f"(killed?){still}; this run took the store over")
-
-
-class StoreLock:
-    """An exclusive, non-blocking record lock on ``STORE.lock``, held until :meth:`release`.
-
-    ``takeover`` is set after :meth:`acquire` when the previous holder died holding it."""
-
-    def __init__(self, store_path: Path) -> None:
-        self.path = store_path.with_name(store_path.name + ".lock")
-        self._handle: TextIO | None = None
-        self.takeover: LockTakeover | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        key = os.path.realpath(self.path)
-        if key in _HELD_BY_THIS_PROCESS:
-            raise StoreLocked(f"the run store {self.path.with_suffix('')} is in use by another run "
-                              f"({_HELD_BY_THIS_PROCESS[key]}, this process); try again when it has finished")
-        # Opened close-on-exec (Python's default) and never inherited as a lock by a fork.
-        handle = open(self.path, "a+", encoding="utf-8")
-        try:
-            fcntl.lockf(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EAGAIN):  # e.g. ENOLCK: a file system without locks
-                handle.close()
-                raise StoreError(f"cannot lock the run store's lock file {self.path} ({exc.strerror}); "
-                                 f"keep the store on a local disk, or pass another --store") from None
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown process"
-            kernel_pid = lock_holder_pid(handle.fileno())
-            handle.close()
-            if kernel_pid is not None and f"pid {kernel_pid} " not in holder + " ":
-                holder = f"pid {kernel_pid} holds the lock; the lock file names {holder}"
-            raise StoreLocked(f"the run store {self.path.with_suffix('')} is in use by another run ({holder}); "
-                              f"try again when it has finished") from None
-        handle.seek(0)
-        left_behind = handle.read().strip()
-        if left_behind:  # a holder that released the lock clears the file: this one did not
-            self.takeover = LockTakeover(left_behind, _named_pid_alive(left_behind))
-        handle.seek(0)
-        handle.truncate()
-        holder = f"pid {os.getpid()} on {socket.gethostname()} since {utc_text()}"
-        handle.write(holder + "\n")
-        handle.flush()
-        self._handle = handle
-        _HELD_BY_THIS_PROCESS[key] = holder
-
-    def release(self) -> None:
-        if self._handle is not None:
-            try:
-                self._handle.seek(0)
-                self._handle.truncate()  # released in order: nothing for the next run to take over
-            except OSError:
-                pass
-            self._handle.close()  # closing the descriptor drops the record lock
-            self._handle = None
-            _HELD_BY_THIS_PROCESS.pop(os.path.realpath(self.path), None)
-
-
-def _named_pid_alive(holder: str) -> bool:
-    """Whether the pid a lock file names runs now, when it names one of this host."""
-    parts = holder.split()
-    try:
-        pid = int(parts[1]) if parts[0] == "pid" else 0
-        host = parts[3] if parts[2] == "on" else ""
-    except (IndexError, ValueError):
-        return False
-    return host == socket.gethostname() and pid_alive(pid)
-
-
-# --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class FileUpdate:
-    """What one run learnt about one discovered file."""
-
-    root: str
-    path: str
-    size: int | None
-    mtime: float | None
-    sha256: str
-    verdict: str
-
-
-@dataclass(frozen=True)
-class StoredScore:
-    sha256: str
-    scoring_key: str
-    model_id: str
-    row: dict[str, Any]
-
-
-@dataclass
-class RunRecord:
-    id: int
-    started_at: str
-    finished_at: str | None
-    out_dir: str
-    out_dir_created: bool
-    files: int | None
-    files_scored: int | None
-    files_reused: int | None
-    flagged: int | None
-    errors: int | None
-    exit_code: int | None
-    partial: bool
-    note: str
-
-
-@dataclass
-class RunCounts:
-    files: int
-    files_scored: int
-    files_reused: int
-    flagged: int
-    errors: int
-
-
-@dataclass
-class Changes:
-    """What is different since the last completed run on this store (the baseline)."""
-
-    baseline_run: int | None
-    new: int = 0
-    changed: int = 0
-    deleted: int = 0
-    newly_flagged: int = 0
-    listed: dict[str, list[dict[str, str]]] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "baseline_run": self.baseline_run,
-            "counts": {"new": self.new, "changed": self.changed, "deleted": self.deleted, "newly_flagged": self.newly_flagged},
-            "listed": self.listed,
-            "listed_limit": MAX_LISTED_CHANGES,
-        }
-
-
-# --------------------------------------------------------------------------- the store
 
 
 class RunStore:
     """An open run store. Not shared between threads or processes (the lock sees to processes)."""
+
+    @staticmethod
+    def root_key(root: str) -> str:
+        """The run store knows a root by its resolved absolute path, so `photos`, `./photos/` and
+        `/srv/photos` (or a symlink to it) are one archive whatever the working directory of the
+        night's job; results.csv keeps the root as it was typed."""
+        return _resolved_root(root)
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -655,18 +395,3 @@ def open_locked(path: Path) -> tuple[RunStore, StoreLock]:
         lock.release()
         raise
     return store, lock
-
-
-def describe_run(run: RunRecord) -> list[str]:
-    """One `audit runs` table row."""
-
-    def cell(value: Any) -> str:
-        return "-" if value is None else str(value)
-
-    return [str(run.id), run.started_at, cell(run.finished_at), cell(run.files), cell(run.files_scored),
-            cell(run.files_reused), cell(run.flagged), cell(run.errors), cell(run.exit_code),
-            "yes" if run.partial else "no", run.out_dir + (f" ({run.note})" if run.note else "")]
-
-
-RUN_TABLE_HEADER = ["id", "started", "finished", "files", "scored", "reused", "flagged", "errors", "exit", "partial", "out dir"]
-

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 from audit.cli import main
 from audit.results import read_results_csv
-from audit.store import EXIT_LOCKED, RunStore
+from audit.errors import EXIT_LOCKED
+from audit.store import RunStore
 from scan_fixtures import jpeg_bytes, make_model, model_dir, model_path, noise_image  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[1]
