@@ -32,7 +32,8 @@ import pandas as pd
 import audit
 from audit.errors import UsageError
 from audit.atomic import atomic_path, write_text
-from audit.explain import GradCamExplainer, Explanation, THUMBNAIL_SIZE, gradcam_grid, save_image
+from audit.explain import GradCamExplainer, Explanation, gradcam_grid
+from audit.pictures import THUMBNAIL_SIZE, save_image
 from audit.heatmap_cache import HeatmapCache
 from audit.model import LoadedModel, ModelCard, ModelError, load_model, read_card
 from audit.model_summary import ModelSummary, data_set_rows, summarize, training_rows
