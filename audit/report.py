@@ -35,6 +35,7 @@ from audit.atomic import atomic_path, write_text
 from audit.explain import GradCamExplainer, Explanation, gradcam_grid
 from audit.pictures import THUMBNAIL_SIZE, save_image
 from audit.heatmap_cache import HeatmapCache
+from audit.metrics import LabelledMetrics, compute_metrics, labelled_rows
 from audit.model import LoadedModel, ModelCard, ModelError, load_model, read_card
 from audit.model_summary import ModelSummary, data_set_rows, summarize, training_rows
 from audit.report_page import TEMPLATE_DIR, options_list, render_page, swap_in_folder, template_environment  # noqa: F401 - the report's interface
@@ -191,82 +192,6 @@ def review_states(frame: pd.DataFrame) -> list[str]:
     return [review_state(verdict, model_id, review, review_model)
             for verdict, model_id, review, review_model in
             zip(frame["verdict"], frame["model_id"], frame["review"], frame["review_model_id"])]
-
-
-@dataclass(frozen=True)
-class LabelledMetrics:
-    """Metrics over the scored files whose true label is known; "ai-generated" is positive."""
-
-    count: int
-    true_negative: int  # real, judged real
-    false_positive: int  # real, judged AI-generated
-    false_negative: int  # AI-generated, judged real
-    true_positive: int  # AI-generated, judged AI-generated
-    accuracy: float
-    precision: float
-    recall: float
-    f1: float
-    roc_auc: float | None  # None when only one class is present
-    average_precision: float | None
-    expected_calibration_error: float
-
-    @property
-    def matrix(self) -> list[list[int]]:
-        """Rows: true real, true AI-generated; columns: judged real, judged AI-generated."""
-        return [[self.true_negative, self.false_positive], [self.false_negative, self.true_positive]]
-
-    @property
-    def rates(self) -> list[list[float | None]]:
-        """Each row of the matrix divided by its total (None for an empty row)."""
-        return [[cell / sum(row) if sum(row) else None for cell in row] for row in self.matrix]
-
-
-def labelled_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    known = frame["true_label"].isin([VERDICT_AI, VERDICT_REAL])
-    scored = (frame["status"] == "ok") & frame["verdict"].isin([VERDICT_AI, VERDICT_REAL]) & frame["prob_ai"].notna()
-    return frame[known & scored]
-
-
-def expected_calibration_error(prob_ai: np.ndarray, is_ai: np.ndarray, bins: int = 10) -> float:
-    """Bin-weighted |mean predicted probability - observed fraction| over equal-width bins."""
-    which = np.clip((prob_ai * bins).astype(int), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        in_bin = which == b
-        if in_bin.any():
-            total += in_bin.mean() * abs(prob_ai[in_bin].mean() - is_ai[in_bin].mean())
-    return float(total)
-
-
-def compute_metrics(frame: pd.DataFrame) -> LabelledMetrics | None:
-    """From results.csv's own columns: true_label against the scan's verdict (and prob_ai)."""
-    from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
-
-    rows = labelled_rows(frame)
-    if rows.empty:
-        return None
-    is_ai = (rows["true_label"] == VERDICT_AI).to_numpy(dtype=int)
-    judged_ai = (rows["verdict"] == VERDICT_AI).to_numpy(dtype=int)
-    prob_ai = rows["prob_ai"].to_numpy(dtype=np.float64)
-    (tn, fp), (fn, tp) = confusion_matrix(is_ai, judged_ai, labels=[0, 1])
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        is_ai, judged_ai, labels=[1], average="binary", zero_division=0
-    )
-    both_classes = 0 < is_ai.sum() < len(is_ai)
-    return LabelledMetrics(
-        count=len(rows),
-        true_negative=int(tn),
-        false_positive=int(fp),
-        false_negative=int(fn),
-        true_positive=int(tp),
-        accuracy=float((tp + tn) / len(rows)),
-        precision=float(precision),
-        recall=float(recall),
-        f1=float(f1),
-        roc_auc=float(roc_auc_score(is_ai, prob_ai)) if both_classes else None,
-        average_precision=float(average_precision_score(is_ai, prob_ai)) if both_classes else None,
-        expected_calibration_error=expected_calibration_error(prob_ai, is_ai),
-    )
 
 
 # --------------------------------------------------------------------------- charts

@@ -22,8 +22,8 @@ from PIL import Image
 
 import run_fixture as rf
 import synthetic_detector as sd
+from audit.metrics import compute_metrics
 from audit.report import (
-    compute_metrics,
     read_results,
     render_report,
     render_report_files,
