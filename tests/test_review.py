@@ -57,7 +57,9 @@ def summary_of(out: Path) -> dict:
 
 def front_page(out: Path):
     """The report's content rendered from the run folder (no model, no PDF): counts and gallery."""
-    from audit.report import build_content, read_run, render_page
+    from audit.report import build_content
+    from audit.report_data import read_run
+    from audit.report_page import render_page
 
     content = build_content(read_run(out), None, None, "not needed here", out / "unused-heatmaps", 200)
     return content, render_page(content, "html")
