@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 from audit.cli import main
 from audit.results import read_results_csv
-from audit.review import MAX_NOTE_CHARS, decision_history, import_decisions
+from audit.review import MAX_NOTE_CHARS, decision_history
+from audit.review_import import import_decisions
 from audit.store import RunStore
 from scan_fixtures import jpeg_bytes, make_model, noise_image
 
