@@ -10,6 +10,7 @@ in use by another run (nothing was written); 6 with --engine ray, the cluster fa
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -129,13 +130,40 @@ def explain(images: tuple[Path, ...], model_path: str | None, out_dir: Path) -> 
 
     Exit code 0, or 3 when some image could not be read.
     """
-    from audit.explain import explain_command
-
     try:
-        code = explain_command(images, model_path, out_dir, echo=click.echo)
+        code = print_explanations(images, model_path, out_dir, echo=click.echo)
     except UsageError as exc:
         raise fail(exc) from None
     sys.exit(code)
+
+
+def print_explanations(images: Sequence[str | Path], model_path: str | Path | None, out_dir: str | Path,
+                       echo: Callable[[str], None] = print) -> int:
+    """`audit explain`: print prob_ai and verdict per image, write its overlay PNG; return the
+    exit code: EXIT_OK when every image was explained, EXIT_ERRORS when some could not be read
+    (as the scan's)."""
+    from audit.errors import EXIT_ERRORS, EXIT_OK
+    from audit.explain import ExplainFailure, explain_images
+    from audit.model import load_model
+    from audit.pictures import safe_stem, save_png
+    from audit.verdicts import judge
+
+    model = load_model(model_path)
+    threshold = model.card.threshold
+    failures = 0
+    echo(f"model {model.model_id}, threshold {threshold:.3f}, Grad-CAM layer {model.card.gradcam_layer}")
+    for index, result in enumerate(explain_images(images, model)):
+        if isinstance(result, ExplainFailure):
+            failures += 1
+            echo(f"{result.path}\terror\t{result.error}")
+            continue
+        # The scan's verdict rule: a declaration of AI generation in the metadata flags the image
+        # whatever the model says (README, "Provenance evidence and the verdict").
+        decision = judge(result.prob_ai, threshold, result.evidence)
+        overlay_path = save_png(result.overlay, Path(out_dir) / f"{safe_stem(result.path, index)}-gradcam.png")
+        reason = "" if decision.reason == "model" else f"\t{decision.reason}"
+        echo(f"{result.path}\tprob_ai={result.prob_ai:.4f}\t{decision.verdict}\t{overlay_path}{reason}")
+    return EXIT_ERRORS if failures else EXIT_OK
 
 
 _STORE_OPTION = click.option(

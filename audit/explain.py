@@ -10,38 +10,32 @@ The layer is the one the model card names (``card.gradcam_layer``): for resnet18
 anything. The map is computed on the 32x32 input that the detector judged, then stretched back
 over the whole thumbnail, because the input is the whole image squashed (resize policy
 "squash"): a cell of the map covers the same fraction of the picture in both.
+
+Reading the files, thumbnails and overlays are audit.pictures'; the ``audit explain`` command
+is in audit.cli.
 """
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from audit.atomic import atomic_path
-from audit.discover import FileRecord
+from audit import pictures
 from audit.heatmap_cache import CachedMap, HeatmapCache
-from audit.loading import DEFAULT_MAX_FILE_BYTES, LoadOptions, LoadResult, load_bytes, read_file_bytes, strict_pillow, to_rgb
-from audit.provenance import Finding
-from audit.verdicts import judge
 from audit.model import (
     AI_CLASS_INDEX, LoadedModel, ModelError, Preprocessing, crop_boxes, crops_scale, load_model, normalize, shorter_side_to,
 )
+from audit.pictures import THUMBNAIL_SIZE, LoadedPicture, overlay_heatmap, upsample_heatmap
+from audit.provenance import Finding
 
-# Longest side of a thumbnail in pixels: the PDF shows it about 38 mm wide, so 144 px is
-# ~96 dpi there. Larger thumbnails would only make the report heavier.
-THUMBNAIL_SIZE = 144
-# Share of the colour map in the overlay; the rest is the picture itself.
-OVERLAY_ALPHA = 0.45
-DEFAULT_BATCH_SIZE = 32
+# Images per Grad-CAM forward and backward pass (the scan's batch is audit.compute's).
+GRADCAM_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -69,93 +63,6 @@ class ExplainFailure:
 ExplainResult = Explanation | ExplainFailure
 
 
-@dataclass(frozen=True)
-class _Pending:
-    """An image loaded and waiting for its batch."""
-
-    path: Path
-    sha256: str
-    thumbnail: Image.Image
-    model_input: torch.Tensor  # uint8 CHW at the model's input size (KCHW: a crops policy's views)
-    enlarged: bool
-    evidence: list[Finding]
-    picture_size: tuple[int, int] = (0, 0)  # the upright picture's (width, height)
-
-
-# --------------------------------------------------------------------------- pictures
-
-
-def read_image_file(path: Path) -> bytes:
-    """The file's bytes, read once for both the model input and the thumbnail (so both are the
-    same bytes, and the file is hashed once); ValueError with the load stage's message."""
-    try:
-        return read_file_bytes(str(path), DEFAULT_MAX_FILE_BYTES)
-    except Exception as exc:  # noqa: BLE001 - the load stage's own error type carries the message
-        raise ValueError(str(exc) or type(exc).__name__) from None
-
-
-def load_model_input(path: Path, pre: Preprocessing, data: bytes | None = None) -> tuple[torch.Tensor, str, list[Finding]]:
-    """The model's uint8 input, the sha256 of ``data`` (the file's bytes, read when not given)
-    and its provenance evidence, through the scan's own load stage.
-
-    The same decoder, draft decoding, orientation, alpha and size limits as the scan, so the
-    probability recomputed here is the one the scan wrote. Raises ValueError with the load
-    stage's message when the file cannot be loaded.
-    """
-    record = FileRecord(root=str(path.parent), rel_path=path.name, abs_path=str(path))
-    data = read_image_file(path) if data is None else data
-    loaded = load_bytes(data, LoadOptions(preprocessing=pre), LoadResult(record=record))
-    if loaded.error is not None or loaded.tensor is None:
-        raise ValueError(loaded.error or "cannot load image")
-    return loaded.tensor, loaded.sha256, loaded.evidence
-
-
-def load_display_rgb(data: bytes, pre: Preprocessing, size: int = THUMBNAIL_SIZE) -> Image.Image:
-    """Decode the picture for display: first frame, upright, RGB as the scan composites it.
-
-    JPEGs are decoded at reduced size (draft mode) down to twice the thumbnail, so a 12 MP
-    photo costs little. ``data`` are the bytes load_model_input accepted (its size limits, and a
-    strict decode), decoded under the same strict Pillow settings: the thumbnail shows exactly
-    the bytes that were judged, never a file replaced in between.
-    """
-    with strict_pillow(), Image.open(io.BytesIO(data)) as opened:
-        if opened.format == "JPEG":
-            opened.draft("RGB", (2 * size, 2 * size))
-        opened.load()
-        upright = ImageOps.exif_transpose(opened)
-        return to_rgb(upright, pre.alpha_background)
-
-
-def make_thumbnail(rgb: Image.Image, size: int = THUMBNAIL_SIZE) -> Image.Image:
-    """Scale the longest side to ``size``, keeping the aspect ratio.
-
-    Small images (CIFAKE is 32x32) are enlarged with nearest-neighbour so the reviewer sees the
-    real pixels rather than detail invented by interpolation; large ones are reduced smoothly.
-    """
-    width, height = rgb.size
-    scale = size / max(width, height)
-    target = (max(1, round(width * scale)), max(1, round(height * scale)))
-    resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
-    return rgb.resize(target, resample)
-
-
-def upsample_heatmap(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A map in [0, 1] resized (bilinear) to ``size`` = (width, height), still in [0, 1]."""
-    resized = cv2.resize(cam.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
-    return np.clip(resized, 0.0, 1.0)
-
-
-def overlay_heatmap(thumbnail: Image.Image, heatmap: np.ndarray, alpha: float = OVERLAY_ALPHA) -> Image.Image:
-    """Blend a JET colour map of ``heatmap`` (same size as the thumbnail) over the picture."""
-    if heatmap.shape != (thumbnail.height, thumbnail.width):
-        raise ValueError(f"heatmap shape {heatmap.shape} does not match thumbnail {thumbnail.size}")
-    colour_bgr = cv2.applyColorMap(np.uint8(np.round(255 * heatmap)), cv2.COLORMAP_JET)
-    colour = cv2.cvtColor(colour_bgr, cv2.COLOR_BGR2RGB).astype(np.float32)
-    picture = np.asarray(thumbnail.convert("RGB"), dtype=np.float32)
-    blended = (1.0 - alpha) * picture + alpha * colour
-    return Image.fromarray(np.clip(np.round(blended), 0, 255).astype(np.uint8))
-
-
 # --------------------------------------------------------------------------- Grad-CAM
 
 
@@ -179,7 +86,7 @@ class GradCamExplainer:
     exit, so the same network can go on scoring without them.
     """
 
-    def __init__(self, model: LoadedModel, batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None):
+    def __init__(self, model: LoadedModel, batch_size: int = GRADCAM_BATCH_SIZE, device: str | torch.device | None = None):
         from pytorch_grad_cam import GradCAM
 
         self.model = model
@@ -249,28 +156,22 @@ class GradCamExplainer:
         self.model.network.zero_grad(set_to_none=True)
         return logits_array, np.clip(maps, 0.0, 1.0).astype(np.float32)
 
-    def _explain_placed(self, item: "_Pending") -> tuple[float, np.ndarray]:
-        """A center-crop or crops policy: each view's map placed where that view lies in the
-        picture (averaged where crops overlap, zero where no crop looked), and the probability
-        from the views' averaged logits, as the scan computes it. (Not cached: the heatmap
-        cache holds one input-size map an image.)"""
-        pre = self.model.card.preprocessing
+    def _explain_placed(self, item: LoadedPicture) -> tuple[float, np.ndarray]:
+        """A center-crop or crops policy: the views' maps placed in the picture (place_view_maps),
+        and the probability from the views' averaged logits, as the scan computes it. (Not
+        cached: the heatmap cache holds one input-size map an image.)"""
         views = item.model_input if item.model_input.ndim == 4 else item.model_input.unsqueeze(0)
         logits, maps = self.explain_batch_logits(views)
         prob_ai = float(self.probabilities(logits.mean(axis=0, keepdims=True))[0])
-        if pre.resize_policy == "crops":
-            scaled = crops_scale(item.picture_size, pre)
-            boxes = list(dict.fromkeys(crop_boxes(scaled, pre.input_size, pre.crops)))
-        else:
-            scaled = shorter_side_to(item.picture_size, pre.input_size)
-            boxes = crop_boxes(scaled, pre.input_size, 1)
-        canvas = np.zeros((scaled[1], scaled[0]), dtype=np.float32)
-        looked = np.zeros_like(canvas)
-        for (left, top, right, bottom), cam in zip(boxes, maps):
-            canvas[top:bottom, left:right] += upsample_heatmap(cam, (right - left, bottom - top))
-            looked[top:bottom, left:right] += 1
-        canvas = np.divide(canvas, looked, out=np.zeros_like(canvas), where=looked > 0)
-        return prob_ai, upsample_heatmap(canvas, item.thumbnail.size)
+        return prob_ai, place_view_maps(maps, item.picture_size, self.model.card.preprocessing, item.thumbnail.size)
+
+    def _explain_squashed(self, loaded: list[LoadedPicture], cache: HeatmapCache | None) -> list[tuple[float, np.ndarray]]:
+        """The squash policy: one input-size map an image (from the cache where it has it),
+        stretched over the whole thumbnail."""
+        maps = self._maps(loaded, cache)
+        probs = self.probabilities(np.stack([item.logits for item in maps]))
+        return [(float(prob_ai), upsample_heatmap(cached.cam, item.thumbnail.size))
+                for item, prob_ai, cached in zip(loaded, probs, maps)]
 
     def explain_paths(self, paths: Iterable[Path], thumbnail_size: int = THUMBNAIL_SIZE,
                       cache: HeatmapCache | None = None) -> Iterator[ExplainResult]:
@@ -281,29 +182,16 @@ class GradCamExplainer:
         layer) it does not hold yet, and their maps are added to it.
         """
         pre = self.model.card.preprocessing
-        batch: list[_Pending | ExplainFailure] = []
+        batch: list[LoadedPicture | ExplainFailure] = []
         for path in paths:
-            path = Path(path)
-            try:
-                data = read_image_file(path)
-                model_input, sha256, evidence = load_model_input(path, pre, data)
-                picture = load_display_rgb(data, pre, thumbnail_size)
-                del data
-                thumbnail = make_thumbnail(picture, thumbnail_size)
-                batch.append(_Pending(path, sha256, thumbnail, model_input, max(picture.size) < thumbnail_size, evidence,
-                                      picture.size))
-                del picture  # a decoded photo must not stay alive for the whole batch
-            except ValueError as exc:
-                batch.append(ExplainFailure(path, str(exc)))
-            except Exception as exc:  # noqa: BLE001 - a bad file is a result, never the end of the report
-                batch.append(ExplainFailure(path, f"{type(exc).__name__}: {exc}"))
+            batch.append(_load_or_failure(Path(path), pre, thumbnail_size))
             if len(batch) >= self.batch_size:
                 yield from self._finish(batch, cache)
                 batch = []
         if batch:
             yield from self._finish(batch, cache)
 
-    def _maps(self, pending: list[_Pending], cache: HeatmapCache | None) -> list[CachedMap]:
+    def _maps(self, pending: list[LoadedPicture], cache: HeatmapCache | None) -> list[CachedMap]:
         """(logits, map) per pending image: from the cache where it has them, else Grad-CAM."""
         model_id, layer = self.model.model_id, self.model.card.gradcam_layer
         known = cache.get_many([item.sha256 for item in pending], model_id, layer) if cache is not None else {}
@@ -319,101 +207,63 @@ class GradCamExplainer:
             cache.hits += len(pending) - len(missing)
         return [known[item.sha256] for item in pending]
 
-    def _finish(self, batch: list["_Pending | ExplainFailure"], cache: HeatmapCache | None = None) -> Iterator[ExplainResult]:
-        pending = [item for item in batch if isinstance(item, _Pending)]
-        explained: dict[int, Explanation] = {}
-        if pending and self.model.card.preprocessing.resize_policy != "squash":
-            for item in pending:
-                prob_ai, heatmap = self._explain_placed(item)
-                explained[id(item)] = Explanation(
-                    path=item.path, sha256=item.sha256, prob_ai=prob_ai, heatmap=heatmap, thumbnail=item.thumbnail,
-                    overlay=overlay_heatmap(item.thumbnail, heatmap), enlarged=item.enlarged, evidence=item.evidence,
-                )
-            pending = []
-        if pending:
-            maps = self._maps(pending, cache)
-            probs = self.probabilities(np.stack([item.logits for item in maps]))
-            for item, prob_ai, cached in zip(pending, probs, maps):
-                heatmap = upsample_heatmap(cached.cam, item.thumbnail.size)
-                explained[id(item)] = Explanation(
-                    path=item.path,
-                    sha256=item.sha256,
-                    prob_ai=float(prob_ai),
-                    heatmap=heatmap,
-                    thumbnail=item.thumbnail,
-                    overlay=overlay_heatmap(item.thumbnail, heatmap),
-                    enlarged=item.enlarged,
-                    evidence=item.evidence,
-                )
+    def _finish(self, batch: list[LoadedPicture | ExplainFailure], cache: HeatmapCache | None = None) -> Iterator[ExplainResult]:
+        loaded = [item for item in batch if isinstance(item, LoadedPicture)]
+        if self.model.card.preprocessing.resize_policy != "squash":
+            scored = [self._explain_placed(item) for item in loaded]
+        else:
+            scored = self._explain_squashed(loaded, cache) if loaded else []
+        explained = {id(item): _explanation(item, prob_ai, heatmap) for item, (prob_ai, heatmap) in zip(loaded, scored)}
         for item in batch:
-            yield explained[id(item)] if isinstance(item, _Pending) else item
+            yield explained[id(item)] if isinstance(item, LoadedPicture) else item
+
+
+def _load_or_failure(path: Path, pre: Preprocessing, thumbnail_size: int) -> LoadedPicture | ExplainFailure:
+    """The picture loaded for its batch, or why it cannot be: a bad file is a result, never the
+    end of the report."""
+    try:
+        return pictures.load_picture(path, pre, thumbnail_size)
+    except ValueError as exc:
+        return ExplainFailure(path, str(exc))
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's, not the run's
+        return ExplainFailure(path, f"{type(exc).__name__}: {exc}")
+
+
+def _explanation(item: LoadedPicture, prob_ai: float, heatmap: np.ndarray) -> Explanation:
+    return Explanation(path=item.path, sha256=item.sha256, prob_ai=prob_ai, heatmap=heatmap, thumbnail=item.thumbnail,
+                       overlay=overlay_heatmap(item.thumbnail, heatmap), enlarged=item.enlarged, evidence=item.evidence)
+
+
+def place_view_maps(maps: np.ndarray, picture_size: tuple[int, int], pre: Preprocessing,
+                    thumbnail_size: tuple[int, int]) -> np.ndarray:
+    """A center-crop or crops policy's view maps as one map of the picture, at thumbnail size:
+    each view's map placed where that view lies in the picture, averaged where crops overlap,
+    zero where no crop looked."""
+    if pre.resize_policy == "crops":
+        scaled = crops_scale(picture_size, pre)
+        boxes = list(dict.fromkeys(crop_boxes(scaled, pre.input_size, pre.crops)))
+    else:
+        scaled = shorter_side_to(picture_size, pre.input_size)
+        boxes = crop_boxes(scaled, pre.input_size, 1)
+    canvas = np.zeros((scaled[1], scaled[0]), dtype=np.float32)
+    looked = np.zeros_like(canvas)
+    for (left, top, right, bottom), cam in zip(boxes, maps):
+        canvas[top:bottom, left:right] += upsample_heatmap(cam, (right - left, bottom - top))
+        looked[top:bottom, left:right] += 1
+    canvas = np.divide(canvas, looked, out=np.zeros_like(canvas), where=looked > 0)
+    return upsample_heatmap(canvas, thumbnail_size)
 
 
 def explain_images(
     paths: Sequence[str | Path],
     model: LoadedModel | str | Path | None = None,
     thumbnail_size: int = THUMBNAIL_SIZE,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = GRADCAM_BATCH_SIZE,
 ) -> list[ExplainResult]:
     """Image paths -> one result each (prob_ai, heatmap, overlay, or why it failed), in order."""
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     with GradCamExplainer(loaded, batch_size=batch_size) as explainer:
         return list(explainer.explain_paths([Path(p) for p in paths], thumbnail_size))
-
-
-def save_png(image: Image.Image, path: Path) -> Path:
-    """Write a PNG through a temporary name, so a killed run never leaves half a file."""
-    return save_image(image, path, "PNG")
-
-
-def save_image(image: Image.Image, path: Path, image_format: str, jpeg_quality: int = 88) -> Path:
-    """Write PNG or JPEG through a temporary name, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temporary:
-        if image_format == "JPEG":
-            image.convert("RGB").save(temporary, format="JPEG", quality=jpeg_quality, optimize=True)
-        else:
-            image.save(temporary, format="PNG", optimize=True)
-    return path
-
-
-# --------------------------------------------------------------------------- `audit explain`
-
-
-def safe_stem(path: Path, index: int) -> str:
-    """A file name for outputs that cannot escape the output folder or upset a shell."""
-    kept = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in path.stem)[:60].strip("._")
-    return f"{index:03d}-{kept or 'image'}"
-
-
-def explain_command(
-    images: Sequence[str | Path],
-    model_path: str | Path | None,
-    out_dir: str | Path,
-    echo: Callable[[str], None] = print,
-) -> int:
-    """Print prob_ai and verdict per image, write its overlay PNG; return an exit code.
-
-    0 when every image was explained, 3 when some could not be read (as the scan's exit code).
-    """
-    model = load_model(model_path)
-    threshold = model.card.threshold
-    out = Path(out_dir)
-    failures = 0
-    echo(f"model {model.model_id}, threshold {threshold:.3f}, Grad-CAM layer {model.card.gradcam_layer}")
-    for index, result in enumerate(explain_images(images, model)):
-        if isinstance(result, ExplainFailure):
-            failures += 1
-            echo(f"{result.path}\terror\t{result.error}")
-            continue
-        # The scan's verdict rule: a declaration of AI generation in the metadata flags the image
-        # whatever the model says (README, "Provenance evidence and the verdict").
-        decision = judge(result.prob_ai, threshold, result.evidence)
-        verdict = decision.verdict
-        overlay_path = save_png(result.overlay, out / f"{safe_stem(result.path, index)}-gradcam.png")
-        reason = "" if decision.reason == "model" else f"\t{decision.reason}"
-        echo(f"{result.path}\tprob_ai={result.prob_ai:.4f}\t{verdict}\t{overlay_path}{reason}")
-    return 3 if failures else 0
 
 
 def gradcam_grid(model: LoadedModel) -> tuple[int, int]:

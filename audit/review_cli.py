@@ -1,4 +1,4 @@
-"""``audit review``: record, import and list reviewers' decisions (the logic is in audit.review).
+"""``audit review``: record, import and list reviewers' decisions (the logic is in audit.review and audit.review_import).
 
 Thin click commands, added to the ``audit`` group by audit.cli. Exit codes as for every audit
 command: 0 done (an import that ignored some rows says which and why), 2 the user must act
@@ -73,7 +73,7 @@ def set_command(target: str, decision: str, note: str, by: str | None, store_pat
 def import_command(file: Path, by: str | None, store_path: Path | None, archives: tuple[str, ...]) -> None:
     """Read the review and review_note columns of a results.xlsx/results.csv (or the CSV the HTML
     report exports) and record what is new or changed, all in one transaction."""
-    from audit.review import import_decisions
+    from audit.review_import import import_decisions
 
     store = _review_store(store_path, archives, results_file=file)
     try:

@@ -121,7 +121,7 @@ def main() -> None:
             recorded = db.execute("SELECT count(*) FROM decisions").fetchone()[0]
         # The same import in-process on a fresh copy, without interpreter start-up.
         sys.path.insert(0, str(REPO))
-        from audit.review import import_decisions
+        from audit.review_import import import_decisions
         from audit.store import RunStore
 
         probe = work / "probe.sqlite"

@@ -19,18 +19,17 @@ import torch
 from PIL import Image
 
 import synthetic_detector as sd
+from audit.cli import print_explanations
 from audit.explain import (
     ExplainFailure,
     Explanation,
     GradCamExplainer,
-    explain_command,
     explain_images,
     gradcam_grid,
     heatmap_mass_by_cell,
-    make_thumbnail,
-    THUMBNAIL_SIZE,
 )
 from audit.model import LoadedModel, load_model, normalize
+from audit.pictures import THUMBNAIL_SIZE, make_thumbnail
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +235,7 @@ def test_explain_command_prints_probabilities_and_writes_overlays(model: LoadedM
     broken = tmp_path / "in" / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n")
     lines: list[str] = []
-    code = explain_command([fake, real, broken], model.weights_path, tmp_path / "out", echo=lines.append)
+    code = print_explanations([fake, real, broken], model.weights_path, tmp_path / "out", echo=lines.append)
     assert code == 3, "an unreadable image gives the scan's 'some files were errors' code"
     fake_line = next(line for line in lines if line.startswith(str(fake)))
     real_line = next(line for line in lines if line.startswith(str(real)))
@@ -275,7 +274,7 @@ def test_explain_applies_the_scans_verdict_rule_to_metadata_declarations(model: 
     declared = tmp_path / "declared.png"
     picture.save(declared, pnginfo=info)
     lines: list[str] = []
-    assert explain_command([tmp_path / "plain.png", declared], model.weights_path, tmp_path / "out", echo=lines.append) == 0
+    assert print_explanations([tmp_path / "plain.png", declared], model.weights_path, tmp_path / "out", echo=lines.append) == 0
     plain_line, declared_line = lines[1], lines[2]
     assert "\treal\t" in plain_line
     assert "\tai-generated\t" in declared_line and "declared AI by png-text" in declared_line
@@ -285,13 +284,13 @@ def test_each_file_is_read_once_and_the_thumbnail_shows_the_bytes_that_were_judg
         model: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import hashlib
 
-    import audit.explain
+    import audit.pictures
 
     rng = np.random.default_rng(19)
     picture = sd.write_png(tmp_path / "picture.png", sd.with_patch(sd.background(rng), 0, 0))
     original = picture.read_bytes()
     replacement = sd.background(rng)
-    read = audit.explain.read_image_file
+    read = audit.pictures.read_image_file
     reads: list[Path] = []
 
     def read_then_replace(path: Path) -> bytes:
@@ -300,7 +299,7 @@ def test_each_file_is_read_once_and_the_thumbnail_shows_the_bytes_that_were_judg
         sd.write_png(path, replacement)  # the archive changes right after the one read
         return data
 
-    monkeypatch.setattr(audit.explain, "read_image_file", read_then_replace)
+    monkeypatch.setattr(audit.pictures, "read_image_file", read_then_replace)
     [result] = explain_images([picture], model)
     assert reads == [picture]  # model input, sha256 and thumbnail from one read
     assert isinstance(result, Explanation) and result.sha256 == hashlib.sha256(original).hexdigest()

@@ -40,7 +40,9 @@ def rows_of(out: Path) -> list[tuple[str, str, str]]:
 
 def since_last_run_section(out: Path) -> str:
     """The report page's "Since the last run" section, rendered from the run folder (no PDF)."""
-    from audit.report import build_content, read_run, render_page
+    from audit.report import build_content
+    from audit.report_data import read_run
+    from audit.report_page import render_page
 
     content = build_content(read_run(out), None, None, "not needed here", out / "unused-heatmaps", 0)
     page = render_page(content, "html")

@@ -69,7 +69,9 @@ def test_the_default_store_follows_the_archive_and_never_joins_unrelated_ones(tm
 
 
 def test_the_report_names_the_run_store(tmp_path: Path, model_path: Path) -> None:
-    from audit.report import build_content, read_run, render_page
+    from audit.report import build_content
+    from audit.report_data import read_run
+    from audit.report_page import render_page
 
     write_images(tmp_path / "photos", ["a.jpg"])
     assert scan(tmp_path / "photos", model_path, tmp_path / "out", "--quiet").exit_code == 0

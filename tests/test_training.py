@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from audit.metrics import expected_calibration_error
 from audit.model import (
     LoadedModel, ModelCard, ModelError, Preprocessing, build_network, file_sha256, load_model, read_card, save_model,
 )
@@ -21,7 +22,7 @@ from training import evaluate, export, train
 from training.__main__ import main as training_cli
 from training.checkpoint import resolve_checkpoint
 from training.data import ImageSet, load_split, stratified_split
-from training.metrics import choose_threshold, classification_metrics, expected_calibration_error, fit_temperature
+from training.metrics import choose_threshold, classification_metrics, fit_temperature
 
 
 def _synthetic_jpeg(label: int, rng: np.random.Generator) -> bytes:

@@ -8,29 +8,8 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 
-ECE_BINS = 15
-
-
-def expected_calibration_error(prob_ai: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Top-label ECE with equal-width confidence bins.
-
-    The confidence of a prediction is max(p, 1 - p) and it is right when the class with that
-    probability is the true one; ECE is the bin-weighted gap between confidence and accuracy.
-    """
-    prob_ai = np.asarray(prob_ai, dtype=np.float64)
-    labels = np.asarray(labels)
-    predicted = (prob_ai >= 0.5).astype(int)
-    confidence = np.where(predicted == 1, prob_ai, 1.0 - prob_ai)
-    correct = (predicted == labels).astype(np.float64)
-    edges = np.linspace(0.5, 1.0, bins + 1)
-    # Confidence lies in [0.5, 1]; the last bin is closed on the right.
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        in_bin = which == b
-        if in_bin.any():
-            total += in_bin.mean() * abs(confidence[in_bin].mean() - correct[in_bin].mean())
-    return float(total)
+# The card's ECE and the report's are one function: the same predictions give the same figure.
+from audit.metrics import expected_calibration_error
 
 
 def reliability_table(prob_ai: np.ndarray, labels: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
