@@ -60,7 +60,7 @@ def make_zip(path: Path, files: dict[str, bytes]) -> Path:
 
 def fit_args(data: Path, out: Path, **overrides) -> object:
     argv = ["--data", str(data), "--output-dir", str(out), "--name", "tiny", "--epochs", "2", "--batch-size", "32",
-            "--amp", "off", "--print-freq", "0", "--val-fraction", "0.2", "--lr", "0.05"]
+            "--precision", "fp32", "--print-freq", "0", "--val-fraction", "0.2", "--lr", "0.05"]
     args = train.get_args_parser().parse_args(argv)
     for key, value in overrides.items():
         setattr(args, key, value)
@@ -154,7 +154,7 @@ def test_resume_continues_where_the_last_run_stopped(dataset_zip, tmp_path):
 
 
 def test_an_fp16_run_keeps_its_loss_scale_across_a_resume(dataset_zip, tmp_path):
-    small = {"amp": "fp16", "limit_per_class": 12, "batch_size": 8}
+    small = {"precision": "fp16", "limit_per_class": 12, "batch_size": 8}
     straight = train.main(fit_args(dataset_zip, tmp_path / "straight", **small))
     train.main(fit_args(dataset_zip, tmp_path / "split", stop_after_epochs=1, **small))
     saved = json.loads((tmp_path / "split" / "checkpoint.json").read_text())
