@@ -24,6 +24,7 @@ from audit.model import (
 from audit.compute import plan_compute
 from audit.scoring import Scorer, score_records
 from training import train
+from training.data import epoch_order, prepare_data
 from training.sources import source_table
 from tests.synthetic_detector import save_trained_model, trained_network
 
@@ -59,8 +60,8 @@ def test_training_on_two_data_sets_draws_each_by_its_share_and_balances_sources(
     small_files.update({f"val/{label}/v_{i}.jpg": _jpeg(200 + i) for label in ("REAL", "FAKE") for i in range(3)})
     small = _zip(tmp_path / "small.zip", small_files)
 
-    data = train.prepare_data(_args(f"{big}:share=0.75", f"{small}:share=0.25:balance"))
-    order = train.epoch_order(data, _args(f"{big}:share=0.75", f"{small}:share=0.25:balance"), epoch=0)
+    data = prepare_data(_args(f"{big}:share=0.75", f"{small}:share=0.25:balance"))
+    order = epoch_order(data, _args(f"{big}:share=0.75", f"{small}:share=0.25:balance"), epoch=0)
     big_count = len(data.train_parts[0])
     from_small = order >= big_count
     assert len(order) == 6000

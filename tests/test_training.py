@@ -23,6 +23,7 @@ from training.__main__ import main as training_cli
 from training.checkpoint import resolve_checkpoint
 from training.data import ImageSet, load_split, stratified_split
 from training.metrics import choose_threshold, classification_metrics, fit_temperature
+from training.options import command_line
 
 
 def _synthetic_jpeg(label: int, rng: np.random.Generator) -> bytes:
@@ -61,7 +62,7 @@ def make_zip(path: Path, files: dict[str, bytes]) -> Path:
 
 def fit_args(data: Path, out: Path, **overrides) -> object:
     argv = ["--data", str(data), "--output-dir", str(out), "--name", "tiny", "--epochs", "2", "--batch-size", "32",
-            "--amp", "off", "--print-freq", "0", "--val-fraction", "0.2", "--lr", "0.05"]
+            "--precision", "fp32", "--print-freq", "0", "--val-fraction", "0.2", "--lr", "0.05"]
     args = train.get_args_parser().parse_args(argv)
     for key, value in overrides.items():
         setattr(args, key, value)
@@ -87,7 +88,8 @@ def test_fit_from_zip_trains_exports_and_loads(dataset_zip, tmp_path, caplog):
     assert "balanced accuracy" in card.threshold_method
     (data_set,) = card.training["data"]
     assert data_set["train_images"] == 160 and data_set["validation_images"] == 40 and data_set["name"] == "data"
-    assert "training fit" in card.training["command"]
+    assert "training fit" in card.training["command"] and "--precision fp32" in card.training["command"]
+    assert card.training["mixed_precision"] == "fp32"
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,train_loss,val_accuracy,val_auc")
     assert len(history) == 3
@@ -155,7 +157,7 @@ def test_resume_continues_where_the_last_run_stopped(dataset_zip, tmp_path):
 
 
 def test_an_fp16_run_keeps_its_loss_scale_across_a_resume(dataset_zip, tmp_path):
-    small = {"amp": "fp16", "limit_per_class": 12, "batch_size": 8}
+    small = {"precision": "fp16", "limit_per_class": 12, "batch_size": 8}
     straight = train.main(fit_args(dataset_zip, tmp_path / "straight", **small))
     train.main(fit_args(dataset_zip, tmp_path / "split", stop_after_epochs=1, **small))
     saved = json.loads((tmp_path / "split" / "checkpoint.json").read_text())
@@ -163,6 +165,25 @@ def test_an_fp16_run_keeps_its_loss_scale_across_a_resume(dataset_zip, tmp_path)
     resumed = train.main(fit_args(dataset_zip, tmp_path / "split", resume="auto", **small))
     a, b = load_file(str(straight.with_suffix(".safetensors"))), load_file(str(resumed.with_suffix(".safetensors")))
     assert all(torch.equal(a[k], b[k]) for k in a), "a resumed fp16 run must end with the same weights as a straight one"
+
+
+@pytest.mark.parametrize("old, new", [("off", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"), ("auto", "auto")])
+def test_the_old_amp_flag_names_the_same_precision(old, new):
+    # Model cards and the README record commands with --amp; it stays a hidden alias (off is fp32).
+    fit_old = train.get_args_parser().parse_args(["--data", "d", "--amp", old])
+    fit_new = train.get_args_parser().parse_args(["--data", "d", "--precision", new])
+    assert fit_old.precision == fit_new.precision == new
+    assert command_line(fit_old) == command_line(fit_new)
+    evaluate_old = evaluate.get_args_parser().parse_args(["m.json", "--data", "d", "--amp", old])
+    assert evaluate_old.precision == new
+    assert evaluate.get_args_parser().parse_args(["m.json", "--data", "d"]).precision == "fp32"
+    assert "--amp" not in train.get_args_parser().format_help()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_cuda_without_a_gpu_is_a_usage_error(tmp_path, capsys):
+    assert training_cli(["fit", "--data", str(tmp_path), "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
 
 
 def test_pickle_checkpoints_are_refused(tmp_path, capsys):

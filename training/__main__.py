@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from audit.model import ModelError
+from audit.errors import UsageError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,9 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     args = module.get_args_parser().parse_args(argv[1:])
     try:
         module.main(args)
-    except ModelError as exc:
+    except UsageError as exc:  # a bad model, data set, option or device: the user's to fix
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Data sets laid out as ``SPLIT/REAL|FAKE/...``, read from a folder or straight from a zip file.
+"""Data sets laid out as ``SPLIT/REAL|FAKE/...``, read from a folder or straight from a zip file,
+and what a run trains and validates on (:func:`prepare_data`, :func:`epoch_order`).
 
 Any data set with that layout works, not only CIFAKE. The split and the label come from the
 folders, never from the file name (CIFAKE repeats file names across splits).
@@ -6,12 +7,15 @@ folders, never from the file name (CIFAKE repeats file names across splits).
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import hashlib
 import logging
+import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -19,7 +23,7 @@ import torch
 from audit.errors import UsageError
 from audit.discover import FileRecord
 from audit.loading import LoadOptions, LoadResult, load_bytes
-from audit.model import Preprocessing
+from audit.model import ModelCard, Preprocessing, crop_boxes
 
 log = logging.getLogger("training")
 
@@ -263,3 +267,139 @@ def typical_shorter_side(source: str | Path, split: str, sample: int = 300) -> i
         if len(sides) >= sample:
             break
     return int(np.median(sides)) if sides else 0
+
+
+# --------------------------------------------------------------------------- a run's data
+
+
+@dataclass
+class TrainingData:
+    """Every data set's train images in one tensor (the storage view), what to draw each epoch,
+    and each set's validation images in the policy's own view."""
+
+    specs: list[DataSpec]
+    train_parts: list[ImageSet]  # one per data set: a crops policy stores each at its own size
+    draw_weights: torch.Tensor
+    validation: dict[str, ImageSet]
+    validation_origin: dict[str, str]
+    pre: Preprocessing
+    counts: dict[str, Any] = field(default_factory=dict)
+    storage_sides: list[int] = field(default_factory=list)
+
+    @property
+    def train_size(self) -> int:
+        return sum(len(part) for part in self.train_parts)
+
+    @property
+    def train_labels(self) -> torch.Tensor:
+        return torch.cat([part.labels for part in self.train_parts])
+
+
+def data_specs(args: argparse.Namespace) -> list[DataSpec]:
+    given = args.data if isinstance(args.data, list) else [args.data]
+    specs = [parse_data_spec(text) for text in given]
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise DataError(f"--data: two data sets share a name ({', '.join(names)}); rename a folder or zip")
+    return specs
+
+
+def policy_of(args: argparse.Namespace) -> Preprocessing:
+    """The input policy asked for (normalisation filled in later)."""
+    policy = Preprocessing(
+        input_size=getattr(args, "input_size", 32), resize_policy=getattr(args, "resize_policy", "squash"),
+        scale_size=getattr(args, "scale_size", 0), crops=getattr(args, "crops", 1),
+    )
+    if policy.resize_policy != "crops":
+        policy = dataclasses.replace(policy, scale_size=0, crops=1)
+    card = ModelCard(name="policy", preprocessing=policy)
+    card.validate()
+    return policy
+
+
+def pretrained_normalisation(spec: str | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """A fine-tune keeps the normalisation its starting model was trained with (its card's)."""
+    if not spec or spec == "imagenet":
+        return None
+    card_path = Path(spec).with_suffix(".json")
+    if not card_path.is_file():
+        return None
+    pre = ModelCard.from_json(card_path.read_text(encoding="utf-8")).preprocessing
+    return pre.mean, pre.std
+
+
+def views_from_storage(images: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """The policy's crops, taken from images stored as their central square (carved validation)."""
+    if pre.views == 1 or images.shape[-1] == pre.input_size:
+        # Squash and center-crop store exactly the policy's view; images no larger than one
+        # crop have a single distinct view (their K copies would average to the same logits).
+        return images
+    boxes = crop_boxes((images.shape[-1], images.shape[-2]), pre.input_size, pre.crops)
+    return torch.stack([images[:, :, top:bottom, left:right] for left, top, right, bottom in boxes], dim=1)
+
+
+def split_for_training(spec: DataSpec, full: ImageSet, policy: Preprocessing,
+                       args: argparse.Namespace) -> tuple[ImageSet, ImageSet, str]:
+    """A set's train images, its validation images (its val/ split, or part of train held out)
+    and where the validation came from."""
+    if has_split(spec.path, "val"):
+        validation = load_split(spec.path, "val", policy)
+        return full, validation, f"its val/ split ({len(validation)} images)"
+    train_idx, val_idx = stratified_split(full.labels, full.sha256, args.val_fraction, args.seed)
+    train_set, held_out = full.subset(train_idx), full.subset(val_idx)
+    held_out.images = views_from_storage(held_out.images, policy)
+    return train_set, held_out, (f"{args.val_fraction:.0%} of its train split, stratified, seed {args.seed}, "
+                                 f"duplicates kept together ({len(held_out)} images)")
+
+
+def prepare_data(args: argparse.Namespace) -> TrainingData:
+    """Decode each set's train split, hold out validation, and weigh what each epoch draws."""
+    started = time.perf_counter()
+    specs = data_specs(args)
+    policy = policy_of(args)
+    train_parts: list[ImageSet] = []
+    weights: list[torch.Tensor] = []
+    validation: dict[str, ImageSet] = {}
+    origin: dict[str, str] = {}
+    counts: dict[str, Any] = {}
+    total_share = sum(spec.share for spec in specs)
+    sides = [storage_side(spec, policy) for spec in specs]
+    for spec, side in zip(specs, sides):
+        full = load_split(spec.path, "train", policy.storage_view(side), limit_per_class=args.limit_per_class)
+        train_set, validation[spec.name], origin[spec.name] = split_for_training(spec, full, policy, args)
+        del full
+        train_parts.append(train_set)
+        weights.append(sampling_weights(train_set.labels, train_set.sources, spec.balance) * (spec.share / total_share))
+        counts[spec.name] = {
+            "train_images": len(train_set), "validation_images": len(validation[spec.name]),
+            "train_real": int((train_set.labels == 0).sum()), "train_ai": int((train_set.labels == 1).sum()),
+            "train_sources": len(set(train_set.sources)),
+        }
+    normalisation = pretrained_normalisation(args.pretrained) or channel_stats(train_parts[0].images)
+    pre = dataclasses.replace(policy, mean=tuple(normalisation[0]), std=tuple(normalisation[1]))
+    log.info(
+        "data: %d train images from %d sets (stored at %s px), validation %s (decoded in %.0f s); input %s; mean %s std %s",
+        sum(len(part) for part in train_parts), len(specs), sides, {name: len(v) for name, v in validation.items()}, time.perf_counter() - started,
+        pre.describe(), pre.mean, pre.std,
+    )
+    return TrainingData(specs, train_parts, torch.cat(weights), validation, origin, pre, counts, sides)
+
+
+def storage_side(spec: DataSpec, policy: Preprocessing) -> int:
+    """The side a crops policy stores a data set's images at: scale_size, or the set's own
+    typical shorter side when smaller (CIFAKE's 32 px images are never enlarged)."""
+    if policy.resize_policy != "crops":
+        return policy.input_size
+    typical = typical_shorter_side(spec.path, "train")
+    return max(policy.input_size, min(policy.scale_size, typical))
+
+
+def epoch_order(data: TrainingData, args: argparse.Namespace, epoch: int) -> torch.Tensor:
+    """Which train images an epoch sees, in order; seeded by the epoch alone, so a resumed run
+    sees the same. One set without balancing: each image once (as before several sets existed)."""
+    generator = torch.Generator().manual_seed(args.seed * 10_000 + epoch)
+    single = len(data.specs) == 1 and not data.specs[0].balance
+    if single and args.epoch_size is None:
+        return torch.randperm(data.train_size, generator=generator)
+    draws = args.epoch_size or data.train_size
+    return torch.multinomial(data.draw_weights, draws, replacement=True, generator=generator)

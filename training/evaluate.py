@@ -24,12 +24,14 @@ import torch
 from PIL import Image, ImageFilter
 
 from audit.atomic import write_text
+from audit.compute import autocast_dtype, pick_device, resolve_precision
 from audit.model import LoadedModel, load_model, model_paths
 from training.data import ImageSet, has_split, load_split, split_hashes
+from training.engine import predict_logits
 from training.file_checks import file_level_checks
-from training.sources import generator_keys, read_manifests, source_table
 from training.metrics import classification_metrics, reliability_table
-from training.train import autocast_dtype, pick_device, predict_logits
+from training.options import add_compute_options
+from training.sources import generator_keys, read_manifests, source_table
 
 log = logging.getLogger("training")
 
@@ -42,8 +44,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--manifest", action="append", default=[], help="TSV with 'file' and 'generator' columns "
                         "(e.g. WILD-MANIFEST.tsv): per-generator tables for the files it names")
     parser.add_argument("--output-dir", default=None, help="where metrics.json and the plots go (default: beside the model)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--amp", default="off", choices=["auto", "bf16", "fp16", "off"], help="precision of the evaluation (default fp32)")
+    add_compute_options(parser, "fp32", "autocast precision of the evaluation; auto as in fit (default fp32)")
     parser.add_argument("--no-robustness", action="store_true", help="skip the robustness table")
     parser.add_argument("--compare-bf16", action="store_true", help="also score in bf16 autocast and report how far its probabilities move")
     parser.add_argument("--update-card", action="store_true", help="write the test metrics into the model card (weights unchanged)")
@@ -261,7 +262,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     model = load_model(args.model)
     device = pick_device(args.device)
-    dtype = autocast_dtype(args.amp, device)
+    dtype = autocast_dtype(resolve_precision(args.precision, device, for_training=True))
     sources = [Path(path) for path in (args.data if isinstance(args.data, list) else [args.data])]
     generators = read_manifests(args.manifest)
     with_test = [source for source in sources if has_split(source, "test")]

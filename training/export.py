@@ -12,13 +12,12 @@ import json
 import logging
 from pathlib import Path
 
+from audit.compute import DEVICE_CHOICES, pick_device
 from audit.model import build_network
+from training.card import export_model
 from training.checkpoint import load_checkpoint, resolve_checkpoint
-from training.train import export_model, get_args_parser as fit_parser, pick_device, prepare_data
-
-
-def get_fit_defaults() -> argparse.Namespace:
-    return fit_parser().parse_args(["--data", "unused"])
+from training.data import prepare_data
+from training.options import fit_defaults
 
 log = logging.getLogger("training")
 
@@ -28,7 +27,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("run_dir", help="run folder holding checkpoint.json (or the checkpoint.json itself)")
     parser.add_argument("--output", default=None, help="model path NAME (writes NAME.safetensors + NAME.json); default RUN_DIR/NAME")
     parser.add_argument("--data", default=None, action="append", help="the training data, if it moved since the run (repeat as in fit)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--weights", default=None, help="a .safetensors of the run's network to export instead of the "
                         "checkpoint's tensors (e.g. best.safetensors, or weights brought back from a training machine)")
     return parser
@@ -51,7 +50,7 @@ def main(args: argparse.Namespace) -> Path:
         state = load_checkpoint(state_path, net, optimizer=None)
     device = pick_device(args.device)
     net.to(device)
-    for key, value in vars(get_fit_defaults()).items():
+    for key, value in vars(fit_defaults()).items():
         if not hasattr(run_args, key):
             setattr(run_args, key, value)  # a checkpoint from before the option existed
     data = prepare_data(run_args)

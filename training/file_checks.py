@@ -18,8 +18,8 @@ from PIL import Image, ImageOps
 
 from audit.model import LoadedModel
 from training.data import decode_to_input, iter_files
+from training.engine import predict_logits
 from training.metrics import classification_metrics
-from training.train import predict_logits
 
 log = logging.getLogger("training")
 
