@@ -1,4 +1,4 @@
-"""Device, precision, threads and workers: one vocabulary for the scan, Grad-CAM and training.
+"""Device, precision, threads and workers: one vocabulary for the scan and training.
 
 Precision names are the command line's (``--precision auto|fp32|bf16|fp16`` in both ``audit
 scan`` and ``python -m training``). What ``auto`` means differs by use, for a reason:
