@@ -32,9 +32,8 @@ from audit.heatmap_cache import CachedMap, HeatmapCache
 from audit.loading import DEFAULT_MAX_FILE_BYTES, LoadOptions, LoadResult, load_bytes, read_file_bytes, strict_pillow, to_rgb
 from audit.provenance import Finding
 from audit.verdicts import judge
-from audit.model import (
-    AI_CLASS_INDEX, LoadedModel, ModelError, Preprocessing, crop_boxes, crops_scale, load_model, normalize, shorter_side_to,
-)
+from audit.input_policy import Preprocessing, crop_boxes, crops_scale, normalize, shorter_side_to
+from audit.model import AI_CLASS_INDEX, LoadedModel, ModelError, load_model
 
 # Longest side of a thumbnail in pixels: the PDF shows it about 38 mm wide, so 144 px is
 # ~96 dpi there. Larger thumbnails would only make the report heavier.

@@ -30,7 +30,8 @@ from audit.explain import (
     make_thumbnail,
     THUMBNAIL_SIZE,
 )
-from audit.model import LoadedModel, load_model, normalize
+from audit.input_policy import normalize
+from audit.model import LoadedModel, load_model
 
 
 @pytest.fixture(scope="module")

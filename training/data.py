@@ -19,7 +19,7 @@ import torch
 from audit.errors import UsageError
 from audit.discover import FileRecord
 from audit.loading import LoadOptions, LoadResult, load_bytes
-from audit.model import Preprocessing
+from audit.input_policy import Preprocessing
 
 log = logging.getLogger("training")
 

@@ -26,18 +26,14 @@ import torch
 from torch import nn
 
 from audit.atomic import atomic_path
+from audit.input_policy import Preprocessing, combine_views, crop_boxes, flatten_views, normalize
 from audit.model import (
     CLASS_NAMES,
-    combine_views,
-    crop_boxes,
-    flatten_views,
     ModelCard,
     ModelError,
-    Preprocessing,
     refuse_pickle,
     build_network,
     file_sha256,
-    normalize,
     save_model,
 )
 from training.augment import AugmentConfig, AugmentedBatches
