@@ -30,7 +30,7 @@ from audit.atomic import atomic_path
 from audit.discover import FileRecord
 from audit.heatmap_cache import CachedMap, HeatmapCache
 from audit.loading import DEFAULT_MAX_FILE_BYTES, LoadOptions, LoadResult, load_bytes, read_file_bytes, strict_pillow, to_rgb
-from audit.provenance import Finding
+from audit.provenance_findings import Finding
 from audit.verdicts import judge
 from audit.input_policy import Preprocessing, crop_boxes, crops_scale, normalize, shorter_side_to
 from audit.model import AI_CLASS_INDEX, LoadedModel, ModelError, load_model

@@ -32,7 +32,9 @@ from PIL import Image, ImageFile, ImageOps
 
 from audit.discover import SNIFF_BYTES, SUPPORTED_FORMATS, FileRecord, sniff_format
 from audit.input_policy import Preprocessing, to_model_input
-from audit.provenance import EvidenceOptions, Finding, read_evidence
+from audit.provenance import read_evidence
+from audit.provenance_c2pa import EvidenceOptions
+from audit.provenance_findings import Finding
 
 if TYPE_CHECKING:  # the tensor comes from input_policy.to_model_input; importing torch here would slow a rerun that decodes nothing
     import torch

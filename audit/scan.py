@@ -29,7 +29,8 @@ from audit.discover import DiscoverOptions, FileRecord, discover, printable_name
 from audit.labels import Labeller
 from audit.loading import DEFAULT_MAX_PIXELS, LoadOptions
 from audit.model import LoadedModel, load_model
-from audit.provenance import EvidenceOptions, check_options, evidence_cell, evidence_sources, load_trust_anchors
+from audit.provenance_c2pa import EvidenceOptions, check_options, load_trust_anchors
+from audit.provenance_findings import evidence_cell, evidence_sources
 from audit.results import (
     SCORED_COLUMNS,
     STATUS_ERROR,
