@@ -28,11 +28,10 @@ from PIL import Image
 
 from audit import pictures
 from audit.heatmap_cache import CachedMap, HeatmapCache
-from audit.model import (
-    AI_CLASS_INDEX, LoadedModel, ModelError, Preprocessing, crop_boxes, crops_scale, load_model, normalize, shorter_side_to,
-)
+from audit.input_policy import Preprocessing, crop_boxes, crops_scale, normalize, shorter_side_to
+from audit.model import AI_CLASS_INDEX, LoadedModel, ModelError, load_model
 from audit.pictures import THUMBNAIL_SIZE, LoadedPicture, overlay_heatmap, upsample_heatmap
-from audit.provenance import Finding
+from audit.provenance_findings import Finding
 
 # Images per Grad-CAM forward and backward pass (the scan's batch is audit.compute's).
 GRADCAM_BATCH_SIZE = 32

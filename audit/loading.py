@@ -5,7 +5,7 @@ as a :class:`LoadResult` whose ``error`` says what is wrong, so the run goes on 
 still gets its row. The file is read once; its sha256, size, format and dimensions come from
 those bytes, and the decoder only ever sees them (never the path again).
 
-Preprocessing follows the model card via :func:`audit.model.to_model_input`; this module only
+Preprocessing follows the model card via :func:`audit.input_policy.to_model_input`; this module only
 turns whatever the file holds into one upright RGB picture first:
 
 * EXIF orientation is applied (``ImageOps.exif_transpose``).
@@ -31,10 +31,12 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from audit.discover import SNIFF_BYTES, SUPPORTED_FORMATS, FileRecord, sniff_format
-from audit.model import Preprocessing, to_model_input
-from audit.provenance import EvidenceOptions, Finding, read_evidence
+from audit.input_policy import Preprocessing, to_model_input
+from audit.provenance import read_evidence
+from audit.provenance_c2pa import EvidenceOptions
+from audit.provenance_findings import Finding
 
-if TYPE_CHECKING:  # the tensor comes from model.to_model_input; importing torch here would slow a rerun that decodes nothing
+if TYPE_CHECKING:  # the tensor comes from input_policy.to_model_input; importing torch here would slow a rerun that decodes nothing
     import torch
 
 DEFAULT_MAX_PIXELS = 100_000_000

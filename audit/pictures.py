@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 from audit.atomic import atomic_path
 from audit.discover import FileRecord
 from audit.loading import DEFAULT_MAX_FILE_BYTES, LoadOptions, LoadResult, load_bytes, read_file_bytes, strict_pillow, to_rgb
-from audit.model import Preprocessing
+from audit.input_policy import Preprocessing
 from audit.provenance import Finding
 
 # Longest side of a thumbnail in pixels: the PDF shows it about 38 mm wide, so 144 px is

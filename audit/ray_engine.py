@@ -17,7 +17,11 @@ Ray retries it at most :data:`TASK_RETRIES` times; the block is then dropped (Ra
 ``max_errored_blocks``), the driver sees the hole in the batch sequence and scores that batch
 locally with the local engine's bisection, which turns the crashing file into one error row.
 
-Ray is imported by this module's functions only, and only when there is something to score.
+This module is the driver side: settings, the pipeline, the order and the local rescoring.
+What runs in the cluster's workers is :mod:`audit.ray_remote`; joining the cluster and noticing
+that it is gone is :mod:`audit.ray_cluster`.
+
+Ray is imported by these modules' functions only, and only when there is something to score.
 """
 
 from __future__ import annotations
@@ -26,9 +30,6 @@ import importlib.util
 import logging
 import os
 import pickle
-import signal
-import socket
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -37,15 +38,16 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import audit
 from audit.discover import FileRecord
-from audit.loading import LoadOptions, load_image
+from audit.loading import LoadOptions
 from audit.model import LoadedModel
 from audit.compute import ComputeError
-from audit.scoring import Scored, collate_results
+from audit.ray_cluster import INSTALL_HINT, HeadWatchdog, RayUnavailable, connect, first_line, guarded
+from audit.ray_remote import ScoringActor, decode_batches, node_view
+from audit.scoring import Scored
 
 if TYPE_CHECKING:
     from audit.scoring import Scorer
 
-INSTALL_HINT = "pip install 'ai-image-audit[ray]'"
 ADDRESS_HELP = "auto (the running cluster), HOST:PORT (its GCS address) or local (a private one-machine cluster)"
 # A decode task whose worker process dies is run again this many times before its block is
 # given up (and scored on the driver). Ray Data's default is to retry forever.
@@ -55,18 +57,10 @@ ACTOR_RESTARTS = 1
 ACTOR_TASK_RETRIES = 1
 # Files each node stats before the run (spread evenly over the files to score).
 PATH_SAMPLE = 16
-# The head's GCS port unreachable for this long means the cluster is gone. Ray's own driver code
-# would wait 60 s and then end the whole process with exit code 1, before the scan could say why.
-HEAD_LOST_SECONDS = 10.0
-HEAD_POLL_SECONDS = 2.0
 # Dropped blocks tolerated before the run is declared failed: a crashing file costs one block,
 # a cluster that loses every block is broken, and scoring it all on the driver would hide that.
 MIN_LOST_BLOCKS = 8
 LOST_BLOCK_SHARE = 0.05
-
-
-class RayUnavailable(ComputeError):
-    """Ray is not installed, no cluster can be reached, or a node cannot see the files (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -95,72 +89,6 @@ def check_settings(settings: RaySettings) -> None:
         raise RayUnavailable(f"--ray-address {address!r}: expected {ADDRESS_HELP}")
     if settings.gpus_per_actor < 0:
         raise RayUnavailable("--ray-gpus-per-actor must be >= 0")
-
-
-# --------------------------------------------------------------------------- remote code
-# These run in the cluster's worker processes; ``audit`` must be installed there (same version).
-
-
-def _node_view(paths: Sequence[str]) -> dict[str, Any]:
-    """What one node sees: the first of ``paths`` it cannot stat, its host and audit version."""
-    missing = next((path for path in paths if not os.path.exists(path)), None)
-    return {"host": socket.gethostname(), "missing": missing, "version": audit.__version__}
-
-
-def decode_batches(batch: dict[str, Any], load_options: LoadOptions) -> dict[str, Any]:
-    """Decode task: each row holds one scoring batch of records; returns its load results and the
-    stacked uint8 images of those that decoded (the local engine's collate)."""
-    import numpy as np
-
-    out = []
-    for payload in batch["item"]:
-        index, records = pickle.loads(payload)
-        started = time.perf_counter()
-        collated = collate_results([load_image(record, load_options) for record in records])
-        images = collated.images.numpy()
-        # view_counts: a crops policy's number of views of each image (None: one each).
-        out.append(pickle.dumps((index, collated.results, images, collated.ok_positions, collated.view_counts,
-                                 time.perf_counter() - started), protocol=pickle.HIGHEST_PROTOCOL))
-    return {"item": np.array(out, dtype=object)}
-
-
-class ScoringActor:
-    """One scorer of the actor pool: the model, loaded and checked once, run on each batch."""
-
-    def __init__(self, model_path: str | None, weights_sha256: str, device: str, precision: str,
-                 threads: int | None) -> None:
-        import torch
-
-        from audit.model import load_model
-        from audit.compute import plan_compute
-        from audit.scoring import Scorer
-
-        if threads:
-            torch.set_num_threads(threads)
-        model = load_model(model_path)  # None: the node's own shipped model; the card's sha256 is checked
-        if model.card.weights_sha256 != weights_sha256:
-            raise RuntimeError(f"{socket.gethostname()}: {model_path} is model {model.model_id}, not the driver's "
-                               f"(weights sha256 {weights_sha256[:12]})")
-        self.plan = plan_compute(device, precision, model.card.compute_dtype)
-        self.scorer = Scorer(model, self.plan)
-        self.threads = torch.get_num_threads()
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        import numpy as np
-        import torch
-
-        out = []
-        for payload in batch["item"]:
-            index, results, images, ok_positions, view_counts, decode_seconds = pickle.loads(payload)
-            started = time.perf_counter()
-            probs = self.scorer.probabilities(torch.from_numpy(images), view_counts).tolist()
-            compute = {**self.plan.describe(), "torch_threads": self.threads}
-            out.append(pickle.dumps((index, results, ok_positions, probs, decode_seconds,
-                                     time.perf_counter() - started, compute), protocol=pickle.HIGHEST_PROTOCOL))
-        return {"item": np.array(out, dtype=object)}
-
-
-# --------------------------------------------------------------------------- the driver side
 
 
 @dataclass
@@ -210,7 +138,7 @@ class RayEngine:
         self._local_scorer: Scorer | None = None
         self._gcs_address = ""
         self._lost: str | None = None  # why the cluster is deemed gone (set by the watchdog)
-        self._watchdog: _HeadWatchdog | None = None
+        self._watchdog: HeadWatchdog | None = None
 
     # ---------------------------------------------------------------- set-up
 
@@ -221,7 +149,8 @@ class RayEngine:
         except ImportError as exc:  # find_spec said yes, but it does not import (a broken install)
             raise RayUnavailable(f"--engine ray: Ray cannot be imported ({exc}); install it with: {INSTALL_HINT}") from None
         t0 = time.perf_counter()
-        self._connect(ray)
+        if connect(ray, self.settings.address):  # False: a cluster joined before (a notebook, the tests) is used
+            self._owns_connection = True
         self._gcs_address = ray.get_runtime_context().gcs_address
         self.stats.seconds["connect"] = time.perf_counter() - t0
         alive = [node for node in ray.nodes() if node.get("Alive")]
@@ -232,34 +161,6 @@ class RayEngine:
         t0 = time.perf_counter()
         self._check_paths(ray, alive, records)
         self.stats.seconds["path_check"] = time.perf_counter() - t0
-
-    def _connect(self, ray: Any) -> None:
-        if ray.is_initialized():  # a caller (a notebook, the tests) already joined a cluster: use it
-            return
-        # Ray's usage statistics would be sent from the cluster; a forensic tool does not send them.
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
-                                  "configure_logging": True}
-        _check_reachable(self.settings.address)
-        handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            ray.init(address=self.settings.address, **kwargs)
-        except ConnectionError as exc:
-            if "Authentication" in f"{exc!r} {exc.__cause__!r}":
-                raise RayUnavailable(
-                    f"--ray-address {self.settings.address}: the cluster refused this driver's token. Ray's token "
-                    "authentication needs RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, "
-                    "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) here too (docs/scale-out.md)") from None
-            raise RayUnavailable(
-                f"--ray-address {self.settings.address}: no Ray cluster could be reached ({_first_line(exc)}). Start "
-                "one (`ray start --head`, see docs/scale-out.md) or use --ray-address local for a private "
-                "one-machine cluster") from None
-        finally:
-            # ray.init installs its own SIGTERM handler; the scan's orderly stop must stay in charge.
-            for signum, handler in handlers.items():
-                if handler is not None:
-                    signal.signal(signum, handler)
-        self._owns_connection = True
 
     def _actor_count(self, alive: list[dict[str, Any]]) -> int:
         if self.settings.actors:
@@ -276,7 +177,7 @@ class RayEngine:
         step = max(1, len(readable) // PATH_SAMPLE)
         model = [] if self._shipped_model() else [os.path.abspath(str(self.model.weights_path))]
         sample = model + readable[::step][:PATH_SAMPLE]
-        view = ray.remote(num_cpus=0, max_retries=0)(_node_view)
+        view = ray.remote(num_cpus=0, max_retries=0)(node_view)
         pending = {
             node["NodeManagerAddress"]: view.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
                 node["NodeID"], soft=False)).remote(sample)
@@ -286,7 +187,7 @@ class RayEngine:
             try:
                 seen = ray.get(ref, timeout=120)
             except Exception as exc:  # noqa: BLE001 - ModuleNotFoundError on a node without audit, a lost node
-                raise RayUnavailable(f"node {address} could not check the archive's paths: {_first_line(exc)} "
+                raise RayUnavailable(f"node {address} could not check the archive's paths: {first_line(exc)} "
                                      "(is ai-image-audit installed there?)") from None
             where = f"node {seen['host']} ({address})"
             if seen["missing"]:
@@ -308,10 +209,10 @@ class RayEngine:
         dataset = self._dataset(ray, batches)
         next_index, t0 = 0, time.perf_counter()
         stream = dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
-        watchdog = self._watchdog = _HeadWatchdog(self._gcs_address, self)
+        watchdog = self._watchdog = HeadWatchdog(self._gcs_address, on_lost=self._mark_lost)
         try:
             watchdog.start()
-            for block in _guarded(stream, ray):
+            for block in guarded(stream, ray):
                 if self._lost:  # the watchdog's signal may land where Python drops exceptions
                     from audit.scan import EngineLost
 
@@ -408,6 +309,10 @@ class RayEngine:
             self._local_scorer = Scorer(self.model, plan)
         return self._local_scorer
 
+    def _mark_lost(self, reason: str) -> None:
+        """Told by the watchdog (from its thread) that the cluster is gone, and why."""
+        self._lost = reason
+
     def close(self) -> None:
         """Leave the cluster (a private ``local`` one is shut down with it). After the cluster
         was lost there is nothing to leave: ray.shutdown would wait for the dead head."""
@@ -421,94 +326,6 @@ class RayEngine:
                 ray.shutdown()
             except Exception:  # noqa: BLE001 - a cluster that is gone already
                 pass
-
-
-class _HeadWatchdog:
-    """Polls the head's GCS port (a plain TCP connect: the engine listens on nothing) while the
-    run streams. When it stays unreachable for HEAD_LOST_SECONDS, the main thread is interrupted
-    with EngineLost (through SIGUSR1, whose handler this installs for the run), so the scan stops
-    in order and exits 6 instead of being ended by Ray 60 s later with exit code 1."""
-
-    def __init__(self, gcs_address: str, engine: RayEngine) -> None:
-        self.gcs_address, self.engine = gcs_address, engine
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._previous: Any = None
-        self._main = threading.main_thread().ident
-
-    def start(self) -> None:
-        if not self.gcs_address or threading.current_thread() is not threading.main_thread():
-            return  # signals reach only the main thread; elsewhere Ray's own timeout applies
-        self._previous = signal.signal(signal.SIGUSR1, self._raise_lost)
-        self._thread = threading.Thread(target=self._watch, name="audit-ray-head-watchdog", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=HEAD_POLL_SECONDS * 2)
-            self._thread = None
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGUSR1, self._previous)
-
-    def _raise_lost(self, _signum: int, _frame: Any) -> None:
-        from audit.scan import EngineLost
-
-        raise EngineLost(self.engine._lost or "the Ray cluster was lost")
-
-    def _watch(self) -> None:
-        host, port = self.gcs_address.rsplit(":", 1)
-        unreachable_since: float | None = None
-        while not self._stop.wait(HEAD_POLL_SECONDS):
-            try:
-                with socket.create_connection((host.strip("[]"), int(port)), timeout=HEAD_POLL_SECONDS):
-                    unreachable_since = None
-            except OSError as exc:
-                now = time.monotonic()
-                unreachable_since = unreachable_since or now
-                if now - unreachable_since >= HEAD_LOST_SECONDS:
-                    self.engine._lost = (f"the Ray cluster was lost during the run: its head {self.gcs_address} "
-                                         f"has not answered for {HEAD_LOST_SECONDS:.0f} s ({exc.strerror or exc})")
-                    signal.pthread_kill(self._main, signal.SIGUSR1)
-                    return
-
-
-def _guarded(stream: Any, ray: Any) -> Iterator[Any]:
-    """Iterate the dataset; a failure of Ray itself (a lost head, a dead node, too many lost
-    blocks) becomes audit.scan.EngineLost with Ray's reason, so the scan can say so and exit."""
-    from audit.scan import EngineLost
-
-    iterator = iter(stream)
-    while True:
-        try:
-            block = next(iterator)
-        except StopIteration:
-            return
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # noqa: BLE001 - Ray raises many kinds; all mean the same to the run
-            if isinstance(exc, ray.exceptions.RayError) or isinstance(exc, (ConnectionError, OSError)):
-                raise EngineLost(f"the Ray cluster failed during the run: {_first_line(exc)}") from exc
-            raise
-        yield block
-
-
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """A HOST:PORT where nothing answers fails at once; ray.init would retry it for minutes."""
-    if address in ("auto", "local"):
-        return
-    host, port = address.rsplit(":", 1)
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
-    except OSError as exc:
-        raise RayUnavailable(f"--ray-address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
-                             "start one with `ray start --head` (docs/scale-out.md) or use --ray-address local") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def _quiet_ray_data_console() -> None:

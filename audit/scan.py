@@ -30,7 +30,8 @@ from audit.errors import EXIT_ENGINE_LOST, EXIT_ERRORS, EXIT_FLAGGED, EXIT_OK, U
 from audit.labels import Labeller
 from audit.loading import DEFAULT_MAX_PIXELS, LoadOptions
 from audit.model import LoadedModel, load_model
-from audit.provenance import EvidenceOptions, check_options, evidence_cell, evidence_sources, load_trust_anchors
+from audit.provenance_c2pa import EvidenceOptions, check_options, load_trust_anchors
+from audit.provenance_findings import evidence_cell, evidence_sources
 from audit.report_reuse import write_report
 from audit.results import STATUS_ERROR, STATUS_OK, ResultRow, ResultWriter, commit, discard_partial_outputs, \
     remove_stale_outputs, write_json_tmp

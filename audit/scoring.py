@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 from audit.compute import DEFAULT_BATCH_SIZE, ComputePlan, default_workers
 from audit.discover import FileRecord
 from audit.loading import LoadOptions, LoadResult, load_image
-from audit.model import LoadedModel, combine_views, flatten_views, normalize
+from audit.input_policy import combine_views, flatten_views, normalize
+from audit.model import LoadedModel
 
 if TYPE_CHECKING:  # imported where the network runs: a rerun that scores nothing never loads torch
     import torch

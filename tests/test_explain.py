@@ -28,7 +28,8 @@ from audit.explain import (
     gradcam_grid,
     heatmap_mass_by_cell,
 )
-from audit.model import LoadedModel, load_model, normalize
+from audit.input_policy import normalize
+from audit.model import LoadedModel, load_model
 from audit.pictures import THUMBNAIL_SIZE, make_thumbnail
 
 

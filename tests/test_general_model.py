@@ -17,9 +17,10 @@ from PIL import Image
 from audit.cli import main as audit_cli
 from audit.discover import discover
 from audit.loading import LoadOptions
+from audit.input_policy import Preprocessing, crop_boxes, normalize, to_model_input
 from audit.model import (
-    DEFAULT_MODEL_PATH, SHIPPED_MODELS_DIR, LoadedModel, ModelCard, ModelError, Preprocessing, crop_boxes, load_model,
-    normalize, read_card, resolve_model, save_model, shipped_models, to_model_input,
+    DEFAULT_MODEL_PATH, SHIPPED_MODELS_DIR, LoadedModel, ModelCard, ModelError, load_model, read_card, resolve_model,
+    save_model, shipped_models,
 )
 from audit.compute import plan_compute
 from audit.scoring import Scorer, score_records

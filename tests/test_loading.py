@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 import audit.loading as loading
 from audit.discover import FileRecord
 from audit.loading import LoadOptions, load_image
-from audit.model import Preprocessing
+from audit.input_policy import Preprocessing
 from scan_fixtures import (
     animated_gif,
     cmyk_jpeg,

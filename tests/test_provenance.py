@@ -16,20 +16,18 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, PngImagePlugin
 
-from audit import provenance
+from audit import provenance_c2pa
 from audit.cli import main
 from audit.model import ModelCard, build_network, save_model
-from audit.provenance import (
+from audit.provenance import MAX_FIELD_CHARS, read_evidence
+from audit.provenance_c2pa import EvidenceOptions, has_c2pa_marker
+from audit.provenance_findings import (
     DECLARES_AI,
     DECLARES_CAPTURE,
     INFO,
-    MAX_FIELD_CHARS,
     MAX_TEXT_CHARS,
     WEAK,
-    EvidenceOptions,
     Finding,
-    has_c2pa_marker,
-    read_evidence,
 )
 from audit.results import ResultRow, ResultWriter, read_results_csv
 from audit.verdicts import Decision, decide
@@ -303,7 +301,7 @@ def test_c2pa_ai_manifest_declares_ai_and_says_the_signer_is_unchecked(signed_ai
 
 def test_c2pa_signer_chaining_to_configured_trust_anchors_is_trusted(signed_ai: bytes, chain: SigningChain) -> None:
     options = EvidenceOptions(trust_anchors_pem=chain.ca_pem.decode("ascii"))
-    provenance.check_options(options)
+    provenance_c2pa.check_options(options)
     top = strongest(evidence_of(signed_ai, options))
     assert top.text == "trainedAlgorithmicMedia (signature valid; signer on the configured trust list)"
 
@@ -342,8 +340,8 @@ def test_c2pa_reader_is_not_called_without_a_jumbf_marker(monkeypatch: pytest.Mo
 
 
 def test_bad_trust_anchors_are_refused_early() -> None:
-    with pytest.raises(provenance.ProvenanceError, match="no PEM certificate|not a PEM"):
-        provenance.check_options(EvidenceOptions(trust_anchors_pem="not a certificate"))
+    with pytest.raises(provenance_c2pa.ProvenanceError, match="no PEM certificate|not a PEM"):
+        provenance_c2pa.check_options(EvidenceOptions(trust_anchors_pem="not a certificate"))
 
 
 # --------------------------------------------------------------------------- safety

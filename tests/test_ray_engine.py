@@ -173,7 +173,8 @@ def test_a_node_that_cannot_see_a_file_is_named_before_anything_is_scored(ray_cl
     from audit.discover import FileRecord
     from audit.loading import LoadOptions
     from audit.model import load_model
-    from audit.ray_engine import RayEngine, RaySettings, RayUnavailable
+    from audit.ray_cluster import RayUnavailable
+    from audit.ray_engine import RayEngine, RaySettings
 
     missing = "/nonexistent-archive/2024/photo.jpg"
     engine = RayEngine(RaySettings(), load_model(model_path, lazy=True), LoadOptions(), batch_size=4)

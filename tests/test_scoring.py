@@ -11,7 +11,8 @@ import torch
 
 from audit.discover import discover
 from audit.loading import LoadOptions, load_image
-from audit.model import ModelCard, build_network, load_model, normalize, save_model
+from audit.input_policy import normalize
+from audit.model import ModelCard, build_network, load_model, save_model
 from audit.compute import ComputeError, ComputePlan, cpu_has_native_bf16, default_workers, plan_compute
 from audit.scoring import Scorer, collate_results, score_records
 from scan_fixtures import jpeg_bytes, model_dir, model_path, noise_image  # noqa: F401 - fixtures

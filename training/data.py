@@ -23,7 +23,8 @@ import torch
 from audit.errors import UsageError
 from audit.discover import FileRecord
 from audit.loading import LoadOptions, LoadResult, load_bytes
-from audit.model import ModelCard, Preprocessing, crop_boxes
+from audit.input_policy import Preprocessing, crop_boxes
+from audit.model import ModelCard
 
 log = logging.getLogger("training")
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from audit.compute import autocast
-from audit.model import Preprocessing, combine_views, flatten_views, normalize
+from audit.input_policy import Preprocessing, combine_views, flatten_views, normalize
 from training.augment import AugmentConfig, AugmentedBatches
 from training.checkpoint import TrainingState
 from training.data import TrainingData, epoch_order

@@ -51,7 +51,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--epoch-size", type=int, default=None, help="images drawn per epoch (default: all train images of all sets, once)")
     parser.add_argument("--input-size", type=int, default=32, help="network input side in pixels")
-    parser.add_argument("--resize-policy", default="squash", choices=["squash", "center-crop", "crops"], help="the card's input policy (audit.model.RESIZE_POLICIES)")
+    parser.add_argument("--resize-policy", default="squash", choices=["squash", "center-crop", "crops"], help="the card's input policy (audit.input_policy.RESIZE_POLICIES)")
     parser.add_argument("--scale-size", type=int, default=0, help="crops policy: shorter side before cropping")
     parser.add_argument("--crops", type=int, default=1, help="crops policy: crops scored an image (1, 5 or 9)")
     parser.add_argument("--crop-scale", type=float, default=None, help="random resized crop of this share of the side up to all of it (default: 4-pixel padded crop)")
