@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from audit.store_lock import StoreError, StoreLock, StoreLocked, utc_text  # noqa: F401 - StoreLocked: the store's interface
 from audit.store_records import MAX_LISTED_CHANGES, Changes, FileUpdate, RunCounts, RunRecord, StoredScore
+from audit.verdicts import VERDICT_AI
 
 STORE_FILE_NAME = "audit-store.sqlite"
 SCHEMA_VERSION = 2
@@ -279,7 +280,7 @@ class RunStore:
     def _record_file(db: sqlite3.Connection, run_id: int, update: FileUpdate) -> None:
         before = db.execute("SELECT sha256, verdict, flagged_since_run, changed_run FROM files WHERE root = ? AND path = ?",
                             (update.root, update.path)).fetchone()
-        flagged_now = update.verdict == "ai-generated"
+        flagged_now = update.verdict == VERDICT_AI
         if before is None:
             db.execute(
                 "INSERT INTO files (root, path, size, mtime, sha256, verdict, first_seen_run, changed_run, "
@@ -293,7 +294,7 @@ class RunStore:
             changed_run = run_id
         if not flagged_now:
             flagged_since = None
-        elif old_verdict != "ai-generated" or flagged_since is None:
+        elif old_verdict != VERDICT_AI or flagged_since is None:
             flagged_since = run_id
         db.execute(
             "UPDATE files SET size = ?, mtime = ?, sha256 = ?, verdict = ?, changed_run = ?, flagged_since_run = ?, "
@@ -338,10 +339,10 @@ class RunStore:
             db.executemany(
                 "UPDATE files SET last_seen_run = ?, "
                 # On the right of SET, `verdict` is still the old value.
-                "flagged_since_run = CASE WHEN ? != 'ai-generated' THEN NULL "
-                "WHEN verdict = 'ai-generated' AND flagged_since_run IS NOT NULL THEN flagged_since_run ELSE ? END, "
+                "flagged_since_run = CASE WHEN ? != ? THEN NULL "
+                "WHEN verdict = ? AND flagged_since_run IS NOT NULL THEN flagged_since_run ELSE ? END, "
                 "verdict = ? WHERE root = ? AND path = ?",
-                [(run_id, verdict, run_id, verdict, root, path) for root, path, verdict in keys])
+                [(run_id, verdict, VERDICT_AI, VERDICT_AI, run_id, verdict, root, path) for root, path, verdict in keys])
 
     # retention ---------------------------------------------------------------------------
 
