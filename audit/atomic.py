@@ -10,9 +10,9 @@ from pathlib import Path
 
 
 def temporary_sibling(path: Path) -> Path:
-    """A hidden name beside ``path`` that keeps its suffix (writers such as PIL and WeasyPrint
-    pick the format from it) and the pid (two processes never share a temporary)."""
-    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    """``NAME.tmp`` beside ``path``: a fixed name, so a write cut short by a kill is replaced by the
+    next one rather than left behind (writers are told the format; none guesses it from the name)."""
+    return path.with_name(path.name + ".tmp")
 
 
 @contextlib.contextmanager

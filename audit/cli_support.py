@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 def fail(error: UsageError | str) -> click.exceptions.Exit:
     """Say what the user must do, and exit with the error's code (2 for a message)."""
-    click.echo(f"audit: error: {error}", err=True)
+    advice = error.advice if isinstance(error, UsageError) else ""
+    click.echo(f"audit: error: {error}{advice}", err=True)
     return click.exceptions.Exit(error.exit_code if isinstance(error, UsageError) else EXIT_USAGE)
 
 

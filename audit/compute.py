@@ -106,7 +106,8 @@ def default_workers(device: torch.device, for_training: bool = False) -> int:
     """
     cores = usable_cpus()
     if device.type == "cuda":
-        return max(1, min(8, cores - 1))
+        # Training's augmenting workers take every core (the loop itself waits on the GPU).
+        return min(8, cores) if for_training else max(1, min(8, cores - 1))
     return 0 if for_training else max(1, min(4, cores // 2))
 
 

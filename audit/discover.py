@@ -79,8 +79,9 @@ class FileRecord:
     error: str | None
 
     def __init__(self, root: str, rel_path: str, abs_path: str, size: int | None = None, mtime: float | None = None,
-                 error: str | None = None) -> None:
-        absolute_root = _absolute(os.getcwd(), root)
+                 error: str | None = None, absolute_root: str | None = None) -> None:
+        # ``absolute_root``: the root made absolute, from a walker that knows it (no getcwd a file).
+        absolute_root = absolute_root or _absolute(os.getcwd(), root)
         own_path = None if abs_path == os.path.join(absolute_root, rel_path) else abs_path
         for name, value in (("root", root), ("rel_path", rel_path), ("_absolute_root", absolute_root),
                             ("_own_path", own_path), ("size", size), ("mtime", mtime), ("error", error)):
@@ -89,7 +90,9 @@ class FileRecord:
     @property
     def abs_path(self) -> str:
         """The path the file is opened by (the real bytes of a name that is not UTF-8)."""
-        return self._own_path or os.path.join(self._absolute_root, self.rel_path)
+        if self._own_path is not None:
+            return self._own_path
+        return os.path.join(self._absolute_root, self.rel_path)
 
     def _fields(self) -> tuple:
         return (self.root, self.rel_path, self.abs_path, self.size, self.mtime, self.error)
@@ -97,8 +100,13 @@ class FileRecord:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"FileRecord is immutable (cannot set {name!r})")
 
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"FileRecord is immutable (cannot delete {name!r})")
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, FileRecord) and self._fields() == other._fields()
+        if not isinstance(other, FileRecord):
+            return NotImplemented
+        return self._fields() == other._fields()
 
     def __hash__(self) -> int:
         return hash(self._fields())
@@ -161,12 +169,14 @@ class _Walker:
     def __init__(self, root: str, options: DiscoverOptions) -> None:
         self.root = root
         self.options = options
+        self.absolute_root = _absolute(os.getcwd(), root)
 
     def _record(self, rel: str, abs_path: str, st: os.stat_result | None = None, error: str | None = None) -> FileRecord:
         return FileRecord(
             root=printable_name(self.root),
             rel_path=printable_name(rel),
             abs_path=abs_path,
+            absolute_root=self.absolute_root,
             size=st.st_size if st else None,
             mtime=st.st_mtime if st else None,
             error=error,

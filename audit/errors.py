@@ -19,3 +19,4 @@ class UsageError(Exception):
     """A run cannot start, or cannot go on, until the user acts. The message says what to do."""
 
     exit_code = EXIT_USAGE
+    advice = ""  # said after the message by the CLI (not part of what a run records)

@@ -298,12 +298,13 @@ def load_model(path: str | Path | None = None, verify_hash: bool = True, lazy: b
     if given.suffix.lower() in _PICKLE_SUFFIXES:
         refuse_pickle(given)
     weights_path, card_path = model_paths(given)
+    # The default model missing means a broken install, not a mistyped --model.
+    missing_default = " (the default model is missing from this install; reinstall, or pass --model PATH)" if path is None else ""
     if not weights_path.is_file():
-        if path is None:
-            raise ModelError(f"model weights not found: {weights_path} (the default model is missing from this "
-                             "install; reinstall, or pass --model PATH)")
         known = ", ".join(p.stem for p in shipped_models())
-        raise ModelError(f"model weights not found: {weights_path} (shipped models, by name: {known or 'none'})")
+        raise ModelError(f"model weights not found: {weights_path} (shipped models, by name: {known or 'none'}){missing_default}")
+    if not card_path.is_file():
+        raise ModelError(f"model card not found: {card_path}{missing_default}")
     card = read_card(card_path)
     if verify_hash and card.weights_sha256:
         actual = file_sha256(weights_path)

@@ -47,17 +47,14 @@ from audit.store_lock import StoreLock
 from audit.verdicts import VERDICT_AI, VERDICT_ERROR, judge
 
 ENGINE_CHOICES = ("local", "ray")
-PROGRESS_MODES = ("auto", "bar", "log", "none")
 
 
 class EngineLost(UsageError):
-    """The distributed scoring engine went away mid-run. Unlike a usage error, the run had
-    started: what was committed stays in the run store and the next run resumes from it."""
+    """The distributed scoring engine went away mid-run. Unlike most errors of this base, the
+    run had started: what was committed stays in the run store and the next run resumes from it."""
 
     exit_code = EXIT_ENGINE_LOST
-
-    def __str__(self) -> str:
-        return f"{super().__str__()}; the batches committed so far are in the run store and the next run resumes from them"
+    advice = "; the batches committed so far are in the run store and the next run resumes from them"
 
 
 @dataclass
@@ -67,7 +64,7 @@ class ScanOptions:
     model_path: str | None = None  # default: audit.model.DEFAULT_MODEL_PATH
     device: str = "auto"
     precision: str = "auto"
-    workers: int | None = None  # default: scoring.default_workers
+    workers: int | None = None  # default: compute.default_workers
     batch_size: int = DEFAULT_BATCH_SIZE
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -302,18 +299,22 @@ class ScanRun:
 
     def _record(self, records: list[FileRecord], reuse: list[str | None], to_score: list[FileRecord]) -> ScanOutcome:
         options = self.options
-        tally, progress = Tally(), Progress(len(records), options.progress)
-        # Reviewers' decisions by sha256, read once: one taken while the run goes shows the next night.
-        review = ReviewTally.from_store(self.store)
-        committer = BatchCommitter(self.store, self.run_id, self.key, options.batch_size, full=options.full)
-        sinks = Sinks(committer, tally, progress)
+        tally = Tally()
+        sinks = Sinks(tally)
         t0 = time.perf_counter()
         try:
+            progress = Progress(len(records), options.progress)
+            # Reviewers' decisions by sha256, read once: one taken while the run goes shows the next night.
+            review = ReviewTally.from_store(self.store)
+            committer = BatchCommitter(self.store, self.run_id, self.key, options.batch_size, full=options.full)
+            sinks = Sinks(committer, tally, progress)
             if self.engine is not None:
                 self.engine.start(to_score)
             results = ResultFiles(ResultWriter(self.out_dir, write_xlsx=options.write_xlsx,
                                                earlier_xlsx=earlier_xlsx(self.store, self.baseline)))
-            sinks = Sinks(results, committer, tally, progress)
+            # The store first: a batch is committed before its last row is written, and the last
+            # batch before the XLSX is made (the slow step a stop may interrupt).
+            sinks = Sinks(committer, results, tally, progress)
             scored = prefetched(self._scored(to_score), committer, options.batch_size)
             for item in self._rows(records, reuse, scored, committer, review):
                 sinks.add(item)

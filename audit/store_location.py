@@ -1,8 +1,9 @@
 """Where run stores live by default, and how a command finds the one it means.
 
 A store follows the archives, not the output folder: one file per set of resolved archive roots
-under :func:`state_dir`/stores/. ``audit scan``, ``runs``, ``prune`` and ``review`` all find it by
-:func:`find_store`.
+under :func:`state_dir`/stores/ (:func:`default_store_path`, which ``audit scan`` uses unless
+--store is given). ``runs``, ``prune`` and ``review`` find the store by :func:`find_store`, which
+applies the same rule.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def known_stores() -> list[tuple[Path, list[str]]]:
 
 
 def find_store(store_path: Path | None, archives: Sequence[str], results_file: Path | None = None,
-               only_store_if_one: bool = False, archives_hint: str = " (as given to `audit scan`)") -> Path:
+               only_store_if_one: bool = False, archives_hint: str = " (the same as for `audit scan`)") -> Path:
     """The run store a command means, by the scan's rule: --store; else the archives' default
     store; else the store that the summary.json beside a results file names; else (with
     ``only_store_if_one``) the only default store there is. Otherwise the user must say which."""

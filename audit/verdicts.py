@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 VERDICT_AI = "ai-generated"
 VERDICT_REAL = "real"
 VERDICT_ERROR = "error"  # the file could not be scored; its row says why
-VERDICTS = (VERDICT_AI, VERDICT_REAL, VERDICT_ERROR)
 MODEL_REASON = "model"  # verdict_reason when the model's score decided
 _REASON_CHARS = 160
 
