@@ -232,22 +232,22 @@ def prune(archives: tuple[str, ...], store_path: Path | None, keep: int) -> None
     Only folders the store records as created by its own runs are removed; a folder that existed
     before its run (an --out given twice, say) is left in place.
     """
-    from audit.store_location import find_store
+    from audit.store_location import find_store, open_existing_store
     from audit.store_lock import StoreLock
 
     try:
         store_path = find_store(store_path, archives)
-    except UsageError as exc:
-        raise fail(exc) from None
-    if not store_path.is_file():
-        raise fail(f"no run store at {store_path} (pass --store PATH)")
-    lock = StoreLock(store_path)
-    try:
+        if not store_path.is_file():  # before the lock, which would make the store's folder
+            raise fail(f"no run store at {store_path} (pass --store PATH)")
+        lock = StoreLock(store_path)
         lock.acquire()  # never prune under a running scan
     except UsageError as exc:
         raise fail(exc) from None
     try:
-        store = open_store(store_path, archives)
+        try:
+            store = open_existing_store(store_path)
+        except UsageError as exc:
+            raise fail(exc) from None
         try:
             store.close_abandoned_runs()
             removed = store.prune(keep)

@@ -130,8 +130,6 @@ def plan_compute(device: str = "auto", precision: str = "auto", card_compute_dty
     """Device and precision for scoring. ``card_compute_dtype`` is the model card's
     compute_dtype: the precision its probabilities were validated in."""
     chosen = pick_device(device)
-    if precision not in PRECISION_CHOICES:
-        raise ComputeError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
     concrete = resolve_precision(precision, chosen, card_compute_dtype=card_compute_dtype)
     return ComputePlan(device=chosen, autocast_dtype=autocast_dtype(concrete), channels_last=True,
                        pin_memory=chosen.type == "cuda")

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import audit
-from audit.atomic import write_text
+from audit.atomic import temporary_sibling, write_text
 from audit.model import LoadedModel, file_sha256
 from audit.report_page import TEMPLATE_DIR, options_list, render_page, swap_in_folder
 
@@ -206,7 +206,7 @@ def copy_unchanged_report(run_dir: Path, model: LoadedModel, max_gallery: int, e
         shutil.copytree(earlier_dir / "heatmaps", new_heatmaps)
     else:
         new_heatmaps.mkdir()
-    pdf_tmp, html_tmp = run_dir / "report.pdf.tmp", run_dir / "report.html.tmp"
+    pdf_tmp, html_tmp = temporary_sibling(run_dir / "report.pdf"), temporary_sibling(run_dir / "report.html")
     with open(pdf_tmp, "wb") as handle:
         writer.write(handle)
     html_tmp.write_text(html, encoding="utf-8")

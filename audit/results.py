@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from audit.atomic import temporary_sibling
 from audit.model import file_sha256
 
 STATUS_OK = "ok"
@@ -112,10 +113,6 @@ def _xlsx_cell(value: Any) -> Any:
     return value
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
-
-
 @dataclass(frozen=True)
 class EarlierXlsx:
     """An earlier run's results.xlsx and the hashes that run recorded in its summary.json: the
@@ -144,7 +141,7 @@ class ResultWriter:
         self.earlier_xlsx = earlier_xlsx
         self.sha256: dict[str, str] = {}  # of each finished file, by name (for summary.json)
         # utf-8-sig writes the BOM, so Excel reads non-ASCII names correctly.
-        self._csv_file = open(_tmp_path(self.csv_path), "w", encoding="utf-8-sig", newline="")
+        self._csv_file = open(temporary_sibling(self.csv_path), "w", encoding="utf-8-sig", newline="")
         # QUOTE_MINIMAL quotes any cell holding a comma, quote, CR or LF: newlines in names survive.
         self._csv = csv.writer(self._csv_file, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
         self._csv.writerow(RESULT_COLUMNS)
@@ -159,11 +156,11 @@ class ResultWriter:
         final names appear only once everything is written.
         """
         self._csv_file.close()
-        csv_tmp = _tmp_path(self.csv_path)
+        csv_tmp = temporary_sibling(self.csv_path)
         self.sha256["results.csv"] = file_sha256(csv_tmp)
         renames = [(csv_tmp, self.csv_path)]
         if self.xlsx_path is not None:
-            xlsx_tmp = _tmp_path(self.xlsx_path)
+            xlsx_tmp = temporary_sibling(self.xlsx_path)
             if not copy_if_unchanged(self.earlier_xlsx, self.sha256["results.csv"], xlsx_tmp):
                 write_xlsx_from_csv(csv_tmp, xlsx_tmp)
             self.sha256["results.xlsx"] = file_sha256(xlsx_tmp)
@@ -239,7 +236,7 @@ def discard_partial_outputs(out_dir: Path) -> None:
     """Remove the temporary files of an unfinished run (also when the writer was never built:
     a signal can arrive between creating the first file and finishing the constructor)."""
     for name in OUTPUT_NAMES:
-        _tmp_path(out_dir / name).unlink(missing_ok=True)
+        temporary_sibling(out_dir / name).unlink(missing_ok=True)
 
 
 # What an earlier run may have left in a reused --out folder that would describe that run, not
@@ -274,7 +271,7 @@ def _column_letter(index: int) -> str:
 
 def write_json_tmp(path: Path, data: dict[str, Any]) -> tuple[Path, Path]:
     """Write JSON under the temporary name; return the (tmp, final) rename for :func:`commit`."""
-    tmp = _tmp_path(path)
+    tmp = temporary_sibling(path)
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return tmp, path
 
