@@ -213,7 +213,7 @@ def write_xlsx_from_csv(csv_path: Path, xlsx_path: Path) -> None:
     converters = [_NUMBER_COLUMNS.get(name) for name in RESULT_COLUMNS]
     workbook = xlsxwriter.Workbook(str(xlsx_path), {
         "constant_memory": True, "strings_to_numbers": False, "strings_to_formulas": False, "strings_to_urls": False,
-        "tmpdir": str(xlsx_path.parent),
+        "nan_inf_to_errors": True,  # a NaN probability (a broken model) is a #NUM! cell, not a failed run
     })
     sheet = workbook.add_worksheet("results")
     sheet.freeze_panes(1, 0)

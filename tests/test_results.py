@@ -78,6 +78,19 @@ def test_xlsx_has_frozen_header_autofilter_and_the_same_cells(tmp_path: Path) ->
     assert str(validation.sqref) == f"{review}2:{review}4"
 
 
+def test_xlsx_cells_hold_the_csv_text_and_a_nan_probability_does_not_fail_the_run(tmp_path: Path) -> None:
+    """A file name that looks like a URL or a number stays that text (no hyperlink, no number),
+    and a model that returned NaN still gets its XLSX (the cell is an error cell, not 0 or empty)."""
+    from openpyxl import load_workbook
+
+    write_rows(tmp_path, [ResultRow(path="https://example.com/a.jpg", root="/a", prob_ai=float("nan"), note="0123")])
+    sheet = load_workbook(tmp_path / "results.xlsx").active
+    path_cell, prob_cell = sheet.cell(2, 1), sheet.cell(2, EXPECTED_COLUMNS.index("prob_ai") + 1)
+    assert path_cell.value == "https://example.com/a.jpg" and path_cell.hyperlink is None
+    assert sheet.cell(2, EXPECTED_COLUMNS.index("note") + 1).value == "0123"
+    assert not isinstance(prob_cell.value, (int, float)) and prob_cell.value is not None
+
+
 def test_abort_leaves_nothing_behind(tmp_path: Path) -> None:
     writer = ResultWriter(tmp_path)
     writer.write(ROWS[0])
