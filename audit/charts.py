@@ -61,6 +61,9 @@ def histogram_chart(frame: pd.DataFrame, threshold: float | None) -> str:
             palette={VERDICT_REAL: "#4c72b0", VERDICT_AI: "#c44e52"}, bins=np.linspace(0, 1, 21),
             multiple="stack", ax=axes,
         )
+        # A fixed place: matplotlib's "best" searches the bars for a free spot at every draw,
+        # over a second on a large run. The middle top is where a detector's scores are fewest.
+        sns.move_legend(axes, "upper center", fontsize=8, title_fontsize=8)
     if threshold is not None:
         axes.axvline(threshold, color="black", linestyle="--", linewidth=1)
         axes.annotate(f"threshold {threshold:.3f}", (threshold, 1), xycoords=("data", "axes fraction"),
