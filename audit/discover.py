@@ -112,7 +112,9 @@ class FileRecord:
         return hash(self._fields())
 
     def __reduce__(self) -> tuple:
-        return (FileRecord, self._fields())
+        # The absolute root travels too: a record unpickled from a decode worker (one a file)
+        # does not ask for the working directory again.
+        return (FileRecord, (*self._fields(), self._absolute_root))
 
     def __repr__(self) -> str:
         root, rel_path, abs_path, size, mtime, error = self._fields()

@@ -28,7 +28,6 @@ SOURCE_XMP = "xmp"
 # a camera, short enough for a CSV cell and a report card.
 MAX_TEXT_CHARS = 200
 
-IPTC_SOURCE_TYPE_PREFIX = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 # IPTC digital source types that declare generation by a trained model (IPTC NewsCodes).
 AI_SOURCE_TYPES = frozenset({"trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia"})
 CAPTURE_SOURCE_TYPES = frozenset({"digitalCapture"})

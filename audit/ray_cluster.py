@@ -65,14 +65,20 @@ def connect(ray: Any, address: str) -> bool:
     return True
 
 
+def knock(address: str, timeout: float) -> None:
+    """Open and close a TCP connection to HOST:PORT (an IPv6 host in brackets); OSError if
+    nothing answers."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+        pass
+
+
 def check_reachable(address: str, timeout: float = 5.0) -> None:
     """A HOST:PORT where nothing answers fails at once; ray.init would retry it for minutes."""
     if address in ("auto", "local"):
         return
-    host, port = address.rsplit(":", 1)
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
+        knock(address, timeout)
     except OSError as exc:
         raise RayUnavailable(f"--ray-address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
                              "start one with `ray start --head` (docs/scale-out.md) or use --ray-address local") from None
@@ -114,12 +120,11 @@ class HeadWatchdog:
         raise EngineLost(self.reason or "the Ray cluster was lost")
 
     def _watch(self) -> None:
-        host, port = self.gcs_address.rsplit(":", 1)
         unreachable_since: float | None = None
         while not self._stop.wait(HEAD_POLL_SECONDS):
             try:
-                with socket.create_connection((host.strip("[]"), int(port)), timeout=HEAD_POLL_SECONDS):
-                    unreachable_since = None
+                knock(self.gcs_address, HEAD_POLL_SECONDS)
+                unreachable_since = None
             except OSError as exc:
                 now = time.monotonic()
                 unreachable_since = unreachable_since or now

@@ -15,7 +15,7 @@ from torch import nn
 
 from audit.model import CLASS_NAMES, ModelCard, file_sha256, save_model
 from training.checkpoint import TrainingState
-from training.data import DataSpec, TrainingData, epoch_order
+from training.data import DataSpec, TrainingData, epoch_draws
 from training.engine import predict_logits
 from training.metrics import choose_threshold, choose_threshold_per_sets, classification_metrics, fit_temperature
 from training.options import augment_config, command_line
@@ -102,7 +102,7 @@ def training_record(data: TrainingData, args: argparse.Namespace, state: Trainin
         "seed": args.seed,
         "epochs": args.epochs,
         "epochs_done": state.epochs_done,
-        "epoch_size": len(epoch_order(data, args, 0)),
+        "epoch_size": epoch_draws(data, args),
         "batch_size": args.batch_size,
         "optimizer": f"SGD nesterov momentum {args.momentum}, weight decay {args.weight_decay}, one-cycle peak lr {args.lr}",
         # One set: its augmentation; several: each set's (a crops policy crops each at its own size).

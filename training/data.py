@@ -313,8 +313,9 @@ def policy_of(args: argparse.Namespace) -> Preprocessing:
     )
     if policy.resize_policy != "crops":
         policy = dataclasses.replace(policy, scale_size=0, crops=1)
-    card = ModelCard(name="policy", preprocessing=policy)
-    card.validate()
+    problems = policy.problems()
+    if problems:
+        raise DataError("the input policy asked for is invalid: " + "; ".join(problems))
     return policy
 
 
@@ -395,6 +396,11 @@ def storage_side(spec: DataSpec, policy: Preprocessing) -> int:
     return max(policy.input_size, min(policy.scale_size, typical))
 
 
+def epoch_draws(data: TrainingData, args: argparse.Namespace) -> int:
+    """How many train images an epoch draws (what :func:`epoch_order` returns, counted)."""
+    return args.epoch_size or data.train_size
+
+
 def epoch_order(data: TrainingData, args: argparse.Namespace, epoch: int) -> torch.Tensor:
     """Which train images an epoch sees, in order; seeded by the epoch alone, so a resumed run
     sees the same. One set without balancing: each image once (as before several sets existed)."""
@@ -402,5 +408,4 @@ def epoch_order(data: TrainingData, args: argparse.Namespace, epoch: int) -> tor
     single = len(data.specs) == 1 and not data.specs[0].balance
     if single and args.epoch_size is None:
         return torch.randperm(data.train_size, generator=generator)
-    draws = args.epoch_size or data.train_size
-    return torch.multinomial(data.draw_weights, draws, replacement=True, generator=generator)
+    return torch.multinomial(data.draw_weights, epoch_draws(data, args), replacement=True, generator=generator)

@@ -10,7 +10,6 @@ NAME.safetensors + NAME.json (:mod:`training.card`).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import time
@@ -25,8 +24,8 @@ from audit.atomic import atomic_path
 from audit.compute import autocast_dtype, default_workers, pick_device, resolve_precision
 from audit.model import ModelError, build_network, refuse_pickle
 from training.card import export_model
-from training.checkpoint import TrainingState, load_checkpoint, resolve_checkpoint, save_checkpoint
-from training.data import TrainingData, epoch_order, prepare_data
+from training.checkpoint import TrainingState, load_checkpoint, read_state, resolve_checkpoint, save_checkpoint
+from training.data import TrainingData, epoch_draws, prepare_data
 from training.engine import epoch_loader, evaluate, train_one_epoch
 from training.options import augment_config, command_line, get_args_parser
 
@@ -61,7 +60,7 @@ def main(args: argparse.Namespace) -> Path:
     optimizer = make_optimizer(net, args)
     state = start_state(net, optimizer, args, resume_path)
     state.extra.update(data_counts=data.counts, precision=precision)
-    total_steps = math.ceil(len(epoch_order(data, args, 0)) / args.batch_size) * args.epochs
+    total_steps = math.ceil(epoch_draws(data, args) / args.batch_size) * args.epochs
     workers = args.workers if args.workers is not None else default_workers(device, for_training=True)
     scaler = make_scaler(device, dtype, state)
     log.info("training %s for %d epochs (%d steps of %d) on %s, precision %s, %d threads, %d augmenting workers",
@@ -93,7 +92,7 @@ def restore_schedule(args: argparse.Namespace, run_dir: Path) -> Path | None:
     if not args.resume:
         return None
     resume_path = resolve_checkpoint(run_dir if args.resume == "auto" else Path(args.resume))
-    saved_args = json.loads(resume_path.read_text())["args"]
+    saved_args = read_state(resume_path).args
     for key in RESUME_KEEPS:
         setattr(args, key, saved_args.get(key, getattr(args, key, None)))
     return resume_path
