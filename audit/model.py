@@ -46,9 +46,9 @@ class ModelError(UsageError):
 
 
 def _resnet18_stock(num_classes: int) -> nn.Module:
-    from torchvision.models import resnet18
+    from audit.resnet import ResNet18
 
-    return resnet18(weights=None, num_classes=num_classes)
+    return ResNet18(num_classes=num_classes)
 
 
 def _resnet18_s1_stem(num_classes: int) -> nn.Module:
@@ -58,9 +58,10 @@ def _resnet18_s1_stem(num_classes: int) -> nn.Module:
     Grad-CAM a single pixel. This stem keeps twice the resolution: layer3 is 4x4, layer4 2x2.
     """
     from torch import nn
-    from torchvision.models import resnet18
 
-    net = resnet18(weights=None, num_classes=num_classes)
+    from audit.resnet import ResNet18
+
+    net = ResNet18(num_classes=num_classes)
     net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     return net
 
