@@ -2,12 +2,15 @@
 thumbnail and Grad-CAM overlay, and one line for each flagged image reviewers already decided.
 
 Only the gallery needs the model and the image files: an image that has gone or changed since
-the scan is said so in its card. Output names are the rank only: nothing from the archive names
+the scan is said so in its card (when its pictures are made from the file; a scan's report takes
+the pictures of a card shown before from the run store, made from the very bytes it judged). Output names are the rank only: nothing from the archive names
 a file on disk.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from audit.explain import Explanation, GradCamExplainer
-from audit.heatmap_cache import HeatmapCache
+from audit.heatmap_cache import CachedPictures, HeatmapCache
 from audit.model import LoadedModel
 from audit.pictures import THUMBNAIL_SIZE, save_image
 from audit.report_data import RunData, flagged_rows, review_states
@@ -168,25 +171,61 @@ def awaiting_rows(flagged: pd.DataFrame, max_gallery: int) -> list[pd.Series]:
     return [row for _, row in awaiting.head(max(0, max_gallery)).iterrows()]
 
 
+def picture_recipe(model: LoadedModel) -> str:
+    """What shapes a card's pictures besides the image and the weights (the cache's key)."""
+    card = model.card
+    return json.dumps({"layer": card.gradcam_layer, "thumbnail": THUMBNAIL_SIZE,
+                       "preprocessing": dataclasses.asdict(card.preprocessing)}, sort_keys=True)
+
+
 def explain_rows(run: RunData, rows: list[pd.Series], model: LoadedModel, heatmap_dir: Path,
                  heatmap_cache: HeatmapCache | None) -> dict[int, GalleryPictures | str]:
-    """Grad-CAM of each row's image, by its index in ``rows``: its pictures, or why there are none."""
+    """Grad-CAM of each row's image, by its index in ``rows``: its pictures, or why there are none.
+
+    With ``heatmap_cache``, a card whose pictures it keeps (by the sha256 the scan judged) gets
+    them from there; only the others' files are read and explained, and their pictures kept.
+    """
     paths = {index: run.image_path(row) for index, row in enumerate(rows)}
     explained: dict[int, GalleryPictures | str] = {
         index: "its path leads outside its archive root" for index, path in paths.items() if path is None
     }
-    readable = [(index, path) for index, path in paths.items() if path is not None]
+    scanned = {index: str(rows[index].get("sha256", "")) for index, path in paths.items() if path is not None}
+    recipe = picture_recipe(model)
+    kept = heatmap_cache.get_pictures(list(scanned.values()), model.model_id, recipe) if heatmap_cache else {}
+    for index, sha256 in scanned.items():
+        if sha256 in kept:
+            explained[index] = write_kept_pictures(kept[sha256], heatmap_dir, f"g{index + 1:04d}", sha256)
+    readable = [(index, paths[index]) for index in scanned if index not in explained]
     if not readable:
         return explained
+    made: dict[str, CachedPictures] = {}
     with GradCamExplainer(model) as explainer:
         results = explainer.explain_paths([path for _, path in readable], THUMBNAIL_SIZE, heatmap_cache)
         for (index, _), result in zip(readable, results):
             if isinstance(result, Explanation):
-                explained[index] = GalleryPictures(result.sha256,
-                                                   *write_gallery_images(result, heatmap_dir, f"g{index + 1:04d}"))
+                pictures = GalleryPictures(result.sha256, *write_gallery_images(result, heatmap_dir, f"g{index + 1:04d}"))
+                explained[index] = pictures
+                if result.sha256 == scanned[index]:  # the bytes the scan judged: worth keeping
+                    made[result.sha256] = read_pictures(pictures, heatmap_dir)
             else:
                 explained[index] = result.error
+    if heatmap_cache is not None:
+        heatmap_cache.put_pictures(made.items(), model.model_id, recipe)
     return explained
+
+
+def write_kept_pictures(kept: CachedPictures, heatmap_dir: Path, stem: str, sha256: str) -> GalleryPictures:
+    """A card's pictures from the cache, under this render's names (heatmap_dir is a fresh folder)."""
+    original, overlay = heatmap_dir / f"{stem}-original.{kept.original_suffix}", heatmap_dir / f"{stem}-gradcam.jpg"
+    original.write_bytes(kept.original)
+    overlay.write_bytes(kept.overlay)
+    return GalleryPictures(sha256, f"heatmaps/{original.name}", f"heatmaps/{overlay.name}")
+
+
+def read_pictures(pictures: GalleryPictures, heatmap_dir: Path) -> CachedPictures:
+    original = heatmap_dir / Path(pictures.original_src).name
+    overlay = heatmap_dir / Path(pictures.overlay_src).name
+    return CachedPictures(original.suffix.lstrip("."), original.read_bytes(), overlay.read_bytes())
 
 
 def changed_since_scan(scanned_sha256: str, judged_sha256: str) -> str:

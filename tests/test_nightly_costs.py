@@ -112,6 +112,12 @@ def test_report_heatmaps_come_from_the_store_for_images_explained_before(
         return real(self, batch)
 
     monkeypatch.setattr(GradCamExplainer, "explain_batch_logits", counted)
+    import audit.explain
+
+    files_read: list[str] = []
+    real_load = audit.explain.pictures.load_picture
+    monkeypatch.setattr(audit.explain.pictures, "load_picture",
+                        lambda path, *a, **k: (files_read.append(Path(path).name), real_load(path, *a, **k))[1])
     flag_all = make_model(tmp_path / "models", threshold=0.0)  # every image is in the gallery
     archive = tmp_path / "archive"
     write_images(archive, [f"{i}.jpg" for i in range(4)])
@@ -125,14 +131,17 @@ def test_report_heatmaps_come_from_the_store_for_images_explained_before(
 
     night("n1")
     assert sum(computed) == 4
+    assert sorted(files_read) == [f"{i}.jpg" for i in range(4)]
     night("n2")
     assert sum(computed) == 4  # nothing new to explain
+    assert len(files_read) == 4  # and no flagged file read again: the cards' pictures are kept too
     for name in (f"g{rank:04d}-gradcam.jpg" for rank in range(1, 5)):  # the same pictures as a computed map gives
         assert (tmp_path / "n2" / "heatmaps" / name).read_bytes() == (tmp_path / "n1" / "heatmaps" / name).read_bytes()
     write_images(archive, ["2.jpg"], seed=90)
     os.utime(archive / "2.jpg", (1, 1))
     night("n3")
     assert sum(computed) == 5  # only the changed image
+    assert files_read[4:] == ["2.jpg"]
 
 
 def test_an_unchanged_night_copies_the_report_behind_a_front_page_made_for_it(
