@@ -162,17 +162,13 @@ def run_files_fetcher(run_dir: Path):
     return RunFilesFetcher()
 
 
-def write_pdf(html: str, run_dir: Path, pdf_path: Path, fetcher: Any = None) -> Any:
-    """Render the print page to ``pdf_path`` (temporary name, then rename); return the fetcher."""
-    from weasyprint import HTML
+def write_pdf(html: str, run_dir: Path, pdf_path: Path, fetcher: Any = None, cache: HeatmapCache | None = None) -> Any:
+    """Render the print page to ``pdf_path`` (audit.report_pdf); return the fetcher, its ``facts``
+    set to what the PDF is made of."""
+    from audit.report_pdf import write_report_pdf
 
     fetcher = fetcher or run_files_fetcher(run_dir)
-    document = HTML(string=html, base_url=run_dir.resolve().as_uri() + "/", url_fetcher=fetcher).render()
-    # Pages before the body (the charts section starts a page): what an unchanged night renders
-    # again (audit.report_reuse).
-    fetcher.front_pages = next((index for index, page in enumerate(document.pages) if "charts" in page.anchors), None)
-    with atomic_path(pdf_path) as temporary:
-        document.write_pdf(temporary)
+    fetcher.facts = write_report_pdf(html, run_dir, pdf_path, fetcher, cache)
     return fetcher
 
 
@@ -187,6 +183,7 @@ class RenderedReport:
     seconds: dict[str, float]  # read, metrics_and_charts, gallery_gradcam, html, pdf, total
     front_pages: int | None = None  # PDF pages before the charts
     content: ReportContent | None = None
+    gallery_pages_kept: bool = False  # the gallery's PDF pages came from the run store (audit.report_pdf)
 
 
 def render_report_files(
@@ -215,11 +212,11 @@ def render_report_files(
     write_text(html_path, render_page(content, "html"))
     seconds["html"] = time.perf_counter() - started
     started = time.perf_counter()
-    fetcher = write_pdf(render_page(content, "pdf"), run_dir, pdf_path)
+    fetcher = write_pdf(render_page(content, "pdf"), run_dir, pdf_path, cache=heatmap_cache)
     seconds["pdf"] = time.perf_counter() - started
     seconds["total"] = time.perf_counter() - clock
     return RenderedReport(html_path, pdf_path, tuple(fetcher.refused), {k: round(v, 3) for k, v in seconds.items()},
-                          getattr(fetcher, "front_pages", None), content)
+                          fetcher.facts.front_pages, content, fetcher.facts.gallery_kept)
 
 
 def render_report(
