@@ -250,16 +250,15 @@ def model_facts(summary: dict[str, Any], card: ModelCard | None, model: LoadedMo
 
 def table_records(frame: pd.DataFrame) -> list[list[Any]]:
     """All rows for the page's sortable table, as JSON-ready lists in TABLE_COLUMNS order."""
-    records = []
-    for row in frame.itertuples(index=False):
-        values = row._asdict()
-        record = []
-        for column in TABLE_COLUMNS:
-            value = values.get(column, "")
-            if column == "sha256":
-                value = str(value)[:16]
-            if isinstance(value, float):
-                value = None if math.isnan(value) else (round(value, 6) if column == "prob_ai" else int(value))
-            record.append(value)
-        records.append(record)
-    return records
+    # Column by column as Python lists: reading pyarrow-backed text cells one row at a time
+    # (itertuples) took 0.9 s of a 20,000-row report.
+    columns = [_table_column(frame[column].tolist() if column in frame.columns else [""] * len(frame), column)
+               for column in TABLE_COLUMNS]
+    return [list(values) for values in zip(*columns)]
+
+
+def _table_column(values: list[Any], column: str) -> list[Any]:
+    if column == "sha256":
+        return [str(value)[:16] for value in values]
+    return [(None if math.isnan(value) else (round(value, 6) if column == "prob_ai" else int(value)))
+            if isinstance(value, float) else value for value in values]
