@@ -199,3 +199,45 @@ def test_an_unchanged_night_copies_the_report_behind_a_front_page_made_for_it(
     third, third_pages, _ = night("n3")
     assert rendered == [tmp_path / "n1", tmp_path / "n3"] and third["report"]["copied_from_run"] is None
     assert "Unchanged since" not in third_pages[0]
+
+
+def test_a_night_whose_gallery_cards_are_unchanged_takes_their_pdf_pages_from_the_store(tmp_path: Path) -> None:
+    import shutil
+
+    from pypdf import PdfReader
+
+    from audit.report import render_report_files
+
+    flag_all = make_model(tmp_path / "models", threshold=0.0)
+    archive = tmp_path / "archive"
+    write_images(archive, [f"{i}.jpg" for i in range(5)])
+
+    def night(name: str) -> dict:
+        result = CliRunner().invoke(main, ["scan", str(archive), "--model", str(flag_all), "--out", str(tmp_path / name),
+                                           "--workers", "0", "--quiet", "--no-xlsx", "--max-gallery", "3"],
+                                    catch_exceptions=False)
+        assert result.exit_code in (0, 3), result.output  # 3: some files could not be read
+        return summary_of(tmp_path / name)
+
+    def page_texts(run_dir: Path) -> list[str]:
+        return [page.extract_text() for page in PdfReader(run_dir / "report.pdf").pages]
+
+    assert night("n1")["report"]["gallery_pages_kept"] is False
+    (archive / "broken.jpg").write_bytes(b"not a picture")  # an error row: the cards stay the same
+    second = night("n2")
+    assert second["report"]["gallery_pages_kept"] is True and second["report"]["copied_from_run"] is None
+    kept = page_texts(tmp_path / "n2")
+    assert "broken.jpg" in "".join(kept)  # tonight's errors section
+
+    # The same run folder rendered from scratch, without the store: the same pages, numbers and all.
+    fresh_dir = tmp_path / "fresh" / "n2"  # the run id is the folder name
+    shutil.copytree(tmp_path / "n2", fresh_dir)
+    fresh = render_report_files(fresh_dir, model=flag_all, max_gallery=3)
+    assert not fresh.gallery_pages_kept
+    fresh_pages = page_texts(fresh_dir)
+    front = second["report"]["front_pages"]
+    assert len(kept) == len(fresh_pages) and kept[front:] == fresh_pages[front:]
+    gallery = [text for text in kept if "Flagged images" in text]
+    assert len(gallery) == 1 and f"of {len(kept)}" in gallery[0] and "#3 probability" in gallery[0]
+    outline = [item.title for item in PdfReader(tmp_path / "n2" / "report.pdf").outline[1] if not isinstance(item, list)]
+    assert "Flagged images" in outline
