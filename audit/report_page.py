@@ -8,6 +8,7 @@ unchanged night can render its new front page without importing any of that (aud
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
+# Files listed per kind of change on the printed front page (summary.json and the HTML page list
+# up to 200): a 1% + 1% night on 20,000 files printed nine pages of names, 1.4 s of the PDF.
+CHANGES_PRINTED = 50
 
 
 def _format_metric(value: float | None, digits: int = 4) -> str:
@@ -42,6 +46,7 @@ def _compact(value: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+@functools.lru_cache(maxsize=1)
 def template_environment():
     import jinja2
 
@@ -73,6 +78,7 @@ def render_page(content: Any, target: str) -> str:
         css=(TEMPLATE_DIR / "report.css").read_text(encoding="utf-8"),
         script=script,
         script_hash=script_hash,
+        changes_printed=CHANGES_PRINTED,
     )
 
 

@@ -32,7 +32,7 @@ from audit.loading import DEFAULT_MAX_PIXELS, LoadOptions
 from audit.model import LoadedModel, load_model
 from audit.provenance_c2pa import EvidenceOptions, check_options, load_trust_anchors
 from audit.provenance_findings import evidence_cell, evidence_sources
-from audit.report_reuse import write_report
+from audit.report_reuse import import_report_stage, write_report
 from audit.results import STATUS_ERROR, STATUS_OK, ResultRow, ResultWriter, commit, discard_partial_outputs, \
     remove_stale_outputs, write_json_tmp
 from audit.reuse import BatchCommitter, StoredRows, earlier_xlsx, prefetched, reuse_plan, scoring_key
@@ -311,7 +311,8 @@ class ScanRun:
             if self.engine is not None:
                 self.engine.start(to_score)
             results = ResultFiles(ResultWriter(self.out_dir, write_xlsx=options.write_xlsx,
-                                               earlier_xlsx=earlier_xlsx(self.store, self.baseline)))
+                                               earlier_xlsx=earlier_xlsx(self.store, self.baseline),
+                                               while_xlsx_is_made=import_report_stage if options.report else None))
             # The store first: a batch is committed before its last row is written, and the last
             # batch before the XLSX is made (the slow step a stop may interrupt).
             sinks = Sinks(committer, results, tally, progress)

@@ -30,6 +30,7 @@ from audit.discover import FileRecord
 from audit.loading import LoadOptions, LoadResult, load_image
 from audit.input_policy import combine_views, flatten_views, normalize
 from audit.model import LoadedModel
+from audit.stopping import die_with_parent
 
 if TYPE_CHECKING:  # imported where the network runs: a rerun that scores nothing never loads torch
     import torch
@@ -91,26 +92,6 @@ def collate_results(items: list[LoadResult]) -> Batch:
 
 # The parent's pid as a decode worker saw it at start; None in the main process.
 _WORKER_PARENT_PID: int | None = None
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this worker when the process that forked it dies (Linux).
-
-    A scan killed outright (SIGKILL: the OOM killer, a node drain, a timeout) runs no cleanup, and
-    its workers were seen to live on as orphans for minutes, blocked on a pipe that no one read.
-    They hold nothing worth keeping: the main process owns the store and the outputs. (The kernel
-    watches the *thread* that forked the worker: the one that iterates the loader, which must
-    outlive the iteration; the scan iterates in its main thread.)
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the loop's parent check still ends the worker
-        pass
 
 
 def exit_if_orphaned() -> None:
@@ -131,7 +112,7 @@ def _init_decode_worker(_worker_id: int) -> None:
     """
     global _WORKER_PARENT_PID
     _WORKER_PARENT_PID = os.getppid()
-    _die_with_parent()
+    die_with_parent()
     exit_if_orphaned()  # the parent may have died between the fork and the prctl
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -23,6 +23,7 @@ from typing import Iterator
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 _requested_signal: int | None = None
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def stop_requested() -> int | None:
@@ -59,3 +60,23 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process (a decode worker, the XLSX writer) when the process
+    that started it dies (Linux).
+
+    A scan killed outright (SIGKILL: the OOM killer, a node drain, a timeout) runs no cleanup, and
+    its workers were seen to live on as orphans for minutes, blocked on a pipe that no one read.
+    They hold nothing worth keeping: the main process owns the store and the outputs. (The kernel
+    watches the *thread* that forked the worker: the one that iterates the loader, which must
+    outlive the iteration; the scan iterates in its main thread.)
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the loop's parent check still ends the worker
+        pass

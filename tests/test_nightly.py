@@ -38,14 +38,14 @@ def rows_of(out: Path) -> list[tuple[str, str, str]]:
     return [(row["path"], row["sha256"], row["prob_ai"]) for row in read_results_csv(out / "results.csv")]
 
 
-def since_last_run_section(out: Path) -> str:
+def since_last_run_section(out: Path, target: str = "html") -> str:
     """The report page's "Since the last run" section, rendered from the run folder (no PDF)."""
     from audit.report import build_content
     from audit.report_data import read_run
     from audit.report_page import render_page
 
     content = build_content(read_run(out), None, None, "not needed here", out / "unused-heatmaps", 0)
-    page = render_page(content, "html")
+    page = render_page(content, target)
     start = page.index('<div id="changes">')
     return page[start: page.index("</div>", start)]
 
@@ -381,3 +381,18 @@ def test_a_reused_output_folder_keeps_nothing_from_the_earlier_run(tmp_path: Pat
     assert scan(archive, model_path, out, tmp_path / "store.sqlite", "--no-xlsx").exit_code == 0
     assert sorted(path.name for path in out.iterdir()) == ["results.csv", "summary.json"]
     assert summary_of(out)["outputs"] == ["results.csv", "summary.json"]
+
+
+def test_the_printed_front_page_lists_the_first_50_changes_of_a_kind_and_says_how_many_there_are(
+        tmp_path: Path, model_path: Path) -> None:
+    archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
+    write_images(archive, ["a.jpg"])
+    assert scan(archive, model_path, tmp_path / "r1", store).exit_code == 0
+    write_images(archive, [f"new-{i:02d}.jpg" for i in range(55)], seed=10)
+    assert scan(archive, model_path, tmp_path / "r2", store).exit_code == 0
+    printed = since_last_run_section(tmp_path / "r2", "pdf")
+    page = since_last_run_section(tmp_path / "r2")
+    assert printed.count("<li><code>new-") == 50 and "the first 50 of 55; results.csv lists every file" in printed
+    assert "new-49.jpg" in printed and "new-50.jpg" not in printed
+    assert page.count("<li><code>new-") == 55 and "the first" not in page  # the HTML page lists what summary.json has
+
