@@ -79,11 +79,11 @@ def labelled_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 def compute_metrics(frame: pd.DataFrame) -> LabelledMetrics | None:
     """From results.csv's own columns: true_label against the scan's verdict (and prob_ai)."""
+    rows = labelled_rows(frame)
+    if rows.empty:  # before importing scikit-learn (1.2 s here): most archives have no labels
+        return None
     from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
-    rows = labelled_rows(frame)
-    if rows.empty:
-        return None
     is_ai = (rows["true_label"] == VERDICT_AI).to_numpy(dtype=int)
     judged_ai = (rows["verdict"] == VERDICT_AI).to_numpy(dtype=int)
     prob_ai = rows["prob_ai"].to_numpy(dtype=np.float64)

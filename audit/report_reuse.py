@@ -94,10 +94,19 @@ def heatmaps_listing_sha256(run_dir: Path) -> str:
 
 def front_content_of(content: Any) -> dict[str, Any]:
     """The report content without its body's bulk, as JSON-ready data (for a later front page)."""
-    data = dataclasses.asdict(content)
-    for name in _BODY_FIELDS:
-        data.pop(name, None)
+    # Field by field, leaving the body's out before converting: dataclasses.asdict of the whole
+    # content deep-copied the 20,000-row table only to drop it (about 1 s).
+    data = {field.name: _plain(getattr(content, field.name)) for field in dataclasses.fields(content)
+            if field.name not in _BODY_FIELDS}
     return json.loads(json.dumps(data, default=str))
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 def record_rendered_report(run_dir: Path, fingerprint: str | None, front_pages: int | None, content: Any,
@@ -222,15 +231,16 @@ def copy_unchanged_report(run_dir: Path, model: LoadedModel, max_gallery: int, e
     return record_rendered_report(run_dir, fingerprint, front_pages, earlier.front_content, earlier_run, body_from)
 
 
-def import_report_stage() -> None:
-    """Import what rendering a report needs: about 2.8 s of a 20,000-file rerun here (scikit-learn
-    1.2, WeasyPrint 0.6, matplotlib and seaborn 0.6, pandas 0.35). The scan does it while its
-    XLSX is made in a child process (audit.results.make_xlsx), on the other core."""
+def import_report_stage(labelled: bool = True) -> None:
+    """Import what rendering a report needs: WeasyPrint 0.6 s here, matplotlib and seaborn 0.6,
+    pandas 0.35, and scikit-learn 1.2 when rows have true labels (its metrics and curves). The
+    scan does it while its XLSX is made in a child process (audit.results.make_xlsx), on the
+    other core."""
     import audit.charts  # pandas
     importlib.import_module("audit.report")  # the gallery, the page
 
     audit.charts._pyplot()  # matplotlib with its headless backend, before seaborn imports pyplot
-    for name in ("pypdf", "seaborn", "sklearn.metrics", "weasyprint"):
+    for name in ("pypdf", "seaborn", "weasyprint", *(["sklearn.metrics"] if labelled else [])):
         importlib.import_module(name)
 
 

@@ -312,7 +312,8 @@ class ScanRun:
                 self.engine.start(to_score)
             results = ResultFiles(ResultWriter(self.out_dir, write_xlsx=options.write_xlsx,
                                                earlier_xlsx=earlier_xlsx(self.store, self.baseline),
-                                               while_xlsx_is_made=import_report_stage if options.report else None))
+                                               while_xlsx_is_made=(lambda: import_report_stage(bool(tally.confusion)))
+                                               if options.report else None))
             # The store first: a batch is committed before its last row is written, and the last
             # batch before the XLSX is made (the slow step a stop may interrupt).
             sinks = Sinks(committer, results, tally, progress)
