@@ -14,8 +14,8 @@ rerun's report for 200 cards; with them kept, a card the gallery showed before c
 writes and the flagged files are not read at all. A card shows the bytes the scan judged (its
 sha256), which is what the kept pictures are of.
 
-And the gallery's laid-out pages, as a PDF, by the fingerprint of what they show
-(audit.report_pdf): the last few only.
+And the gallery's laid-out pages, a PDF per page of cards, by the fingerprint of what they show
+(audit.report_pdf): those of the last few renders.
 
 The table is a cache beside the run store's own tables: created when first needed, ignored by
 an audit that does not know it, and never the only copy of anything, so it needs no schema
@@ -57,11 +57,11 @@ CREATE TABLE IF NOT EXISTS gallery_pictures (
 _GALLERY_PAGES_TABLE = """
 CREATE TABLE IF NOT EXISTS gallery_pages (
     fingerprint TEXT PRIMARY KEY,  -- audit.report_pdf.gallery_fingerprint
-    pdf BLOB NOT NULL,             -- the gallery's pages alone
+    pdf BLOB NOT NULL,             -- a part of the gallery (a page of cards) laid out alone
     kept_at REAL NOT NULL          -- unix time it was last put or used
 )
 """
-# Gallery PDFs kept: tonight's and a few before it (a rerun with other options, a model tried).
+# Gallery parts kept: as many as the last few renders used (a rerun with other options, a model tried).
 _GALLERY_PAGES_KEPT = 3
 # Keys per query: under SQLite's old limit of 999 parameters.
 _CHUNK = 400
@@ -119,14 +119,17 @@ class HeatmapCache:
 
     def get_gallery_pages(self, fingerprint: str) -> bytes | None:
         row = self.db.execute("SELECT pdf FROM gallery_pages WHERE fingerprint = ?", (fingerprint,)).fetchone()
-        if row is not None:
-            self.db.execute("UPDATE gallery_pages SET kept_at = ? WHERE fingerprint = ?", (time.time(), fingerprint))
         return None if row is None else bytes(row[0])
 
-    def put_gallery_pages(self, fingerprint: str, pdf: bytes) -> None:
-        self._insert("gallery_pages (fingerprint, pdf, kept_at) VALUES (?, ?, ?)", [(fingerprint, pdf, time.time())])
+    def keep_gallery_pages(self, new: list[tuple[str, bytes]], used: list[str]) -> None:
+        """Add the parts just laid out, mark every part this render used, and forget all but the
+        parts of the last few renders."""
+        now = time.time()
+        self._insert("gallery_pages (fingerprint, pdf, kept_at) VALUES (?, ?, ?)", [(key, pdf, now) for key, pdf in new])
+        self.db.executemany("UPDATE gallery_pages SET kept_at = ? WHERE fingerprint = ?", [(now, key) for key in used])
         self.db.execute("DELETE FROM gallery_pages WHERE fingerprint NOT IN "
-                        "(SELECT fingerprint FROM gallery_pages ORDER BY kept_at DESC LIMIT ?)", (_GALLERY_PAGES_KEPT,))
+                        "(SELECT fingerprint FROM gallery_pages ORDER BY kept_at DESC LIMIT ?)",
+                        (_GALLERY_PAGES_KEPT * max(len(used), 1),))
 
     def _select(self, columns_and_where: str, parameters: tuple[str, ...], sha256s: Sequence[str]) -> list[tuple]:
         found: list[tuple] = []

@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 import audit
-from audit.atomic import atomic_path, write_text
+from audit.atomic import write_text
 from audit.charts import report_charts
 from audit.gallery import DEFAULT_MAX_GALLERY, DecidedItem, GalleryItem, build_gallery, decided_items
 from audit.heatmap_cache import HeatmapCache
@@ -183,7 +183,8 @@ class RenderedReport:
     seconds: dict[str, float]  # read, metrics_and_charts, gallery_gradcam, html, pdf, total
     front_pages: int | None = None  # PDF pages before the charts
     content: ReportContent | None = None
-    gallery_pages_kept: bool = False  # the gallery's PDF pages came from the run store (audit.report_pdf)
+    gallery_pages: int | None = None  # of the PDF (None: rendered whole, audit.report_pdf)
+    gallery_pages_kept: int = 0  # of them, those that came from the run store
 
 
 def render_report_files(
@@ -216,7 +217,8 @@ def render_report_files(
     seconds["pdf"] = time.perf_counter() - started
     seconds["total"] = time.perf_counter() - clock
     return RenderedReport(html_path, pdf_path, tuple(fetcher.refused), {k: round(v, 3) for k, v in seconds.items()},
-                          fetcher.facts.front_pages, content, fetcher.facts.gallery_kept)
+                          fetcher.facts.front_pages, content, fetcher.facts.gallery_pages,
+                          fetcher.facts.gallery_pages_kept)
 
 
 def render_report(

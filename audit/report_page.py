@@ -20,6 +20,9 @@ TEMPLATE_DIR = Path(__file__).parent / "templates"
 # Files listed per kind of change on the printed front page (summary.json and the HTML page list
 # up to 200): a 1% + 1% night on 20,000 files printed nine pages of names, 1.4 s of the PDF.
 CHANGES_PRINTED = 50
+# Gallery cards a printed page holds (three rows of two at their usual height): the unit in which
+# the gallery's pages are laid out and kept (audit.report_pdf).
+CARDS_PER_PAGE = 6
 
 
 def _format_metric(value: float | None, digits: int = 4) -> str:
@@ -79,6 +82,7 @@ def render_page(content: Any, target: str) -> str:
         script=script,
         script_hash=script_hash,
         changes_printed=CHANGES_PRINTED,
+        cards_per_page=CARDS_PER_PAGE,
     )
 
 

@@ -60,9 +60,10 @@ class ReportRecord:
     # The run the pages after the front were rendered for (they name it): this one, or the
     # first of a chain of unchanged nights. {"run": store run id, "run_id": its folder's name}
     body_from: dict[str, Any] | None = None
-    # The gallery's PDF pages came from the run store: its cards were those of an earlier render
-    # (audit.report_pdf).
-    gallery_pages_kept: bool = False
+    # The gallery's PDF pages, and how many came from the run store: their cards were those of an
+    # earlier render (audit.report_pdf). None: not rendered in parts.
+    gallery_pages: int | None = None
+    gallery_pages_kept: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -111,7 +112,7 @@ def _plain(value: Any) -> Any:
 
 def record_rendered_report(run_dir: Path, fingerprint: str | None, front_pages: int | None, content: Any,
                            copied_from_run: int | None = None, body_from: dict[str, Any] | None = None,
-                           gallery_pages_kept: bool = False) -> ReportRecord | None:
+                           gallery_pages: tuple[int | None, int] = (None, 0)) -> ReportRecord | None:
     """Add "report" to the run's summary.json (rewritten atomically), so the next unchanged run
     can copy these pages; nothing when there is nothing to go by."""
     if fingerprint is None or front_pages is None:
@@ -122,7 +123,7 @@ def record_rendered_report(run_dir: Path, fingerprint: str | None, front_pages: 
         body_from = {"run": run, "run_id": run_dir.resolve().name}
     record = ReportRecord(fingerprint, file_sha256(run_dir / "report.html"), file_sha256(run_dir / "report.pdf"),
                           heatmaps_listing_sha256(run_dir), front_pages, front, copied_from_run, body_from,
-                          gallery_pages_kept)
+                          *gallery_pages)
     _update_summary(run_dir, {"report": record.to_json()})
     return record
 
@@ -273,7 +274,8 @@ def write_report(out_dir: Path, model: LoadedModel, max_gallery: int, quiet: boo
         rendered = render_report_files(out_dir, model=model, max_gallery=max_gallery, heatmap_cache=cache)
         summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
         record_rendered_report(out_dir, report_fingerprint(summary, model, max_gallery),
-                               rendered.front_pages, rendered.content, gallery_pages_kept=rendered.gallery_pages_kept)
+                               rendered.front_pages, rendered.content,
+                               gallery_pages=(rendered.gallery_pages, rendered.gallery_pages_kept))
     except Exception as exc:  # noqa: BLE001 - the results stand; the report can be rendered again
         print(f"audit scan: warning: the report was not rendered ({type(exc).__name__}: {exc}); "
               f"run `audit report {out_dir}` to try again", file=sys.stderr, flush=True)

@@ -123,6 +123,8 @@ def describe(name: str, seconds: float, summary: dict) -> str:
     report = summary.get("report") or {}
     how = ("report copied from run %s" % report["copied_from_run"]) if report.get("copied_from_run") else \
         ("report rendered" if report else "no report")
+    if report.get("gallery_pages") and not report.get("copied_from_run"):
+        how += f" ({report['gallery_pages_kept']} of {report['gallery_pages']} gallery pages kept)"
     return (f"{name}: {seconds:8.2f} s wall, scored {summary['files_scored']}, reused {summary['files_reused']}, "
             f"flagged {summary['flagged']}, {how}; stages {summary['seconds']}")
 
@@ -140,6 +142,8 @@ def run_timings(args: argparse.Namespace, model: Path, work: Path) -> None:
     print(f"ratio first/unchanged: {first_s / second_s:.1f}x (target: at least 20x)")
     if args.changes > 0:
         added, changed = change_files(data, args.changes)
+        if args.keep:  # to rerun the third night by hand: cp store-before-third.sqlite audit-store.sqlite
+            shutil.copyfile(store, work / "store-before-third.sqlite")
         third_s, third = timed_scan(data, model, work / "third", store, extra)
         print(describe("changed   ", third_s, third), flush=True)
         print(f"ratio first/after {added} added + {changed} changed: {first_s / third_s:.1f}x (target: at least 10x)")
@@ -218,6 +222,7 @@ def main() -> None:
     parser.add_argument("--rss-files", type=int, default=0, help="measure peak RSS over this many hard links instead")
     parser.add_argument("--rss-seconds", type=float, default=0, help="stop the RSS run with SIGTERM after this long (0: let it finish)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the temporary copies (default: the system's)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed) to look into")
     parser.add_argument("--scan-args", default="", help="more `audit scan` options, e.g. --scan-args=\"--no-xlsx --workers 1\" (with =, as it starts with --)")
     args = parser.parse_args()
 
@@ -231,7 +236,10 @@ def main() -> None:
         else:
             run_timings(args, model, work)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
