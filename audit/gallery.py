@@ -14,16 +14,18 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from audit.explain import Explanation, GradCamExplainer
 from audit.heatmap_cache import CachedPictures, HeatmapCache
 from audit.model import LoadedModel
 from audit.pictures import THUMBNAIL_SIZE, save_image
 from audit.report_data import RunData, flagged_rows, review_states
 from audit.review import cleared_under_other_model
+
+if TYPE_CHECKING:  # audit.explain imports torch (2.8 s): only a card with no kept pictures needs it
+    from audit.explain import Explanation
 
 DEFAULT_MAX_GALLERY = 200
 # Evidence text comes from file metadata: bounded before it reaches the page.
@@ -198,6 +200,8 @@ def explain_rows(run: RunData, rows: list[pd.Series], model: LoadedModel, heatma
     readable = [(index, paths[index]) for index in scanned if index not in explained]
     if not readable:
         return explained
+    from audit.explain import Explanation, GradCamExplainer
+
     made: dict[str, CachedPictures] = {}
     with GradCamExplainer(model) as explainer:
         results = explainer.explain_paths([path for _, path in readable], THUMBNAIL_SIZE, heatmap_cache)

@@ -14,8 +14,8 @@ rerun's report for 200 cards; with them kept, a card the gallery showed before c
 writes and the flagged files are not read at all. A card shows the bytes the scan judged (its
 sha256), which is what the kept pictures are of.
 
-And the gallery's laid-out pages, a PDF per page of cards, by the fingerprint of what they show
-(audit.report_pdf): those of the last few renders.
+And the report's laid-out parts (a section, a page of gallery cards), a PDF each, by the
+fingerprint of what they show (audit.report_pdf): those of the last few renders.
 
 The table is a cache beside the run store's own tables: created when first needed, ignored by
 an audit that does not know it, and never the only copy of anything, so it needs no schema
@@ -24,6 +24,7 @@ version of its own (audit.store).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -54,15 +55,16 @@ CREATE TABLE IF NOT EXISTS gallery_pictures (
     PRIMARY KEY (sha256, model_id, recipe)
 )
 """
-_GALLERY_PAGES_TABLE = """
-CREATE TABLE IF NOT EXISTS gallery_pages (
-    fingerprint TEXT PRIMARY KEY,  -- audit.report_pdf.gallery_fingerprint
-    pdf BLOB NOT NULL,             -- a part of the gallery (a page of cards) laid out alone
+_PARTS_TABLE = """
+CREATE TABLE IF NOT EXISTS report_parts (
+    fingerprint TEXT PRIMARY KEY,  -- audit.report_pdf.part_fingerprint
+    pdf BLOB NOT NULL,             -- a part of the report (a section, a page of gallery cards) laid out alone
+    bookmarks TEXT NOT NULL,       -- its headings: JSON [[level, label, page], ...]
     kept_at REAL NOT NULL          -- unix time it was last put or used
 )
 """
-# Gallery parts kept: as many as the last few renders used (a rerun with other options, a model tried).
-_GALLERY_PAGES_KEPT = 3
+# Parts kept: as many as the last few renders used (a rerun with other options, a model tried).
+_PARTS_KEPT = 3
 # Keys per query: under SQLite's old limit of 999 parameters.
 _CHUNK = 400
 
@@ -88,7 +90,7 @@ class HeatmapCache:
         self.db = db
         self.db.execute(_TABLE)
         self.db.execute(_PICTURES_TABLE)
-        self.db.execute(_GALLERY_PAGES_TABLE)
+        self.db.execute(_PARTS_TABLE)
         self.hits = 0
         self.computed = 0
 
@@ -117,19 +119,20 @@ class HeatmapCache:
                      [(sha256, model_id, recipe, item.original_suffix, item.original, item.overlay)
                       for sha256, item in entries if sha256])
 
-    def get_gallery_pages(self, fingerprint: str) -> bytes | None:
-        row = self.db.execute("SELECT pdf FROM gallery_pages WHERE fingerprint = ?", (fingerprint,)).fetchone()
-        return None if row is None else bytes(row[0])
+    def get_report_part(self, fingerprint: str) -> tuple[bytes, list] | None:
+        row = self.db.execute("SELECT pdf, bookmarks FROM report_parts WHERE fingerprint = ?", (fingerprint,)).fetchone()
+        return None if row is None else (bytes(row[0]), json.loads(row[1]))
 
-    def keep_gallery_pages(self, new: list[tuple[str, bytes]], used: list[str]) -> None:
+    def keep_report_parts(self, new: list[tuple[str, bytes, str]], used: list[str]) -> None:
         """Add the parts just laid out, mark every part this render used, and forget all but the
         parts of the last few renders."""
         now = time.time()
-        self._insert("gallery_pages (fingerprint, pdf, kept_at) VALUES (?, ?, ?)", [(key, pdf, now) for key, pdf in new])
-        self.db.executemany("UPDATE gallery_pages SET kept_at = ? WHERE fingerprint = ?", [(now, key) for key in used])
-        self.db.execute("DELETE FROM gallery_pages WHERE fingerprint NOT IN "
-                        "(SELECT fingerprint FROM gallery_pages ORDER BY kept_at DESC LIMIT ?)",
-                        (_GALLERY_PAGES_KEPT * max(len(used), 1),))
+        self._insert("report_parts (fingerprint, pdf, bookmarks, kept_at) VALUES (?, ?, ?, ?)",
+                     [(key, pdf, bookmarks, now) for key, pdf, bookmarks in new])
+        self.db.executemany("UPDATE report_parts SET kept_at = ? WHERE fingerprint = ?", [(now, key) for key in used])
+        self.db.execute("DELETE FROM report_parts WHERE fingerprint NOT IN "
+                        "(SELECT fingerprint FROM report_parts ORDER BY kept_at DESC LIMIT ?)",
+                        (_PARTS_KEPT * max(len(used), 1),))
 
     def _select(self, columns_and_where: str, parameters: tuple[str, ...], sha256s: Sequence[str]) -> list[tuple]:
         found: list[tuple] = []

@@ -73,6 +73,26 @@ ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {
 }
 
 
+# Stride-2 steps (each ceil(n / 2)) before a layer's output, by variant: the Grad-CAM grid of a
+# card is known without building the network (and importing torch, 2.5 s of a report).
+_HALVINGS_BEFORE = {
+    "resnet18": {"layer1": 2, "layer2": 3, "layer3": 4, "layer4": 5},  # 7x7 stride-2 stem, max-pool
+    "resnet18-s1stem": {"layer1": 1, "layer2": 2, "layer3": 3, "layer4": 4},  # max-pool only
+}
+
+
+def gradcam_grid_of(card: ModelCard) -> tuple[int, int] | None:
+    """(rows, columns) of the card's Grad-CAM map at its input size; None for a layer not listed
+    (audit.explain.gradcam_grid measures it on the network)."""
+    halvings = _HALVINGS_BEFORE.get(card.variant, {}).get(card.gradcam_layer)
+    if halvings is None:
+        return None
+    size = card.preprocessing.input_size
+    for _ in range(halvings):
+        size = -(-size // 2)
+    return size, size
+
+
 def build_network(variant: str, num_classes: int = len(CLASS_NAMES)) -> nn.Module:
     """Build an untrained network of a registered variant."""
     try:

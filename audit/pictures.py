@@ -12,10 +12,10 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from audit.atomic import atomic_path
@@ -23,6 +23,9 @@ from audit.discover import FileRecord
 from audit.loading import DEFAULT_MAX_FILE_BYTES, LoadOptions, LoadResult, load_bytes, read_file_bytes, strict_pillow, to_rgb
 from audit.input_policy import Preprocessing
 from audit.provenance import Finding
+
+if TYPE_CHECKING:  # tensors come from the load stage: a report whose pictures are all kept needs no torch
+    import torch
 
 # Longest side of a thumbnail in pixels: the PDF shows it about 38 mm wide, so 144 px is
 # ~96 dpi there. Larger thumbnails would only make the report heavier.

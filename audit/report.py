@@ -39,6 +39,7 @@ from audit.report_data import (
     table_records,
 )
 from audit.report_page import options_list, render_page, swap_in_folder
+from audit.report_pdf import PdfFacts
 
 
 # --------------------------------------------------------------------------- the content
@@ -183,8 +184,7 @@ class RenderedReport:
     seconds: dict[str, float]  # read, metrics_and_charts, gallery_gradcam, html, pdf, total
     front_pages: int | None = None  # PDF pages before the charts
     content: ReportContent | None = None
-    gallery_pages: int | None = None  # of the PDF (None: rendered whole, audit.report_pdf)
-    gallery_pages_kept: int = 0  # of them, those that came from the run store
+    pdf: PdfFacts | None = None  # how the PDF was made of parts (audit.report_pdf)
 
 
 def render_report_files(
@@ -217,8 +217,7 @@ def render_report_files(
     seconds["pdf"] = time.perf_counter() - started
     seconds["total"] = time.perf_counter() - clock
     return RenderedReport(html_path, pdf_path, tuple(fetcher.refused), {k: round(v, 3) for k, v in seconds.items()},
-                          fetcher.facts.front_pages, content, fetcher.facts.gallery_pages,
-                          fetcher.facts.gallery_pages_kept)
+                          fetcher.facts.front_pages, content, fetcher.facts)
 
 
 def render_report(

@@ -17,8 +17,7 @@ from typing import Any
 import pandas as pd
 
 from audit.errors import UsageError
-from audit.explain import gradcam_grid
-from audit.model import LoadedModel, ModelCard, ModelError, load_model, read_card
+from audit.model import LoadedModel, ModelCard, ModelError, gradcam_grid_of, load_model, read_card
 from audit.model_summary import ModelSummary, data_set_rows, summarize, training_rows
 from audit.results import REVIEW_COLUMNS, unneutralise
 from audit.review import review_state
@@ -240,12 +239,21 @@ def model_facts(summary: dict[str, Any], card: ModelCard | None, model: LoadedMo
         notes=tuple(card.notes) if card else (),
         input_size=card.preprocessing.input_size if card else None,
         gradcam_layer=card.gradcam_layer if card else "",
-        gradcam_grid=gradcam_grid(model) if model is not None else None,
+        gradcam_grid=_gradcam_grid(card, model),
         input_policy=card.preprocessing.describe() if card else "",
         readable=summarize(card) if card else None,
         training_rows=training_rows(card.training) if card else [],
         data_sets=data_set_rows(card.training) if card else [],
     )
+
+
+def _gradcam_grid(card: ModelCard | None, model: LoadedModel | None) -> tuple[int, int] | None:
+    known = gradcam_grid_of(card) if card is not None else None
+    if known is not None or model is None:
+        return known
+    from audit.explain import gradcam_grid
+
+    return gradcam_grid(model)
 
 
 def table_records(frame: pd.DataFrame) -> list[list[Any]]:

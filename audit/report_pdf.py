@@ -1,28 +1,35 @@
-"""The report's PDF: the gallery laid out a page of cards at a time, each page kept while its
-cards stay the same, and composed page by page into the rest of the report.
+"""The report's PDF: every page after the front laid out in parts, each part kept while it stays
+the same, and drawn onto blank pages that carry tonight's headers and footers.
 
-The gallery is most of the PDF's layout (200 cards: 34 of 48 pages and 8 of 12 s on a 20,000-file
-rerun, 2 cores), and from one night to the next most of its cards are the same: the most
-confident flagged images change little. So the print page is rendered in parts:
+Laying out the PDF is most of a report's time (200 gallery cards: 34 of 48 pages and 8 of 12 s
+on a 20,000-file rerun, 2 cores), and from one night to the next most of it is the same: the
+most confident flagged images change little, and the method does not change at all. So the
+print page is rendered in pieces:
 
-- the gallery, as one small document per page of cards (the print page between its
-  ``<!-- gallery-pages -->`` markers, cut at its ``<!-- gallery-page-break -->`` markers every
-  CARDS_PER_PAGE cards), with no page headers or footers. With the run store, each part's pages
-  are kept in it by a fingerprint of its markup, the pictures it shows and the WeasyPrint
-  version; a later night takes the parts whose cards are unchanged from there and lays out only
-  the others (1% of files changed touches a few cards of 200);
-- the rest of the report, where the gallery is as many blank pages as its parts have, each with
-  its header and footer (run id, "page X of Y") and the gallery's bookmark.
+- the parts: each section after the front (charts, gallery, decided images, errors, method)
+  between the print page's ``<!-- report-part -->`` markers, the gallery cut further at its
+  ``<!-- gallery-page-break -->`` markers (a page of cards each), each laid out as a small
+  document of its own with no page headers or footers. With the run store, a part's pages are
+  kept in it by a fingerprint of its markup, the pictures it shows and the WeasyPrint version,
+  and a later night takes the parts that did not change from there (1% of files changed touches
+  a few gallery pages and the charts);
+- the main document: the front page, then as many blank pages as the parts have, each with its
+  header and footer (run id, "page X of Y") and the bookmarks of the headings that part puts on
+  it.
 
-Each blank page then draws its gallery page (a form XObject) over its own header and footer, so
-the result reads as one document rendered tonight. If the blank pages do not land as one run of
-exactly the gallery's pages, the print page is rendered whole instead.
+Each blank page then draws its part's page (a form XObject named /ReportPart) over its own
+header and footer, so the result reads as one document rendered tonight. An unchanged night
+(audit.report_reuse) draws the earlier report's /ReportPart forms onto the blank pages of its
+own front page's document in the same way. If the blank pages do not come out as the parts'
+count, the print page is rendered whole instead.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import io
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,89 +40,126 @@ from audit.atomic import atomic_path
 if TYPE_CHECKING:
     from audit.heatmap_cache import HeatmapCache
 
-GALLERY_START, GALLERY_END = "<!-- gallery-pages -->", "<!-- /gallery-pages -->"
-GALLERY_PAGE_BREAK = "<!-- gallery-page-break -->"
-# A part after the first opens what the first part opened before its cards (the HTML parser
+PART, PARTS_END, GALLERY_PAGE_BREAK = "<!-- report-part -->", "<!-- /report-parts -->", "<!-- gallery-page-break -->"
+FORM_NAME = "/ReportPart"
+# A gallery part after the first opens what the first opened before its cards (the HTML parser
 # closes what a part leaves open, and ignores the last part's closing tags of the first's).
-_PART_OPENING = '<section class="gallery"><div class="cards">'
-# Part of the fingerprint: a change to how the gallery's parts are made retires kept pages.
-_GALLERY_FORMAT = "gallery-pages/2"
-# The gallery alone: no page headers or footers (the blank pages it is drawn on carry them), and
-# no bookmark (the blank pages' hidden heading has it).
-_GALLERY_ALONE_CSS = ("<style>@page { @top-left { content: none; } @top-right { content: none; } "
-                      "@bottom-right { content: none; } } section.gallery h2 { bookmark-level: none; }</style>")
-_BLANK_PAGE = '<div style="break-before: page; height: 1px"></div>'
+_GALLERY_OPENING = '<section class="gallery"><div class="cards">'
+# Part of the fingerprint: a change to how parts are made retires the kept ones.
+_PART_FORMAT = "report-part/1"
+# A part alone: no page headers or footers (the blank page it is drawn on carries them; its
+# headings become the blank page's bookmarks).
+_PART_ALONE_CSS = ("<style>@page { @top-left { content: none; } @top-right { content: none; } "
+                   "@bottom-right { content: none; } }</style>")
+_HIDDEN = "visibility: hidden; height: 0; margin: 0; padding: 0; border: 0; overflow: hidden"
 _PICTURE_SRC = re.compile(r'src="(heatmaps/[^"]+)"')
 _STYLE = re.compile(r"<style>.*?</style>", re.S)
+_MARKERS = re.compile(f"({re.escape(PART)}|{re.escape(GALLERY_PAGE_BREAK)})")
+
+# A heading as a bookmark: (level, label, page within its part or the body).
+Bookmark = tuple[int, str, int]
 
 
 @dataclass(frozen=True)
 class PdfFacts:
-    front_pages: int | None  # pages before the charts (what an unchanged night renders again)
-    gallery_pages: int | None  # None: the print page was rendered whole
-    gallery_pages_kept: int = 0  # of them, those that came from the run store
+    front_pages: int | None  # pages before the body (what an unchanged night renders again)
+    body_pages: int | None = None  # None: the print page was rendered whole
+    body_pages_kept: int = 0  # of them, those whose part came from the run store
+    body_bookmarks: tuple[Bookmark, ...] = ()  # the body's headings, by page from the body's start
+    gallery_pages: int = 0  # of the body, the gallery's
 
 
-def gallery_parts(print_page: str) -> tuple[list[str], int, int] | None:
-    """(a page of its own for each part of the gallery, where the gallery's markup starts and ends
-    in the print page), or None when the print page has no gallery markers."""
-    start, end = print_page.find(GALLERY_START), print_page.find(GALLERY_END)
+@dataclass
+class Part:
+    fingerprint: str
+    pdf: bytes
+    pages: int
+    bookmarks: list[Bookmark]
+    gallery: bool
+    kept: bool = False  # from the run store
+
+
+def split_print_page(print_page: str) -> tuple[list[tuple[str, bool]], int, int] | None:
+    """([(a part's own page, whether it is the gallery's)], where the body starts and ends in the
+    print page), or None when the print page has no part markers."""
+    start, end = print_page.find(PART), print_page.find(PARTS_END)
     style = _STYLE.search(print_page)
     if start < 0 or end < start or style is None:
         return None
-    end += len(GALLERY_END)
-    pieces = print_page[start:end].split(GALLERY_PAGE_BREAK)
-    # Nothing of the night outside the markers (title, run id) enters a part: only the style.
-    head = f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{style.group(0)}{_GALLERY_ALONE_CSS}</head>'
-    parts = [f'{head}<body class="target-pdf">{"" if index == 0 else _PART_OPENING}{piece}</body></html>'
-             for index, piece in enumerate(pieces)]
-    return parts, start, end
+    # Nothing of the night outside the parts (title, run id) enters one: only the style.
+    head = f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{style.group(0)}{_PART_ALONE_CSS}</head>'
+    pieces = _MARKERS.split(print_page[start:end])[1:]  # [marker, piece, marker, piece, ...]
+    parts = []
+    for marker, piece in zip(pieces[::2], pieces[1::2]):
+        gallery_continues = marker == GALLERY_PAGE_BREAK
+        gallery = gallery_continues or '<section class="gallery"' in piece
+        opening = _GALLERY_OPENING if gallery_continues else ""
+        parts.append((f'{head}<body class="target-pdf">{opening}{piece}</body></html>', gallery))
+    return parts, start, end + len(PARTS_END)
 
 
-def gallery_fingerprint(gallery_page: str, run_dir: Path) -> str:
-    """What a gallery part's pages depend on: its markup, the bytes of the pictures it shows, the renderer."""
+def part_fingerprint(page: str, run_dir: Path) -> str:
+    """What a part's pages depend on: its markup, the bytes of the pictures it shows, the renderer."""
     import weasyprint
 
-    digest = hashlib.sha256(f"{_GALLERY_FORMAT}\n{weasyprint.__version__}\n".encode())
-    digest.update(gallery_page.encode("utf-8"))
-    for src in _PICTURE_SRC.findall(gallery_page):
+    digest = hashlib.sha256(f"{_PART_FORMAT}\n{weasyprint.__version__}\n".encode())
+    digest.update(page.encode("utf-8"))
+    for src in _PICTURE_SRC.findall(page):
         picture = run_dir / src
         digest.update(f"\n{src}\n".encode())
         digest.update(picture.read_bytes() if picture.is_file() else b"(missing)")
     return digest.hexdigest()
 
 
-def _blank_gallery(pages: int) -> str:
-    return ('<section class="gallery" id="gallery"><h2 style="visibility: hidden; height: 0; margin: 0">'
-            'Flagged images</h2>' + _BLANK_PAGE * (pages - 1) + "</section>")
+def blank_pages(bookmarks: list[Bookmark] | tuple[Bookmark, ...], pages: int) -> str:
+    """``pages`` blank pages for the body, each holding its bookmarks as hidden headings."""
+    on_page: dict[int, list[str]] = {}
+    for level, label, page in bookmarks:
+        tag = f"h{min(max(level, 1), 6)}"
+        on_page.setdefault(page, []).append(f'<{tag} style="{_HIDDEN}">{html.escape(label)}</{tag}>')
+    blanks = [f'<div{" id=" + chr(34) + "report-body" + chr(34) if index == 0 else ""} '
+              f'style="{"break-before: page; " if index else ""}height: 1px">{"".join(on_page.get(index, []))}</div>'
+              for index in range(pages)]
+    return '<section style="break-before: page">' + "".join(blanks) + "</section>"
 
 
-def _render(page: str, run_dir: Path, fetcher: Any):
+def render_document(page: str, run_dir: Path, fetcher: Any):
     from weasyprint import HTML
 
     return HTML(string=page, base_url=run_dir.resolve().as_uri() + "/", url_fetcher=fetcher).render()
 
 
-def _front_pages(document: Any) -> int | None:
-    return next((index for index, page in enumerate(document.pages) if "charts" in page.anchors), None)
+def _bookmarks_of(document: Any) -> list[Bookmark]:
+    return [(level, label, index) for index, page in enumerate(document.pages)
+            for level, label, _position, _state in page.bookmarks]
 
 
-def _blank_run(document: Any, pages: int) -> int | None:
-    """The index of the first blank gallery page when exactly ``pages`` of them precede the next
-    section, else None."""
-    first = next((index for index, page in enumerate(document.pages) if "gallery" in page.anchors), None)
-    if first is None or first + pages >= len(document.pages):
-        return None
-    blank = document.pages[first: first + pages]
-    following = document.pages[first + pages].anchors
-    if any(page.anchors.keys() - {"gallery"} for page in blank) or not ({"decided-section", "errors"} & following.keys()):
-        return None
-    return first
+def render_part(page: str, gallery: bool, run_dir: Path, fetcher: Any, cache: HeatmapCache | None) -> Part:
+    fingerprint = part_fingerprint(page, run_dir)
+    kept = cache.get_report_part(fingerprint) if cache is not None else None
+    if kept is not None:
+        pdf, bookmarks = kept
+        return Part(fingerprint, pdf, _page_count(pdf), [tuple(item) for item in bookmarks], gallery, kept=True)
+    document = render_document(page, run_dir, fetcher)
+    return Part(fingerprint, document.write_pdf(), len(document.pages), _bookmarks_of(document), gallery)
 
 
-def compose(main_pdf: bytes, first_blank: int, gallery_pdfs: list[bytes]):
-    """The main document with the gallery's pages, in order, each drawn on a blank page from
-    ``first_blank`` on (a pypdf writer)."""
+def _page_count(pdf: bytes) -> int:
+    from pypdf import PdfReader
+
+    return len(PdfReader(io.BytesIO(pdf)).pages)
+
+
+def body_start(document: Any, body_pages: int) -> int | None:
+    """The index of the first blank body page when exactly ``body_pages`` of them end the main
+    document, else None."""
+    first = next((index for index, page in enumerate(document.pages) if "report-body" in page.anchors), None)
+    return first if first is not None and len(document.pages) - first == body_pages else None
+
+
+def compose(main_pdf: bytes, first_blank: int, sources: list[Any]):
+    """The main document with each source drawn on a blank page from ``first_blank`` on (a pypdf
+    writer). A source is a page of a part's PDF, or an earlier report's /ReportPart form."""
     from pypdf import PdfReader, PdfWriter
     from pypdf.generic import ArrayObject, DictionaryObject, FloatObject, NameObject, StreamObject
 
@@ -127,25 +171,27 @@ def compose(main_pdf: bytes, first_blank: int, gallery_pdfs: list[bytes]):
         return writer._add_object(content)
 
     # The blank page's own drawing (header, footer) may leave its coordinate system changed: it is
-    # wrapped in q ... Q before the gallery page is drawn.
-    opening, closing = stream(b"q\n"), stream(b"\nQ\nq /GalleryPage Do Q\n")
-    sources = [page for pdf in gallery_pdfs for page in PdfReader(io.BytesIO(pdf)).pages]
+    # wrapped in q ... Q before the part's page is drawn.
+    opening, closing = stream(b"q\n"), stream(b"\nQ\nq " + FORM_NAME.encode() + b" Do Q\n")
     for index, source in enumerate(sources):
         target = writer.pages[first_blank + index]
-        contents = source["/Contents"].get_object()
-        if isinstance(contents, ArrayObject):  # several content streams: one form draws them all
-            form = StreamObject()
-            form.set_data(b"\n".join(part.get_object().get_data() for part in contents))
+        if source.get("/Subtype") == "/Form":
+            form = source.clone(writer)
         else:
-            form = contents.clone(writer)
-        form[NameObject("/Type")] = NameObject("/XObject")
-        form[NameObject("/Subtype")] = NameObject("/Form")
-        form[NameObject("/BBox")] = ArrayObject([FloatObject(value) for value in source.mediabox])
-        form[NameObject("/Resources")] = source.raw_get("/Resources").clone(writer)
+            contents = source["/Contents"].get_object()
+            if isinstance(contents, ArrayObject):  # several content streams: one form draws them all
+                form = StreamObject()
+                form.set_data(b"\n".join(part.get_object().get_data() for part in contents))
+            else:
+                form = contents.clone(writer)
+            form[NameObject("/Type")] = NameObject("/XObject")
+            form[NameObject("/Subtype")] = NameObject("/Form")
+            form[NameObject("/BBox")] = ArrayObject([FloatObject(value) for value in source.mediabox])
+            form[NameObject("/Resources")] = source.raw_get("/Resources").clone(writer)
         # Pages may share one resource dictionary: this page gets its own, with its form in it.
         resources = DictionaryObject(target["/Resources"].get_object())
         xobjects = DictionaryObject(resources["/XObject"].get_object()) if "/XObject" in resources else DictionaryObject()
-        xobjects[NameObject("/GalleryPage")] = form.indirect_reference or writer._add_object(form)
+        xobjects[NameObject(FORM_NAME)] = form.indirect_reference or writer._add_object(form)
         resources[NameObject("/XObject")] = xobjects
         target[NameObject("/Resources")] = resources
         own = target.raw_get("/Contents")
@@ -154,44 +200,52 @@ def compose(main_pdf: bytes, first_blank: int, gallery_pdfs: list[bytes]):
     return writer
 
 
-@dataclass
-class _GalleryPart:
-    fingerprint: str
-    pdf: bytes
-    pages: int
-    kept: bool  # from the run store
-
-
-def _gallery_part(page: str, run_dir: Path, fetcher: Any, cache: HeatmapCache | None) -> _GalleryPart:
+def earlier_forms(pdf_path: Path, first: int) -> list[Any] | None:
+    """The /ReportPart forms of an earlier report's pages from ``first`` on; None when a page has
+    none (a report rendered whole, or by an older version)."""
     from pypdf import PdfReader
 
-    fingerprint = gallery_fingerprint(page, run_dir)
-    pdf = cache.get_gallery_pages(fingerprint) if cache is not None else None
-    kept = pdf is not None
-    if pdf is None:
-        pdf = _render(page, run_dir, fetcher).write_pdf()
-    return _GalleryPart(fingerprint, pdf, len(PdfReader(io.BytesIO(pdf)).pages), kept)
+    forms = []
+    for page in PdfReader(pdf_path).pages[first:]:
+        xobjects = page["/Resources"].get("/XObject")
+        form = xobjects.get_object().get(FORM_NAME) if xobjects is not None else None
+        if form is None:
+            return None
+        forms.append(form.get_object())
+    return forms
+
+
+def write_composed(writer: Any, pdf_path: Path, title: str | None = None) -> None:
+    if title is not None:
+        writer.add_metadata({"/Title": title})
+    with atomic_path(pdf_path) as temporary, open(temporary, "wb") as handle:
+        writer.write(handle)
 
 
 def write_report_pdf(print_page: str, run_dir: Path, pdf_path: Path, fetcher: Any,
                      cache: HeatmapCache | None = None) -> PdfFacts:
     """Render the print page to ``pdf_path`` (temporary name, then rename)."""
-    found = gallery_parts(print_page)
+    from pypdf import PdfReader
+
+    found = split_print_page(print_page)
     if found is not None:
         pages_of_parts, start, end = found
-        parts = [_gallery_part(page, run_dir, fetcher, cache) for page in pages_of_parts]
-        pages = sum(part.pages for part in parts)
-        document = _render(print_page[:start] + _blank_gallery(pages) + print_page[end:], run_dir, fetcher)
-        first_blank = _blank_run(document, pages)
-        if first_blank is not None:
-            writer = compose(document.write_pdf(), first_blank, [part.pdf for part in parts])
-            with atomic_path(pdf_path) as temporary, open(temporary, "wb") as handle:
-                writer.write(handle)
+        parts = [render_part(page, gallery, run_dir, fetcher, cache) for page, gallery in pages_of_parts]
+        bookmarks, offset = [], 0
+        for part in parts:
+            bookmarks += [(level, label, offset + page) for level, label, page in part.bookmarks]
+            offset += part.pages
+        document = render_document(print_page[:start] + blank_pages(bookmarks, offset) + print_page[end:], run_dir, fetcher)
+        first = body_start(document, offset)
+        if first is not None:
+            sources = [page for part in parts for page in PdfReader(io.BytesIO(part.pdf)).pages]
+            write_composed(compose(document.write_pdf(), first, sources), pdf_path)
             if cache is not None:
-                cache.keep_gallery_pages([(part.fingerprint, part.pdf) for part in parts if not part.kept],
-                                         [part.fingerprint for part in parts])
-            return PdfFacts(_front_pages(document), pages, sum(part.pages for part in parts if part.kept))
-    document = _render(print_page, run_dir, fetcher)
+                cache.keep_report_parts([(part.fingerprint, part.pdf, json.dumps(part.bookmarks)) for part in parts
+                                         if not part.kept], [part.fingerprint for part in parts])
+            return PdfFacts(first, offset, sum(part.pages for part in parts if part.kept), tuple(bookmarks),
+                            sum(part.pages for part in parts if part.gallery))
+    document = render_document(print_page, run_dir, fetcher)
     with atomic_path(pdf_path) as temporary:
         document.write_pdf(temporary)
-    return PdfFacts(_front_pages(document), None)
+    return PdfFacts(next((index for index, page in enumerate(document.pages) if "charts" in page.anchors), None))

@@ -1,7 +1,7 @@
 """An unchanged night's report: the last run's pages, copied, behind a front page made for tonight.
 
 Rendering the report is most of an unchanged rerun's time (Grad-CAM of the gallery, then a PDF of
-some 26 pages). When tonight's rows are byte for byte last night's (the sha256 of results.csv),
+some 40 pages). When tonight's rows are byte for byte last night's (the sha256 of results.csv),
 with the same model card, gallery size, tool version and templates, everything after the front
 page would come out the same: the charts, the metrics, the gallery and its heatmaps, the errors
 and the method. So those pages are copied, as results.xlsx is, once their sha256 (recorded in
@@ -9,11 +9,12 @@ the earlier summary.json under "report") shows nobody edited them.
 
 The front page is not copied: it names the run, its times, the run store and what changed since
 the last run, and that must be tonight's truth. It is rendered again from the earlier front's
-recorded content with tonight's run facts, and says that the pages after it are run N's report,
-copied (their page headers name run N). The PDF is the new front pages followed by the earlier
-PDF's other pages (pypdf); the HTML is the new head and front followed by the earlier page's rest.
-Only when the new front has as many pages as the earlier one (the page numbers "page X of Y" stay
-right) is the copy made; otherwise, and on any doubt, the report is rendered from scratch.
+recorded content with tonight's run facts, and says that the pages after it were rendered for
+run N and copied. The PDF is tonight's front page followed by blank pages that carry tonight's
+headers, footers and the earlier body's bookmarks, each drawing the earlier page's part (its
+/ReportPart form, audit.report_pdf), so the front may have more or fewer pages than last night's;
+the HTML is the new head and front followed by the earlier page's rest. On any doubt (an earlier
+report rendered whole, or one the blank pages do not fit) the report is rendered instead.
 
 This module imports neither pandas nor torch (the report stage does): the point is seconds.
 """
@@ -23,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
-import io
 import json
 import shutil
 import sys
@@ -36,6 +36,7 @@ import audit
 from audit.atomic import temporary_sibling, write_text
 from audit.model import LoadedModel, file_sha256
 from audit.report_page import TEMPLATE_DIR, options_list, render_page, swap_in_folder
+from audit.report_pdf import PdfFacts, render_document, blank_pages, body_start, compose, earlier_forms, split_print_page, write_composed
 
 if TYPE_CHECKING:
     from audit.store import RunStore
@@ -57,13 +58,16 @@ class ReportRecord:
     front_pages: int  # PDF pages before the body
     front_content: dict[str, Any]  # the content the front page was rendered from
     copied_from_run: int | None = None  # the store run whose pages were copied; None: rendered
-    # The run the pages after the front were rendered for (they name it): this one, or the
-    # first of a chain of unchanged nights. {"run": store run id, "run_id": its folder's name}
+    # The run the pages after the front were rendered for: this one, or the first of a chain of
+    # unchanged nights. {"run": store run id, "run_id": its folder's name}
     body_from: dict[str, Any] | None = None
-    # The gallery's PDF pages, and how many came from the run store: their cards were those of an
-    # earlier render (audit.report_pdf). None: not rendered in parts.
-    gallery_pages: int | None = None
-    gallery_pages_kept: int = 0
+    # The body's pages (None: rendered whole), how many came from parts kept in the run store,
+    # the gallery's share, and the body's bookmarks [level, label, page from the body's start]
+    # (audit.report_pdf): what a copy draws them with.
+    body_pages: int | None = None
+    body_pages_kept: int = 0
+    gallery_pages: int = 0
+    body_bookmarks: list[Any] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -112,7 +116,7 @@ def _plain(value: Any) -> Any:
 
 def record_rendered_report(run_dir: Path, fingerprint: str | None, front_pages: int | None, content: Any,
                            copied_from_run: int | None = None, body_from: dict[str, Any] | None = None,
-                           gallery_pages: tuple[int | None, int] = (None, 0)) -> ReportRecord | None:
+                           pdf: PdfFacts | None = None) -> ReportRecord | None:
     """Add "report" to the run's summary.json (rewritten atomically), so the next unchanged run
     can copy these pages; nothing when there is nothing to go by."""
     if fingerprint is None or front_pages is None:
@@ -123,7 +127,8 @@ def record_rendered_report(run_dir: Path, fingerprint: str | None, front_pages: 
         body_from = {"run": run, "run_id": run_dir.resolve().name}
     record = ReportRecord(fingerprint, file_sha256(run_dir / "report.html"), file_sha256(run_dir / "report.pdf"),
                           heatmaps_listing_sha256(run_dir), front_pages, front, copied_from_run, body_from,
-                          *gallery_pages)
+                          *((pdf.body_pages, pdf.body_pages_kept, pdf.gallery_pages, [list(b) for b in pdf.body_bookmarks])
+                            if pdf is not None else ()))
     _update_summary(run_dir, {"report": record.to_json()})
     return record
 
@@ -167,20 +172,6 @@ def tonight_front(front: dict[str, Any], run_dir: Path, summary: dict[str, Any],
     }
 
 
-def _front_pdf(page: str, total_pages: int, run_dir: Path) -> tuple[bytes, int]:
-    """The print page's front alone, its footer counting the whole report's pages."""
-    from weasyprint import HTML
-    from weasyprint.urls import URLFetcher
-
-    footer = ('<style>@page { @bottom-right { content: "page " counter(page) " of %d"; } }</style></head>'
-              % total_pages)
-    front = page[: page.index(BODY_MARKER)].replace("</head>", footer, 1) + "</body></html>"
-    # The front holds no picture: it fetches nothing but data: URIs.
-    fetcher = URLFetcher(allowed_protocols=("data",), allow_redirects=False, timeout=5)
-    document = HTML(string=front, base_url=run_dir.resolve().as_uri() + "/", url_fetcher=fetcher).render()
-    return document.write_pdf(), len(document.pages)
-
-
 def copy_unchanged_report(run_dir: Path, model: LoadedModel, max_gallery: int, earlier_dir: Path | None,
                           earlier_run: int | None) -> ReportRecord | None:
     """Tonight's report from the earlier run's when nothing its body shows has changed; None (and
@@ -200,48 +191,56 @@ def copy_unchanged_report(run_dir: Path, model: LoadedModel, max_gallery: int, e
             return None
     except OSError:
         return None
-    from pypdf import PdfReader, PdfWriter
-
+    forms = earlier_forms(pdf_path, earlier.front_pages)
+    if forms is None or len(forms) != earlier.body_pages:
+        return None  # rendered whole, or by an older version: render instead
     body_from = earlier.body_from or {"run": earlier_run, "run_id": earlier_dir.name}
     front = tonight_front(earlier.front_content, run_dir, summary, earlier_run, body_from)
-    earlier_pdf = PdfReader(pdf_path)
-    front_pdf, front_pages = _front_pdf(render_page(front, "pdf"), len(earlier_pdf.pages), run_dir)
-    if front_pages != earlier.front_pages:
-        return None  # the page numbers would be wrong: render instead
+    print_page = render_page(front, "pdf")
+    split = split_print_page(print_page)
+    if split is None:
+        return None
+    _, start, end = split
+    main = print_page[:start] + blank_pages([tuple(b) for b in earlier.body_bookmarks], len(forms)) + print_page[end:]
+    # The front holds no picture: it fetches nothing but data: URIs.
+    from weasyprint.urls import URLFetcher
+
+    document = render_document(main, run_dir, URLFetcher(allowed_protocols=("data",), allow_redirects=False, timeout=5))
+    first = body_start(document, len(forms))
+    if first is None:
+        return None
+    writer = compose(document.write_pdf(), first, forms)
     earlier_html = html_path.read_text(encoding="utf-8")
     page = render_page(front, "html")
     html = page[: page.index(BODY_MARKER)] + earlier_html[earlier_html.index(BODY_MARKER):]
 
-    writer = PdfWriter()
-    writer.append(PdfReader(io.BytesIO(front_pdf)))
-    writer.append(earlier_pdf, pages=(earlier.front_pages, len(earlier_pdf.pages)), import_outline=False)
-    writer.add_metadata({"/Title": f"AI image audit: run {front['run_id']}"})
     new_heatmaps = run_dir / "heatmaps.tmp"
     shutil.rmtree(new_heatmaps, ignore_errors=True)
     if (earlier_dir / "heatmaps").is_dir():
         shutil.copytree(earlier_dir / "heatmaps", new_heatmaps)
     else:
         new_heatmaps.mkdir()
-    pdf_tmp, html_tmp = temporary_sibling(run_dir / "report.pdf"), temporary_sibling(run_dir / "report.html")
-    with open(pdf_tmp, "wb") as handle:
-        writer.write(handle)
+    html_tmp = temporary_sibling(run_dir / "report.html")
+    write_composed(writer, run_dir / "report.pdf", title=f"AI image audit: run {front['run_id']}")
     html_tmp.write_text(html, encoding="utf-8")
     swap_in_folder(new_heatmaps, run_dir / "heatmaps")
     html_tmp.replace(run_dir / "report.html")
-    pdf_tmp.replace(run_dir / "report.pdf")
-    return record_rendered_report(run_dir, fingerprint, front_pages, earlier.front_content, earlier_run, body_from)
+    facts = PdfFacts(first, len(forms), len(forms), tuple(tuple(b) for b in earlier.body_bookmarks), earlier.gallery_pages)
+    return record_rendered_report(run_dir, fingerprint, first, earlier.front_content, earlier_run, body_from, facts)
 
 
-def import_report_stage(labelled: bool = True) -> None:
+def import_report_stage(labelled: bool = True, explaining: bool = True) -> None:
     """Import what rendering a report needs: WeasyPrint 0.6 s here, matplotlib and seaborn 0.6,
-    pandas 0.35, and scikit-learn 1.2 when rows have true labels (its metrics and curves). The
-    scan does it while its XLSX is made in a child process (audit.results.make_xlsx), on the
-    other core."""
+    pandas 0.35, scikit-learn 1.2 when rows have true labels (its metrics and curves), and
+    pytorch-grad-cam 2.5 s (it imports torchvision) when images flagged tonight may need a
+    Grad-CAM. The scan does it while its XLSX is made in a child process
+    (audit.results.make_xlsx), on the other core."""
     import audit.charts  # pandas
     importlib.import_module("audit.report")  # the gallery, the page
 
     audit.charts._pyplot()  # matplotlib with its headless backend, before seaborn imports pyplot
-    for name in ("pypdf", "seaborn", "weasyprint", *(["sklearn.metrics"] if labelled else [])):
+    for name in ("pypdf", "seaborn", "weasyprint", *(["sklearn.metrics"] if labelled else []),
+                 *(["audit.explain", "pytorch_grad_cam"] if explaining else [])):
         importlib.import_module(name)
 
 
@@ -274,8 +273,7 @@ def write_report(out_dir: Path, model: LoadedModel, max_gallery: int, quiet: boo
         rendered = render_report_files(out_dir, model=model, max_gallery=max_gallery, heatmap_cache=cache)
         summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
         record_rendered_report(out_dir, report_fingerprint(summary, model, max_gallery),
-                               rendered.front_pages, rendered.content,
-                               gallery_pages=(rendered.gallery_pages, rendered.gallery_pages_kept))
+                               rendered.front_pages, rendered.content, pdf=rendered.pdf)
     except Exception as exc:  # noqa: BLE001 - the results stand; the report can be rendered again
         print(f"audit scan: warning: the report was not rendered ({type(exc).__name__}: {exc}); "
               f"run `audit report {out_dir}` to try again", file=sys.stderr, flush=True)

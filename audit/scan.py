@@ -312,7 +312,8 @@ class ScanRun:
                 self.engine.start(to_score)
             results = ResultFiles(ResultWriter(self.out_dir, write_xlsx=options.write_xlsx,
                                                earlier_xlsx=earlier_xlsx(self.store, self.baseline),
-                                               while_xlsx_is_made=(lambda: import_report_stage(bool(tally.confusion)))
+                                               while_xlsx_is_made=(lambda: import_report_stage(
+                                                   bool(tally.confusion), tally.scored_flagged > 0))
                                                if options.report else None))
             # The store first: a batch is committed before its last row is written, and the last
             # batch before the XLSX is made (the slow step a stop may interrupt).

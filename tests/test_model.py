@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import sys
 
 import torch
@@ -33,3 +34,17 @@ def test_building_a_network_does_not_import_torchvision():
     code = "import sys; from audit.model import build_network; build_network('resnet18-s1stem'); print('torchvision' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_the_gradcam_grid_known_from_the_card_is_the_one_the_network_gives():
+    from audit.explain import gradcam_grid
+    from audit.input_policy import Preprocessing
+    from audit.model import LoadedModel, ModelCard, gradcam_grid_of
+
+    for variant in ("resnet18", "resnet18-s1stem"):
+        network = build_network(variant).eval()
+        for size in (32, 48, 65, 224):
+            for layer in ("layer1", "layer2", "layer3", "layer4"):
+                card = ModelCard(name="m", variant=variant, gradcam_layer=layer, preprocessing=Preprocessing(input_size=size))
+                assert gradcam_grid_of(card) == gradcam_grid(LoadedModel(network, card, Path("unused"))), (variant, size, layer)
+    assert gradcam_grid_of(ModelCard(name="m", gradcam_layer="layer3.1")) is None  # measured on the network instead

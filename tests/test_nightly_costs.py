@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -180,8 +181,14 @@ def test_an_unchanged_night_copies_the_report_behind_a_front_page_made_for_it(
     assert "every file is new" in first_pages[0] and "every file is new" not in second_pages[0]
     assert "Compared with run 1" in " ".join(second_pages[0].split())
     assert f"page 1 of {len(first_pages)}" in second_pages[0]
-    # The pages after it are last night's, as they were.
-    assert second_pages[front:] == first_pages[front:] and len(second_pages) == len(first_pages)
+    # The pages after it are last night's, as they were, under tonight's page headers.
+    def without_header(pages: list[str], run_id: str) -> list[str]:
+        """The pages' text without their header (which names the run) and page number."""
+        assert all(f"AI image audit · run {run_id}" in page for page in pages)
+        return [re.sub(r"page \d+ of \d+", "", page.replace(f"AI image audit · run {run_id}", "")) for page in pages]
+
+    assert without_header(second_pages[front:], "n2") == without_header(first_pages[front:], "n1")
+    assert len(second_pages) == len(first_pages)
     assert second_html[second_html.index(BODY_MARKER):] == first_html[first_html.index(BODY_MARKER):]
     assert "<title>AI image audit: run n2</title>" in second_html and 'id="unchanged"' in second_html
     assert sorted(p.name for p in (tmp_path / "n2" / "heatmaps").iterdir()) == \
@@ -191,7 +198,7 @@ def test_an_unchanged_night_copies_the_report_behind_a_front_page_made_for_it(
     chained, chained_pages, _ = night("n2b")
     assert rendered == [tmp_path / "n1"] and chained["report"]["copied_from_run"] == second["store"]["run_id"]
     assert "rendered for run 1 (n1)" in " ".join(chained_pages[0].split())
-    assert chained_pages[front:] == first_pages[front:]
+    assert without_header(chained_pages[front:], "n2b") == without_header(first_pages[front:], "n1")
 
     # A reviewer annotated last night's PDF: tonight's report is rendered, not made from it.
     with open(tmp_path / "n2b" / "report.pdf", "ab") as handle:
@@ -200,8 +207,20 @@ def test_an_unchanged_night_copies_the_report_behind_a_front_page_made_for_it(
     assert rendered == [tmp_path / "n1", tmp_path / "n3"] and third["report"]["copied_from_run"] is None
     assert "Unchanged since" not in third_pages[0]
 
+    # A night with many new files (a long front page), then an unchanged one (a short front page):
+    # still copied, each page numbered for tonight.
+    write_images(archive, [f"new-{i:02d}.jpg" for i in range(45)], seed=300)
+    busy, busy_pages, _ = night("n4")
+    calm, calm_pages, _ = night("n5")
+    assert calm["report"]["copied_from_run"] == busy["store"]["run_id"] and len(rendered) == 3
+    assert calm["report"]["front_pages"] < busy["report"]["front_pages"]
+    assert len(calm_pages) == len(busy_pages) - (busy["report"]["front_pages"] - calm["report"]["front_pages"])
+    assert without_header(calm_pages[calm["report"]["front_pages"]:], "n5") == \
+        without_header(busy_pages[busy["report"]["front_pages"]:], "n4")
+    assert all(f"page {number} of {len(calm_pages)}" in page for number, page in enumerate(calm_pages, start=1))
 
-def test_a_night_whose_gallery_cards_are_unchanged_takes_their_pdf_pages_from_the_store(tmp_path: Path) -> None:
+
+def test_a_night_takes_the_report_parts_that_did_not_change_from_the_store(tmp_path: Path) -> None:
     import shutil
 
     from pypdf import PdfReader
@@ -223,10 +242,12 @@ def test_a_night_whose_gallery_cards_are_unchanged_takes_their_pdf_pages_from_th
         return [page.extract_text() for page in PdfReader(run_dir / "report.pdf").pages]
 
     first = night("n1")["report"]
-    assert first["gallery_pages"] >= 1 and first["gallery_pages_kept"] == 0
+    assert first["gallery_pages"] >= 1 and first["body_pages"] > first["gallery_pages"] and first["body_pages_kept"] == 0
     (archive / "broken.jpg").write_bytes(b"not a picture")  # an error row: the cards stay the same
     second = night("n2")
-    assert second["report"]["gallery_pages_kept"] == second["report"]["gallery_pages"] == first["gallery_pages"]
+    # Every part but the errors section (and the charts, whose caption counts files) came from the store.
+    assert second["report"]["body_pages"] == first["body_pages"] and second["report"]["gallery_pages"] == first["gallery_pages"]
+    assert first["gallery_pages"] <= second["report"]["body_pages_kept"] < first["body_pages"]
     assert second["report"]["copied_from_run"] is None
     kept = page_texts(tmp_path / "n2")
     assert "broken.jpg" in "".join(kept)  # tonight's errors section
@@ -235,7 +256,7 @@ def test_a_night_whose_gallery_cards_are_unchanged_takes_their_pdf_pages_from_th
     fresh_dir = tmp_path / "fresh" / "n2"  # the run id is the folder name
     shutil.copytree(tmp_path / "n2", fresh_dir)
     fresh = render_report_files(fresh_dir, model=flag_all, max_gallery=3)
-    assert fresh.gallery_pages_kept == 0
+    assert fresh.pdf.body_pages_kept == 0
     fresh_pages = page_texts(fresh_dir)
     front = second["report"]["front_pages"]
     assert len(kept) == len(fresh_pages) and kept[front:] == fresh_pages[front:]

@@ -306,7 +306,7 @@ def test_a_render_lays_out_again_only_the_gallery_pages_whose_cards_changed(run:
     shutil.copytree(run.run_dir, run_dir)
     cache = HeatmapCache(sqlite3.connect(":memory:", isolation_level=None))
     first = render_report_files(run_dir, model=run.model_path, max_gallery=200, heatmap_cache=cache)
-    assert first.gallery_pages >= 2 and first.gallery_pages_kept == 0  # nothing kept yet
+    assert first.pdf.gallery_pages >= 2 and first.pdf.body_pages_kept == 0  # nothing kept yet
 
     rows = read_csv_rows(run_dir / "results.csv")
     edited = flagged(run.rows)[7]["path"]  # the 8th card: the gallery's second page
@@ -315,9 +315,9 @@ def test_a_render_lays_out_again_only_the_gallery_pages_whose_cards_changed(run:
         writer.writeheader()
         writer.writerows({**row, "evidence": "edited evidence"} if row["path"] == edited else row for row in rows)
     second = render_report_files(run_dir, model=run.model_path, max_gallery=200, heatmap_cache=cache)
-    assert second.gallery_pages == first.gallery_pages
+    assert second.pdf.body_pages == first.pdf.body_pages
     # Only the part holding the edited card (its page of cards: one page, or two when cards are tall) is laid out again.
-    assert 1 <= first.gallery_pages - second.gallery_pages_kept <= 2
+    assert 1 <= first.pdf.body_pages - second.pdf.body_pages_kept <= 2
     assert "edited evidence" in pdf_text(run_dir / "report.pdf")
 
 
