@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from audit import pictures
-from audit.heatmap_cache import CachedMap, HeatmapCache
+from audit.report_cache import CachedMap, ReportCache
 from audit.input_policy import Preprocessing, crop_boxes, crops_scale, normalize, shorter_side_to
 from audit.model import AI_CLASS_INDEX, LoadedModel, ModelError, load_model
 from audit.pictures import THUMBNAIL_SIZE, LoadedPicture, overlay_heatmap, upsample_heatmap
@@ -164,7 +164,7 @@ class GradCamExplainer:
         prob_ai = float(self.probabilities(logits.mean(axis=0, keepdims=True))[0])
         return prob_ai, place_view_maps(maps, item.picture_size, self.model.card.preprocessing, item.thumbnail.size)
 
-    def _explain_squashed(self, loaded: list[LoadedPicture], cache: HeatmapCache | None) -> list[tuple[float, np.ndarray]]:
+    def _explain_squashed(self, loaded: list[LoadedPicture], cache: ReportCache | None) -> list[tuple[float, np.ndarray]]:
         """The squash policy: one input-size map an image (from the cache where it has it),
         stretched over the whole thumbnail."""
         maps = self._maps(loaded, cache)
@@ -173,7 +173,7 @@ class GradCamExplainer:
                 for item, prob_ai, cached in zip(loaded, probs, maps)]
 
     def explain_paths(self, paths: Iterable[Path], thumbnail_size: int = THUMBNAIL_SIZE,
-                      cache: HeatmapCache | None = None) -> Iterator[ExplainResult]:
+                      cache: ReportCache | None = None) -> Iterator[ExplainResult]:
         """Explain images batch by batch, results in input order; one batch in memory at a time.
 
         Each file is read once: its bytes give the model input, the sha256 and the thumbnail.
@@ -190,7 +190,7 @@ class GradCamExplainer:
         if batch:
             yield from self._finish(batch, cache)
 
-    def _maps(self, pending: list[LoadedPicture], cache: HeatmapCache | None) -> list[CachedMap]:
+    def _maps(self, pending: list[LoadedPicture], cache: ReportCache | None) -> list[CachedMap]:
         """(logits, map) per pending image: from the cache where it has them, else Grad-CAM."""
         model_id, layer = self.model.model_id, self.model.card.gradcam_layer
         known = cache.get_many([item.sha256 for item in pending], model_id, layer) if cache is not None else {}
@@ -206,7 +206,7 @@ class GradCamExplainer:
             cache.hits += len(pending) - len(missing)
         return [known[item.sha256] for item in pending]
 
-    def _finish(self, batch: list[LoadedPicture | ExplainFailure], cache: HeatmapCache | None = None) -> Iterator[ExplainResult]:
+    def _finish(self, batch: list[LoadedPicture | ExplainFailure], cache: ReportCache | None = None) -> Iterator[ExplainResult]:
         loaded = [item for item in batch if isinstance(item, LoadedPicture)]
         if self.model.card.preprocessing.resize_policy != "squash":
             scored = [self._explain_placed(item) for item in loaded]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from audit.heatmap_cache import CachedPictures, HeatmapCache
+from audit.report_cache import CachedPictures, ReportCache
 from audit.model import LoadedModel
 from audit.pictures import THUMBNAIL_SIZE, save_image
 from audit.report_data import RunData, flagged_rows, review_states
@@ -141,7 +141,7 @@ class GalleryPictures:
 
 def build_gallery(
     run: RunData, model: LoadedModel | None, model_problem: str, heatmap_dir: Path, max_gallery: int,
-    heatmap_cache: HeatmapCache | None = None,
+    report_cache: ReportCache | None = None,
 ) -> tuple[list[GalleryItem], int]:
     """Write thumbnails and Grad-CAM overlays of the flagged images; return the gallery items
     and how many images are flagged in all.
@@ -151,7 +151,7 @@ def build_gallery(
     """
     flagged = flagged_rows(run.results)
     rows = awaiting_rows(flagged, max_gallery)
-    explained = explain_rows(run, rows, model, heatmap_dir, heatmap_cache) if model is not None else {}
+    explained = explain_rows(run, rows, model, heatmap_dir, report_cache) if model is not None else {}
     items = []
     for index, row in enumerate(rows):
         outcome = explained.get(index)
@@ -181,10 +181,10 @@ def picture_recipe(model: LoadedModel) -> str:
 
 
 def explain_rows(run: RunData, rows: list[pd.Series], model: LoadedModel, heatmap_dir: Path,
-                 heatmap_cache: HeatmapCache | None) -> dict[int, GalleryPictures | str]:
+                 report_cache: ReportCache | None) -> dict[int, GalleryPictures | str]:
     """Grad-CAM of each row's image, by its index in ``rows``: its pictures, or why there are none.
 
-    With ``heatmap_cache``, a card whose pictures it keeps (by the sha256 the scan judged) gets
+    With ``report_cache``, a card whose pictures it keeps (by the sha256 the scan judged) gets
     them from there; only the others' files are read and explained, and their pictures kept.
     """
     paths = {index: run.image_path(row) for index, row in enumerate(rows)}
@@ -193,7 +193,7 @@ def explain_rows(run: RunData, rows: list[pd.Series], model: LoadedModel, heatma
     }
     scanned = {index: str(rows[index].get("sha256", "")) for index, path in paths.items() if path is not None}
     recipe = picture_recipe(model)
-    kept = heatmap_cache.get_pictures(list(scanned.values()), model.model_id, recipe) if heatmap_cache else {}
+    kept = report_cache.get_pictures(list(scanned.values()), model.model_id, recipe) if report_cache else {}
     for index, sha256 in scanned.items():
         if sha256 in kept:
             explained[index] = write_kept_pictures(kept[sha256], heatmap_dir, f"g{index + 1:04d}", sha256)
@@ -204,7 +204,7 @@ def explain_rows(run: RunData, rows: list[pd.Series], model: LoadedModel, heatma
 
     made: dict[str, CachedPictures] = {}
     with GradCamExplainer(model) as explainer:
-        results = explainer.explain_paths([path for _, path in readable], THUMBNAIL_SIZE, heatmap_cache)
+        results = explainer.explain_paths([path for _, path in readable], THUMBNAIL_SIZE, report_cache)
         for (index, _), result in zip(readable, results):
             if isinstance(result, Explanation):
                 pictures = GalleryPictures(result.sha256, *write_gallery_images(result, heatmap_dir, f"g{index + 1:04d}"))
@@ -213,8 +213,8 @@ def explain_rows(run: RunData, rows: list[pd.Series], model: LoadedModel, heatma
                     made[result.sha256] = read_pictures(pictures, heatmap_dir)
             else:
                 explained[index] = result.error
-    if heatmap_cache is not None:
-        heatmap_cache.put_pictures(made.items(), model.model_id, recipe)
+    if report_cache is not None:
+        report_cache.put_pictures(made.items(), model.model_id, recipe)
     return explained
 
 

@@ -31,7 +31,7 @@ import audit
 from audit.atomic import write_text
 from audit.charts import report_charts
 from audit.gallery import DEFAULT_MAX_GALLERY, DecidedItem, GalleryItem, build_gallery, decided_items
-from audit.heatmap_cache import HeatmapCache
+from audit.report_cache import ReportCache
 from audit.metrics import LabelledMetrics, compute_metrics
 from audit.model import LoadedModel, ModelCard
 from audit.report_data import (
@@ -83,7 +83,7 @@ class ReportContent:
 
 def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | None, model_problem: str,
                   heatmap_dir: Path, max_gallery: int, seconds: dict[str, float] | None = None,
-                  heatmap_cache: HeatmapCache | None = None) -> ReportContent:
+                  report_cache: ReportCache | None = None) -> ReportContent:
     """Compute everything the page shows; ``seconds`` receives the time of the costly parts."""
     seconds = {} if seconds is None else seconds
     started = time.perf_counter()
@@ -94,7 +94,7 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
     charts = report_charts(frame, threshold, metrics)
     seconds["metrics_and_charts"] = time.perf_counter() - started
     started = time.perf_counter()
-    gallery, flagged_total = build_gallery(run, model, model_problem, heatmap_dir, max_gallery, heatmap_cache)
+    gallery, flagged_total = build_gallery(run, model, model_problem, heatmap_dir, max_gallery, report_cache)
     seconds["gallery_gradcam"] = time.perf_counter() - started
     decided, decided_total = decided_items(frame)
     errors, errors_total = listed_errors(frame)
@@ -163,7 +163,7 @@ def run_files_fetcher(run_dir: Path):
     return RunFilesFetcher()
 
 
-def write_pdf(html: str, run_dir: Path, pdf_path: Path, fetcher: Any = None, cache: HeatmapCache | None = None) -> Any:
+def write_pdf(html: str, run_dir: Path, pdf_path: Path, fetcher: Any = None, cache: ReportCache | None = None) -> Any:
     """Render the print page to ``pdf_path`` (audit.report_pdf); return the fetcher, its ``facts``
     set to what the PDF is made of."""
     from audit.report_pdf import write_report_pdf
@@ -189,10 +189,11 @@ class RenderedReport:
 
 def render_report_files(
     run_dir: str | Path, model: LoadedModel | str | Path | None = None, max_gallery: int = DEFAULT_MAX_GALLERY,
-    heatmap_cache: HeatmapCache | None = None,
+    report_cache: ReportCache | None = None,
 ) -> RenderedReport:
     """Render report.html, report.pdf and heatmaps/ into the run folder from its results. With
-    ``heatmap_cache`` (the run store's), Grad-CAM runs only for images it has no map of yet."""
+    ``report_cache`` (the run store's), Grad-CAM runs only for images it has no map of yet, a
+    card shown before takes its pictures from there, and so do the PDF's unchanged parts."""
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
     run_dir = Path(run_dir)
@@ -203,7 +204,7 @@ def render_report_files(
     shutil.rmtree(new_heatmaps, ignore_errors=True)
     new_heatmaps.mkdir(parents=True)
     try:
-        content = build_content(run, loaded, card, model_problem, new_heatmaps, max_gallery, seconds, heatmap_cache)
+        content = build_content(run, loaded, card, model_problem, new_heatmaps, max_gallery, seconds, report_cache)
         swap_in_folder(new_heatmaps, run_dir / "heatmaps")
     except BaseException:
         shutil.rmtree(new_heatmaps, ignore_errors=True)
@@ -213,7 +214,7 @@ def render_report_files(
     write_text(html_path, render_page(content, "html"))
     seconds["html"] = time.perf_counter() - started
     started = time.perf_counter()
-    fetcher = write_pdf(render_page(content, "pdf"), run_dir, pdf_path, cache=heatmap_cache)
+    fetcher = write_pdf(render_page(content, "pdf"), run_dir, pdf_path, cache=report_cache)
     seconds["pdf"] = time.perf_counter() - started
     seconds["total"] = time.perf_counter() - clock
     return RenderedReport(html_path, pdf_path, tuple(fetcher.refused), {k: round(v, 3) for k, v in seconds.items()},
@@ -222,8 +223,8 @@ def render_report_files(
 
 def render_report(
     run_dir: str | Path, model: LoadedModel | str | Path | None = None, max_gallery: int = DEFAULT_MAX_GALLERY,
-    heatmap_cache: HeatmapCache | None = None,
+    report_cache: ReportCache | None = None,
 ) -> tuple[Path, Path]:
     """The report stage's interface: (report.html, report.pdf) written into ``run_dir``."""
-    rendered = render_report_files(run_dir, model, max_gallery, heatmap_cache)
+    rendered = render_report_files(run_dir, model, max_gallery, report_cache)
     return rendered.html_path, rendered.pdf_path

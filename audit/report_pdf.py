@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from audit.atomic import atomic_path
 
 if TYPE_CHECKING:
-    from audit.heatmap_cache import HeatmapCache
+    from audit.report_cache import ReportCache
 
 PART, PARTS_END, GALLERY_PAGE_BREAK = "<!-- report-part -->", "<!-- /report-parts -->", "<!-- gallery-page-break -->"
 FORM_NAME = "/ReportPart"
@@ -134,7 +134,7 @@ def _bookmarks_of(document: Any) -> list[Bookmark]:
             for level, label, _position, _state in page.bookmarks]
 
 
-def render_part(page: str, gallery: bool, run_dir: Path, fetcher: Any, cache: HeatmapCache | None) -> Part:
+def render_part(page: str, gallery: bool, run_dir: Path, fetcher: Any, cache: ReportCache | None) -> Part:
     fingerprint = part_fingerprint(page, run_dir)
     kept = cache.get_report_part(fingerprint) if cache is not None else None
     if kept is not None:
@@ -223,7 +223,7 @@ def write_composed(writer: Any, pdf_path: Path, title: str | None = None) -> Non
 
 
 def write_report_pdf(print_page: str, run_dir: Path, pdf_path: Path, fetcher: Any,
-                     cache: HeatmapCache | None = None) -> PdfFacts:
+                     cache: ReportCache | None = None) -> PdfFacts:
     """Render the print page to ``pdf_path`` (temporary name, then rename)."""
     from pypdf import PdfReader
 

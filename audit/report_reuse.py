@@ -264,13 +264,13 @@ def write_report(out_dir: Path, model: LoadedModel, max_gallery: int, quiet: boo
             print(f"audit scan: nothing the report shows changed since run {baseline}: its pages were copied "
                   "behind a new front page", file=sys.stderr, flush=True)
         return
-    from audit.heatmap_cache import HeatmapCache
+    from audit.report_cache import ReportCache
     from audit.report import render_report_files
 
     try:
         # The store's lock is still held: its heatmap cache spares Grad-CAM for images explained before.
-        cache = HeatmapCache(store.db) if store is not None else None
-        rendered = render_report_files(out_dir, model=model, max_gallery=max_gallery, heatmap_cache=cache)
+        cache = ReportCache(store.db) if store is not None else None
+        rendered = render_report_files(out_dir, model=model, max_gallery=max_gallery, report_cache=cache)
         summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
         record_rendered_report(out_dir, report_fingerprint(summary, model, max_gallery),
                                rendered.front_pages, rendered.content, pdf=rendered.pdf)

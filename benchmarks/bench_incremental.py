@@ -123,8 +123,8 @@ def describe(name: str, seconds: float, summary: dict) -> str:
     report = summary.get("report") or {}
     how = ("report copied from run %s" % report["copied_from_run"]) if report.get("copied_from_run") else \
         ("report rendered" if report else "no report")
-    if report.get("gallery_pages") and not report.get("copied_from_run"):
-        how += f" ({report['gallery_pages_kept']} of {report['gallery_pages']} gallery pages kept)"
+    if report.get("body_pages") and not report.get("copied_from_run"):
+        how += f" ({report['body_pages_kept']} of {report['body_pages']} pages after the front kept)"
     return (f"{name}: {seconds:8.2f} s wall, scored {summary['files_scored']}, reused {summary['files_reused']}, "
             f"flagged {summary['flagged']}, {how}; stages {summary['seconds']}")
 

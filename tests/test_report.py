@@ -300,12 +300,12 @@ def test_table_filters_and_sorts(page: Browser, run: rf.FixtureRun) -> None:
 def test_a_render_lays_out_again_only_the_gallery_pages_whose_cards_changed(run: rf.FixtureRun, tmp_path: Path) -> None:
     import sqlite3
 
-    from audit.heatmap_cache import HeatmapCache
+    from audit.report_cache import ReportCache
 
     run_dir = tmp_path / run.run_dir.name
     shutil.copytree(run.run_dir, run_dir)
-    cache = HeatmapCache(sqlite3.connect(":memory:", isolation_level=None))
-    first = render_report_files(run_dir, model=run.model_path, max_gallery=200, heatmap_cache=cache)
+    cache = ReportCache(sqlite3.connect(":memory:", isolation_level=None))
+    first = render_report_files(run_dir, model=run.model_path, max_gallery=200, report_cache=cache)
     assert first.pdf.gallery_pages >= 2 and first.pdf.body_pages_kept == 0  # nothing kept yet
 
     rows = read_csv_rows(run_dir / "results.csv")
@@ -314,7 +314,7 @@ def test_a_render_lays_out_again_only_the_gallery_pages_whose_cards_changed(run:
         writer = csv.DictWriter(handle, list(rows[0]))
         writer.writeheader()
         writer.writerows({**row, "evidence": "edited evidence"} if row["path"] == edited else row for row in rows)
-    second = render_report_files(run_dir, model=run.model_path, max_gallery=200, heatmap_cache=cache)
+    second = render_report_files(run_dir, model=run.model_path, max_gallery=200, report_cache=cache)
     assert second.pdf.body_pages == first.pdf.body_pages
     # Only the part holding the edited card (its page of cards: one page, or two when cards are tall) is laid out again.
     assert 1 <= first.pdf.body_pages - second.pdf.body_pages_kept <= 2

@@ -1,6 +1,7 @@
-"""Grad-CAM maps kept in the run store, so a nightly report explains only images it has not
-explained before.
+"""What the report keeps in the run store, so a nightly report redoes only what changed: Grad-CAM
+maps, the gallery's pictures, and the PDF's laid-out parts.
 
+Grad-CAM maps: a report explains only images it has not explained before.
 A map depends on the image's bytes, the network's weights and the layer it is taken at, so it is
 kept by (image sha256, model id, Grad-CAM layer); the model id names the weights' sha256. What is
 kept is the map at the network's input size (float32, as pytorch-grad-cam returns it) and the two
@@ -17,9 +18,9 @@ sha256), which is what the kept pictures are of.
 And the report's laid-out parts (a section, a page of gallery cards), a PDF each, by the
 fingerprint of what they show (audit.report_pdf): those of the last few renders.
 
-The table is a cache beside the run store's own tables: created when first needed, ignored by
-an audit that does not know it, and never the only copy of anything, so it needs no schema
-version of its own (audit.store).
+The tables are caches beside the run store's own tables: created when first needed, ignored by
+an audit that does not know them, and never the only copy of anything, so they need no schema
+version of their own (audit.store). Maps and pictures are not pruned (a few KB an image shown).
 """
 
 from __future__ import annotations
@@ -82,9 +83,9 @@ class CachedPictures:
     overlay: bytes
 
 
-class HeatmapCache:
-    """Grad-CAM maps in the run store's database (an open sqlite3 connection in autocommit mode,
-    as audit.store.RunStore keeps it). ``hits`` and ``computed`` count this render's use."""
+class ReportCache:
+    """The report's caches in the run store's database (an open sqlite3 connection in autocommit
+    mode, as audit.store.RunStore keeps it). ``hits`` and ``computed`` count this render's maps."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
