@@ -10,6 +10,7 @@ a file on disk.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import math
 from dataclasses import dataclass
@@ -18,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+import audit
 from audit.report_cache import CachedPictures, ReportCache
 from audit.model import LoadedModel
-from audit.pictures import THUMBNAIL_SIZE, save_image
+from audit.pictures import OVERLAY_ALPHA, THUMBNAIL_SIZE, save_image
 from audit.report_data import RunData, flagged_rows, review_states
 from audit.review import cleared_under_other_model
 
@@ -174,10 +176,20 @@ def awaiting_rows(flagged: pd.DataFrame, max_gallery: int) -> list[pd.Series]:
 
 
 def picture_recipe(model: LoadedModel) -> str:
-    """What shapes a card's pictures besides the image and the weights (the cache's key)."""
+    """What shapes a card's pictures besides the image and the weights (the cache's key): the
+    card's layer and input policy, and the code that draws them (this version of the audit and
+    of pytorch-grad-cam), so a change to either makes them again."""
     card = model.card
-    return json.dumps({"layer": card.gradcam_layer, "thumbnail": THUMBNAIL_SIZE,
-                       "preprocessing": dataclasses.asdict(card.preprocessing)}, sort_keys=True)
+    return json.dumps({"layer": card.gradcam_layer, "thumbnail": THUMBNAIL_SIZE, "overlay_alpha": OVERLAY_ALPHA,
+                       "preprocessing": dataclasses.asdict(card.preprocessing), "audit": audit.__version__,
+                       "grad-cam": _distribution_version("grad-cam")}, sort_keys=True)
+
+
+def _distribution_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def explain_rows(run: RunData, rows: list[pd.Series], model: LoadedModel, heatmap_dir: Path,

@@ -26,6 +26,7 @@ count, the print page is rendered whole instead.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import io
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 PART, PARTS_END, GALLERY_PAGE_BREAK = "<!-- report-part -->", "<!-- /report-parts -->", "<!-- gallery-page-break -->"
 FORM_NAME = "/ReportPart"
 # A gallery part after the first opens what the first opened before its cards (the HTML parser
-# closes what a part leaves open, and ignores the last part's closing tags of the first's).
+# closes what a part leaves open; the last part's closing tags close this opening).
 _GALLERY_OPENING = '<section class="gallery"><div class="cards">'
 # Part of the fingerprint: a change to how parts are made retires the kept ones.
 _PART_FORMAT = "report-part/1"
@@ -98,11 +99,20 @@ def split_print_page(print_page: str) -> tuple[list[tuple[str, bool]], int, int]
     return parts, start, end + len(PARTS_END)
 
 
+@functools.lru_cache(maxsize=1)
+def renderer_versions() -> str:
+    """WeasyPrint, pydyf and Pango: what lays a part out and writes it (a system upgrade of Pango
+    or its fonts retires the kept parts)."""
+    import pydyf
+    import weasyprint
+    from weasyprint.text.ffi import pango
+
+    return f"weasyprint {weasyprint.__version__}, pydyf {pydyf.__version__}, pango {pango.pango_version()}"
+
+
 def part_fingerprint(page: str, run_dir: Path) -> str:
     """What a part's pages depend on: its markup, the bytes of the pictures it shows, the renderer."""
-    import weasyprint
-
-    digest = hashlib.sha256(f"{_PART_FORMAT}\n{weasyprint.__version__}\n".encode())
+    digest = hashlib.sha256(f"{_PART_FORMAT}\n{renderer_versions()}\n".encode())
     digest.update(page.encode("utf-8"))
     for src in _PICTURE_SRC.findall(page):
         picture = run_dir / src
@@ -139,7 +149,10 @@ def render_part(page: str, gallery: bool, run_dir: Path, fetcher: Any, cache: Re
     kept = cache.get_report_part(fingerprint) if cache is not None else None
     if kept is not None:
         pdf, bookmarks = kept
-        return Part(fingerprint, pdf, _page_count(pdf), [tuple(item) for item in bookmarks], gallery, kept=True)
+        try:
+            return Part(fingerprint, pdf, _page_count(pdf), [tuple(item) for item in bookmarks], gallery, kept=True)
+        except Exception:  # noqa: BLE001 - a damaged cache entry is laid out again (and replaced)
+            pass
     document = render_document(page, run_dir, fetcher)
     return Part(fingerprint, document.write_pdf(), len(document.pages), _bookmarks_of(document), gallery)
 

@@ -268,7 +268,8 @@ def write_report(out_dir: Path, model: LoadedModel, max_gallery: int, quiet: boo
     from audit.report import render_report_files
 
     try:
-        # The store's lock is still held: its heatmap cache spares Grad-CAM for images explained before.
+        # The store's lock is still held: its caches spare Grad-CAM, pictures and the layout of
+        # parts that were made before (audit.report_cache).
         cache = ReportCache(store.db) if store is not None else None
         rendered = render_report_files(out_dir, model=model, max_gallery=max_gallery, report_cache=cache)
         summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))

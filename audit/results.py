@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -148,6 +149,7 @@ class ResultWriter:
         self.earlier_xlsx = earlier_xlsx
         # Work for the scan to do while the XLSX is made (then in a child process): see make_xlsx.
         self.while_xlsx_is_made = while_xlsx_is_made
+        self.meanwhile_seconds = 0.0  # what it took: not the writer's time
         self.sha256: dict[str, str] = {}  # of each finished file, by name (for summary.json)
         # utf-8-sig writes the BOM, so Excel reads non-ASCII names correctly.
         self._csv_file = open(temporary_sibling(self.csv_path), "w", encoding="utf-8-sig", newline="")
@@ -171,7 +173,7 @@ class ResultWriter:
         if self.xlsx_path is not None:
             xlsx_tmp = temporary_sibling(self.xlsx_path)
             if not copy_if_unchanged(self.earlier_xlsx, self.sha256["results.csv"], xlsx_tmp):
-                make_xlsx(csv_tmp, xlsx_tmp, self.while_xlsx_is_made)
+                self.meanwhile_seconds = make_xlsx(csv_tmp, xlsx_tmp, self.while_xlsx_is_made)
             self.sha256["results.xlsx"] = file_sha256(xlsx_tmp)
             renames.append((xlsx_tmp, self.xlsx_path))
         return renames
@@ -200,31 +202,44 @@ def copy_if_unchanged(earlier: EarlierXlsx | None, csv_sha256: str, target: Path
     return False
 
 
-def make_xlsx(csv_path: Path, xlsx_path: Path, meanwhile: Callable[[], None] | None = None) -> None:
+def make_xlsx(csv_path: Path, xlsx_path: Path, meanwhile: Callable[[], None] | None = None) -> float:
     """write_xlsx_from_csv; with ``meanwhile``, in a child process while ``meanwhile`` runs here.
+    Returns the seconds ``meanwhile`` took.
 
     The XLSX takes seconds of one core (20,000 rows: about 3 s here) and the scan's remaining
-    work before it can commit is small, but a report follows: its imports (pandas, scikit-learn,
-    matplotlib, WeasyPrint: about 2.8 s) are what the scan does meanwhile, on the other core.
-    The child dies with the scan (PR_SET_PDEATHSIG) and is killed if the scan stops first.
+    work before it can commit is small, but a report follows: its imports (WeasyPrint, matplotlib,
+    pandas: about 2.6 s) are what the scan does meanwhile, on the other core. ``meanwhile`` is an
+    optimisation: if it fails, that is said and the XLSX is still waited for (the report, which
+    needs those imports, says its own failure later without costing the run). The child runs
+    from the package's own folder (never a same-named module in the scan's working directory),
+    dies with the scan (PR_SET_PDEATHSIG, Linux) and is killed if the scan stops first.
     """
     if meanwhile is None:
         write_xlsx_from_csv(csv_path, xlsx_path)
-        return
-    package_parent = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
-    child = subprocess.Popen([sys.executable, "-m", "audit.results", str(csv_path), str(xlsx_path), str(os.getpid())],
-                             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return 0.0
+    child = None
+    started = time.perf_counter()
     try:
-        meanwhile()
+        child = subprocess.Popen(
+            [sys.executable, "-m", "audit.results", str(csv_path.resolve()), str(xlsx_path.resolve()), str(os.getpid())],
+            cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)
+        try:
+            meanwhile()
+        except Exception as exc:  # noqa: BLE001 - only a head start for the report
+            print(f"audit scan: note: preparing the report failed ({type(exc).__name__}: {exc})",
+                  file=sys.stderr, flush=True)
+        spent = time.perf_counter() - started
         _, error = child.communicate()
     except BaseException:
-        child.kill()
-        child.wait()
+        if child is not None:
+            child.kill()
+            child.communicate()
         raise
     if child.returncode != 0:
         last_line = (error.decode("utf-8", "replace").strip().splitlines() or ["no message"])[-1]
         raise RuntimeError(f"results.xlsx could not be written (exit status {child.returncode}): {last_line}")
+    return spent
 
 
 def _xlsx_child(argv: list[str]) -> int:

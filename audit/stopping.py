@@ -69,8 +69,10 @@ def die_with_parent() -> None:
     A scan killed outright (SIGKILL: the OOM killer, a node drain, a timeout) runs no cleanup, and
     its workers were seen to live on as orphans for minutes, blocked on a pipe that no one read.
     They hold nothing worth keeping: the main process owns the store and the outputs. (The kernel
-    watches the *thread* that forked the worker: the one that iterates the loader, which must
-    outlive the iteration; the scan iterates in its main thread.)
+    watches the *thread* that forked the process: for a decode worker, the one that iterates the
+    loader; the scan iterates, and starts the XLSX child, in its main thread.) Elsewhere than on
+    Linux this does nothing: a decode worker's loop still checks its parent; the XLSX child
+    outlives a killed scan only until it has written its temporary file.
     """
     import ctypes
     import ctypes.util
