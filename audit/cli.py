@@ -227,11 +227,13 @@ def describe_run(run) -> list[str]:
 @click.option("--keep", type=click.IntRange(min=1), required=True, help="How many of the newest runs to keep.")
 def prune(archives: tuple[str, ...], store_path: Path | None, keep: int) -> None:
     """Remove all but the KEEP newest runs of the run store of ARCHIVE... (or --store): their
-    records, and their folders when a run made them.
+    records, and their folders when a run made them. Cached heatmaps and gallery pictures of
+    images no file in the store has now are dropped too.
 
     Only folders the store records as created by its own runs are removed; a folder that existed
     before its run (an --out given twice, say) is left in place.
     """
+    from audit.report_cache import ReportCache
     from audit.store_location import find_store, open_existing_store
     from audit.store_lock import StoreLock
 
@@ -251,13 +253,15 @@ def prune(archives: tuple[str, ...], store_path: Path | None, keep: int) -> None
         try:
             store.close_abandoned_runs()
             removed = store.prune(keep)
+            forgotten = ReportCache(store.db).forget_images_no_file_has()
         finally:
             store.close()
     finally:
         lock.release()
     for run, what in removed:
         click.echo(f"run {run.id} ({run.started_at}): {what}")
-    click.echo(f"pruned {len(removed)} run(s), kept the newest {keep}")
+    click.echo(f"pruned {len(removed)} run(s), kept the newest {keep}; "
+               f"forgot {forgotten} cached heatmap(s) and picture(s) of images no file has now")
 
 
 def _add_review_commands() -> None:

@@ -20,8 +20,9 @@ fingerprint of what they show (audit.report_pdf): those of the last few renders.
 
 The tables are caches beside the run store's own tables: created when first needed, ignored by
 an audit that does not know them, and never the only copy of anything, so they need no schema
-version of their own (audit.store). Maps and pictures are not pruned: a few KB an image shown at
-32x32 input, about 200 KB a map at 224 (a model change adds a set of its own).
+version of their own (audit.store). Maps and pictures take a few KB an image shown at 32x32
+input, about 200 KB a map at 224 (a model change adds a set of its own); `audit prune` drops
+those of images no file in the store has any more.
 """
 
 from __future__ import annotations
@@ -137,6 +138,13 @@ class ReportCache:
             self.db.execute("DELETE FROM report_parts WHERE fingerprint NOT IN "
                             "(SELECT fingerprint FROM report_parts ORDER BY kept_at DESC LIMIT ?)",
                             (_PARTS_KEPT * max(len(used), 1),))
+
+    def forget_images_no_file_has(self) -> int:
+        """Drop the maps and pictures of images that no file in the store has now (deleted, or
+        changed since): `audit prune` does, so the caches follow the archive. Returns how many."""
+        with self._transaction():
+            return sum(self.db.execute(f"DELETE FROM {table} WHERE sha256 NOT IN (SELECT sha256 FROM files)").rowcount
+                       for table in ("heatmaps", "gallery_pictures"))
 
     def _select(self, columns_and_where: str, parameters: tuple[str, ...], sha256s: Sequence[str]) -> list[tuple]:
         found: list[tuple] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,15 @@ def test_report_heatmaps_come_from_the_store_for_images_explained_before(
     night("n3")
     assert sum(computed) == 5  # only the changed image
     assert files_read[4:] == ["2.jpg"]
+
+    # `audit prune` drops the map and pictures of the bytes 2.jpg no longer has, and keeps the rest.
+    pruned = CliRunner().invoke(main, ["prune", str(archive), "--keep", "3"], catch_exceptions=False)
+    assert pruned.exit_code == 0, pruned.output
+    assert "forgot 2 cached heatmap(s) and picture(s)" in pruned.output
+    store = Path(summary_of(tmp_path / "n3")["store"]["path"])
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT count(*) FROM heatmaps").fetchone()[0] == 4
+        assert db.execute("SELECT count(*) FROM gallery_pictures").fetchone()[0] == 4
 
 
 def test_an_unchanged_night_copies_the_report_behind_a_front_page_made_for_it(
