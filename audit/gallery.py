@@ -221,7 +221,7 @@ def explain_rows(run: RunData, rows: list[pd.Series], model: LoadedModel, heatma
             if isinstance(result, Explanation):
                 pictures = GalleryPictures(result.sha256, *write_gallery_images(result, heatmap_dir, f"g{index + 1:04d}"))
                 explained[index] = pictures
-                if result.sha256 == scanned[index]:  # the bytes the scan judged: worth keeping
+                if report_cache is not None and result.sha256 == scanned[index]:  # the bytes the scan judged: kept
                     made[result.sha256] = read_pictures(pictures, heatmap_dir)
             else:
                 explained[index] = result.error

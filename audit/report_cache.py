@@ -32,9 +32,11 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
+
+from audit.store import immediate_transaction
 
 _TABLE = """
 CREATE TABLE IF NOT EXISTS heatmaps (
@@ -160,13 +162,5 @@ class ReportCache:
             with self._transaction():
                 self.db.executemany(f"INSERT OR REPLACE INTO {into}", rows)
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (a signal's SystemExit too)."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self.db)

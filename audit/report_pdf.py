@@ -74,29 +74,35 @@ class PdfFacts:
 class Part:
     fingerprint: str
     pdf: bytes
-    pages: int
+    pages: list[Any]  # the PDF's pages (pypdf), parsed once
     bookmarks: list[Bookmark]
     gallery: bool
     kept: bool = False  # from the run store
 
 
+def body_bounds(print_page: str) -> tuple[int, int] | None:
+    """Where the body (the parts) starts and ends in the print page; None without part markers."""
+    start, end = print_page.find(PART), print_page.find(PARTS_END)
+    return (start, end + len(PARTS_END)) if 0 <= start <= end else None
+
+
 def split_print_page(print_page: str) -> tuple[list[tuple[str, bool]], int, int] | None:
     """([(a part's own page, whether it is the gallery's)], where the body starts and ends in the
     print page), or None when the print page has no part markers."""
-    start, end = print_page.find(PART), print_page.find(PARTS_END)
-    style = _STYLE.search(print_page)
-    if start < 0 or end < start or style is None:
+    bounds, style = body_bounds(print_page), _STYLE.search(print_page)
+    if bounds is None or style is None:
         return None
+    start, end = bounds
     # Nothing of the night outside the parts (title, run id) enters one: only the style.
     head = f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{style.group(0)}{_PART_ALONE_CSS}</head>'
-    pieces = _MARKERS.split(print_page[start:end])[1:]  # [marker, piece, marker, piece, ...]
+    pieces = _MARKERS.split(print_page[start:end - len(PARTS_END)])[1:]  # [marker, piece, marker, piece, ...]
     parts = []
     for marker, piece in zip(pieces[::2], pieces[1::2]):
         gallery_continues = marker == GALLERY_PAGE_BREAK
         gallery = gallery_continues or '<section class="gallery"' in piece
         opening = _GALLERY_OPENING if gallery_continues else ""
         parts.append((f'{head}<body class="target-pdf">{opening}{piece}</body></html>', gallery))
-    return parts, start, end + len(PARTS_END)
+    return parts, start, end
 
 
 @functools.lru_cache(maxsize=1)
@@ -127,9 +133,9 @@ def blank_pages(bookmarks: list[Bookmark] | tuple[Bookmark, ...], pages: int) ->
     for level, label, page in bookmarks:
         tag = f"h{min(max(level, 1), 6)}"
         on_page.setdefault(page, []).append(f'<{tag} style="{_HIDDEN}">{html.escape(label)}</{tag}>')
-    blanks = [f'<div{" id=" + chr(34) + "report-body" + chr(34) if index == 0 else ""} '
-              f'style="{"break-before: page; " if index else ""}height: 1px">{"".join(on_page.get(index, []))}</div>'
-              for index in range(pages)]
+    # The first carries the anchor body_start looks for; each other one starts a page.
+    openings = ['<div id="report-body" style="height: 1px">'] + ['<div style="break-before: page; height: 1px">'] * (pages - 1)
+    blanks = [f'{opening}{"".join(on_page.get(index, []))}</div>' for index, opening in enumerate(openings[:pages])]
     return '<section style="break-before: page">' + "".join(blanks) + "</section>"
 
 
@@ -150,17 +156,18 @@ def render_part(page: str, gallery: bool, run_dir: Path, fetcher: Any, cache: Re
     if kept is not None:
         pdf, bookmarks = kept
         try:
-            return Part(fingerprint, pdf, _page_count(pdf), [tuple(item) for item in bookmarks], gallery, kept=True)
+            return Part(fingerprint, pdf, _pages_of(pdf), [tuple(item) for item in bookmarks], gallery, kept=True)
         except Exception:  # noqa: BLE001 - a damaged cache entry is laid out again (and replaced)
             pass
     document = render_document(page, run_dir, fetcher)
-    return Part(fingerprint, document.write_pdf(), len(document.pages), _bookmarks_of(document), gallery)
+    pdf = document.write_pdf()
+    return Part(fingerprint, pdf, _pages_of(pdf), _bookmarks_of(document), gallery)
 
 
-def _page_count(pdf: bytes) -> int:
+def _pages_of(pdf: bytes) -> list[Any]:
     from pypdf import PdfReader
 
-    return len(PdfReader(io.BytesIO(pdf)).pages)
+    return list(PdfReader(io.BytesIO(pdf)).pages)
 
 
 def body_start(document: Any, body_pages: int) -> int | None:
@@ -238,8 +245,6 @@ def write_composed(writer: Any, pdf_path: Path, title: str | None = None) -> Non
 def write_report_pdf(print_page: str, run_dir: Path, pdf_path: Path, fetcher: Any,
                      cache: ReportCache | None = None) -> PdfFacts:
     """Render the print page to ``pdf_path`` (temporary name, then rename)."""
-    from pypdf import PdfReader
-
     found = split_print_page(print_page)
     if found is not None:
         pages_of_parts, start, end = found
@@ -247,17 +252,16 @@ def write_report_pdf(print_page: str, run_dir: Path, pdf_path: Path, fetcher: An
         bookmarks, offset = [], 0
         for part in parts:
             bookmarks += [(level, label, offset + page) for level, label, page in part.bookmarks]
-            offset += part.pages
+            offset += len(part.pages)
         document = render_document(print_page[:start] + blank_pages(bookmarks, offset) + print_page[end:], run_dir, fetcher)
         first = body_start(document, offset)
         if first is not None:
-            sources = [page for part in parts for page in PdfReader(io.BytesIO(part.pdf)).pages]
-            write_composed(compose(document.write_pdf(), first, sources), pdf_path)
+            write_composed(compose(document.write_pdf(), first, [page for part in parts for page in part.pages]), pdf_path)
             if cache is not None:
                 cache.keep_report_parts([(part.fingerprint, part.pdf, json.dumps(part.bookmarks)) for part in parts
                                          if not part.kept], [part.fingerprint for part in parts])
-            return PdfFacts(first, offset, sum(part.pages for part in parts if part.kept), tuple(bookmarks),
-                            sum(part.pages for part in parts if part.gallery))
+            return PdfFacts(first, offset, sum(len(part.pages) for part in parts if part.kept), tuple(bookmarks),
+                            sum(len(part.pages) for part in parts if part.gallery))
     document = render_document(print_page, run_dir, fetcher)
     with atomic_path(pdf_path) as temporary:
         document.write_pdf(temporary)

@@ -36,7 +36,7 @@ import audit
 from audit.atomic import temporary_sibling, write_text
 from audit.model import LoadedModel, file_sha256
 from audit.report_page import TEMPLATE_DIR, options_list, render_page, swap_in_folder
-from audit.report_pdf import PdfFacts, render_document, blank_pages, body_start, compose, earlier_forms, split_print_page, write_composed
+from audit.report_pdf import PdfFacts, blank_pages, body_bounds, body_start, compose, earlier_forms, render_document, write_composed
 
 if TYPE_CHECKING:
     from audit.store import RunStore
@@ -197,10 +197,10 @@ def copy_unchanged_report(run_dir: Path, model: LoadedModel, max_gallery: int, e
     body_from = earlier.body_from or {"run": earlier_run, "run_id": earlier_dir.name}
     front = tonight_front(earlier.front_content, run_dir, summary, earlier_run, body_from)
     print_page = render_page(front, "pdf")
-    split = split_print_page(print_page)
-    if split is None:
+    bounds = body_bounds(print_page)
+    if bounds is None:
         return None
-    _, start, end = split
+    start, end = bounds
     main = print_page[:start] + blank_pages([tuple(b) for b in earlier.body_bookmarks], len(forms)) + print_page[end:]
     # The front holds no picture: it fetches nothing but data: URIs.
     from weasyprint.urls import URLFetcher
