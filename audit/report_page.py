@@ -49,6 +49,9 @@ def _compact(value: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+PAGE_TEMPLATE = "report.html.j2"
+
+
 @functools.lru_cache(maxsize=1)
 def template_environment():
     import jinja2
@@ -71,7 +74,7 @@ def template_environment():
 def render_page(content: Any, target: str) -> str:
     """target "html": the interactive page; "pdf": the print version (no script, no table)."""
     environment = template_environment()
-    template = environment.get_template("report.html.j2")
+    template = environment.get_template(PAGE_TEMPLATE)
     script = (TEMPLATE_DIR / "report.js").read_text(encoding="utf-8") if target == "html" else ""
     # The page's Content-Security-Policy allows this one script by its hash and nothing else.
     script_hash = "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import audit
 from audit.atomic import temporary_sibling, write_text
 from audit.model import LoadedModel, file_sha256
-from audit.report_page import TEMPLATE_DIR, options_list, render_page, swap_in_folder
+from audit.report_page import PAGE_TEMPLATE, TEMPLATE_DIR, options_list, render_page, swap_in_folder, template_environment
 from audit.report_pdf import PdfFacts, blank_pages, body_bounds, body_start, compose, earlier_forms, render_document, write_composed
 
 if TYPE_CHECKING:
@@ -229,19 +229,44 @@ def copy_unchanged_report(run_dir: Path, model: LoadedModel, max_gallery: int, e
     return record_rendered_report(run_dir, fingerprint, first, earlier.front_content, earlier_run, body_from, facts)
 
 
-def import_report_stage(labelled: bool = True, explaining: bool = True) -> None:
-    """Import what rendering a report needs: WeasyPrint 0.6 s here, matplotlib and seaborn 0.6,
-    pandas 0.35, scikit-learn 1.2 when rows have true labels (its metrics and curves), and
-    pytorch-grad-cam 2.5 s (it imports torchvision) when images flagged tonight may need a
-    Grad-CAM. The scan does it while its XLSX is made in a child process
-    (audit.results.make_xlsx), on the other core."""
-    import audit.charts  # pandas
-    importlib.import_module("audit.report")  # the gallery, the page
+# What copying an unchanged night's report imports (the first of report_stage_imports).
+COPY_STAGE_IMPORTS = ("audit.report_reuse", "weasyprint", "pypdf")
 
-    audit.charts._pyplot()  # matplotlib with its headless backend, before seaborn imports pyplot
-    for name in ("pypdf", "seaborn", "weasyprint", *(["sklearn.metrics"] if labelled else []),
-                 *(["audit.explain", "pytorch_grad_cam"] if explaining else [])):
-        importlib.import_module(name)
+
+def report_stage_imports(labelled: bool = True, explaining: bool = True) -> list[str]:
+    """What rendering a report imports, in the order it needs it: the unchanged copy's first
+    (WeasyPrint 0.6 s here, pypdf), then the renderer's (matplotlib and seaborn 0.6, pandas 0.35),
+    scikit-learn 1.2 when rows have true labels (its metrics and curves), and pytorch-grad-cam
+    2.5 s (it imports torchvision) when images flagged tonight may need a Grad-CAM."""
+    return [*COPY_STAGE_IMPORTS, "audit.charts", "audit.report", "seaborn",
+            *(["sklearn.metrics"] if labelled else []), *(["audit.explain", "pytorch_grad_cam"] if explaining else [])]
+
+
+def prepare_copy(earlier_dir: Path | None) -> None:
+    """What copying can do before tonight's rows are known (a report process does it while the
+    scan walks the archive): the page's template compiled, WeasyPrint's fonts loaded, and the
+    earlier report's forms read (earlier_forms keeps them)."""
+    from weasyprint import HTML
+
+    template_environment().get_template(PAGE_TEMPLATE)
+    HTML(string="<p>fonts</p>").render()
+    found = _earlier_record(earlier_dir) if earlier_dir is not None else None
+    if found is not None and earlier_dir is not None:
+        earlier_forms(earlier_dir / "report.pdf", found[1].front_pages)
+
+
+def import_report_module(name: str) -> None:
+    module = importlib.import_module(name)
+    if name == "audit.charts":  # matplotlib with its headless backend, before seaborn imports pyplot
+        module._pyplot()
+
+
+def import_report_stage(labelled: bool = True, explaining: bool = True) -> None:
+    """Import what rendering a report needs (report_stage_imports). A scan without a report
+    process (audit.report_process) does it while its XLSX is made in a child process
+    (audit.results.make_xlsx), on the other core."""
+    for name in report_stage_imports(labelled, explaining):
+        import_report_module(name)
 
 
 def write_report(out_dir: Path, model: LoadedModel, max_gallery: int, quiet: bool = False, store: RunStore | None = None,

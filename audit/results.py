@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import operator
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from audit.atomic import temporary_sibling
 from audit.model import file_sha256
@@ -66,11 +67,12 @@ class ResultRow:
     reviewed_at: str = ""
     review_model_id: str = ""
 
-    def cells(self) -> list[Any]:
-        return [getattr(self, name) for name in RESULT_COLUMNS]
+    def cells(self) -> tuple[Any, ...]:
+        return _row_cells(self)
 
 
 RESULT_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ResultRow))
+_row_cells = operator.attrgetter(*RESULT_COLUMNS)
 REVIEW_COLUMNS: tuple[str, ...] = ("review", "review_note", "reviewed_by", "reviewed_at", "review_model_id")
 # The columns a scored result is made of: what the run store keeps and its scoring key names.
 SCORED_COLUMNS: tuple[str, ...] = tuple(name for name in RESULT_COLUMNS if name not in REVIEW_COLUMNS)
@@ -104,12 +106,12 @@ def unneutralise(text: str) -> str:
     return text[1:] if text.startswith(_NEUTRALISED_PREFIXES) else text
 
 
-def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6f}"
-    return neutralise(value)
+def _csv_cells(values: tuple[Any, ...]) -> list[Any]:
+    """A row's CSV cells: None empty, floats to 6 decimals, text neutralised (see neutralise,
+    written out here: this runs for every cell of every row, 20,000 rows a night)."""
+    return ["" if value is None else f"{value:.6f}" if isinstance(value, float)
+            else "'" + value if isinstance(value, str) and value[:1] in _NEUTRALISED_FIRST else value
+            for value in values]
 
 
 def _xlsx_text(csv_text: str) -> str:
@@ -121,13 +123,23 @@ def _xlsx_text(csv_text: str) -> str:
 
 
 @dataclass(frozen=True)
-class EarlierXlsx:
-    """An earlier run's results.xlsx and the hashes that run recorded in its summary.json: the
-    rows it was made from (``csv_sha256``) and the file as written (``xlsx_sha256``)."""
+class EarlierOutputs:
+    """An earlier run's results and what that run recorded of them in its summary.json: the
+    sha256 of its results.csv and results.xlsx as written, and its rows' fingerprint
+    (audit.reuse.RowsFingerprint; "" when it recorded none)."""
 
-    xlsx_path: Path
+    folder: Path
     csv_sha256: str
-    xlsx_sha256: str
+    xlsx_sha256: str | None
+    rows_fingerprint: str = ""
+
+    @property
+    def csv_path(self) -> Path:
+        return self.folder / "results.csv"
+
+    @property
+    def xlsx_path(self) -> Path:
+        return self.folder / "results.xlsx"
 
 
 class ResultWriter:
@@ -142,23 +154,50 @@ class ResultWriter:
     ``finish()`` returns the renames, ``close()`` does them and ``abort()`` removes the files.
     """
 
-    def __init__(self, out_dir: Path, write_xlsx: bool = True, earlier_xlsx: EarlierXlsx | None = None,
+    def __init__(self, out_dir: Path, write_xlsx: bool = True, earlier: EarlierOutputs | None = None,
                  while_xlsx_is_made: Callable[[], None] | None = None) -> None:
         self.csv_path = out_dir / "results.csv"
         self.xlsx_path = out_dir / "results.xlsx" if write_xlsx else None
-        self.earlier_xlsx = earlier_xlsx
+        self.earlier = earlier
         # Work for the scan to do while the XLSX is made (then in a child process): see make_xlsx.
         self.while_xlsx_is_made = while_xlsx_is_made
         self.meanwhile_seconds = 0.0  # what it took: not the writer's time
         self.sha256: dict[str, str] = {}  # of each finished file, by name (for summary.json)
+        self.rows_taken = False  # results.csv copied whole from an earlier run (take_rows_from)
+        self._open_csv()
+
+    def _open_csv(self) -> None:
         # utf-8-sig writes the BOM, so Excel reads non-ASCII names correctly.
-        self._csv_file = open(temporary_sibling(self.csv_path), "w", encoding="utf-8-sig", newline="")
+        self._csv_file = open(self.csv_tmp, "w", encoding="utf-8-sig", newline="")
         # QUOTE_MINIMAL quotes any cell holding a comma, quote, CR or LF: newlines in names survive.
         self._csv = csv.writer(self._csv_file, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
         self._csv.writerow(RESULT_COLUMNS)
 
     def write(self, row: ResultRow) -> None:
-        self._csv.writerow([_csv_cell(value) for value in row.cells()])
+        if self.rows_taken:
+            raise RuntimeError("rows written to a results.csv taken whole from an earlier run")
+        self._csv.writerow(_csv_cells(row.cells()))
+
+    @property
+    def csv_tmp(self) -> Path:
+        """results.csv under its temporary name, until the run commits it."""
+        return temporary_sibling(self.csv_path)
+
+    def take_rows_from(self, earlier: EarlierOutputs) -> bool:
+        """results.csv as the earlier run's, byte for byte, when that file is still as that run
+        wrote it; False (the CSV left as it was, its header only) otherwise. For a caller that
+        has proved tonight's rows would come out the same (audit.reuse.RowsFingerprint): writing
+        20,000 of them is a second of an unchanged night, copying them a few milliseconds."""
+        self._csv_file.close()
+        try:
+            shutil.copyfile(earlier.csv_path, self.csv_tmp)
+            if file_sha256(self.csv_tmp) == earlier.csv_sha256:
+                self.rows_taken = True
+                return True
+        except OSError:
+            pass
+        self._open_csv()
+        return False
 
     def finish(self) -> list[tuple[Path, Path]]:
         """Complete both files under their temporary names; return the (tmp, final) renames.
@@ -167,12 +206,12 @@ class ResultWriter:
         final names appear only once everything is written.
         """
         self._csv_file.close()
-        csv_tmp = temporary_sibling(self.csv_path)
+        csv_tmp = self.csv_tmp
         self.sha256["results.csv"] = file_sha256(csv_tmp)
         renames = [(csv_tmp, self.csv_path)]
         if self.xlsx_path is not None:
             xlsx_tmp = temporary_sibling(self.xlsx_path)
-            if not copy_if_unchanged(self.earlier_xlsx, self.sha256["results.csv"], xlsx_tmp):
+            if not copy_if_unchanged(self.earlier, self.sha256["results.csv"], xlsx_tmp):
                 self.meanwhile_seconds = make_xlsx(csv_tmp, xlsx_tmp, self.while_xlsx_is_made)
             self.sha256["results.xlsx"] = file_sha256(xlsx_tmp)
             renames.append((xlsx_tmp, self.xlsx_path))
@@ -187,10 +226,10 @@ class ResultWriter:
         discard_partial_outputs(self.csv_path.parent)
 
 
-def copy_if_unchanged(earlier: EarlierXlsx | None, csv_sha256: str, target: Path) -> bool:
+def copy_if_unchanged(earlier: EarlierOutputs | None, csv_sha256: str, target: Path) -> bool:
     """Copy the earlier XLSX to ``target`` when it was made from these very CSV bytes and nobody
     has edited it since (analysts open these files); False: make a new one."""
-    if earlier is None or earlier.csv_sha256 != csv_sha256:
+    if earlier is None or earlier.xlsx_sha256 is None or earlier.csv_sha256 != csv_sha256:
         return False
     try:
         shutil.copyfile(earlier.xlsx_path, target)
@@ -337,6 +376,19 @@ def write_json_tmp(path: Path, data: dict[str, Any]) -> tuple[Path, Path]:
     tmp = temporary_sibling(path)
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return tmp, path
+
+
+def read_result_rows(path: Path) -> Iterator[ResultRow]:
+    """The rows of a results.csv as they were written: numbers as numbers (probabilities to the
+    file's six decimals), an empty number as None, text as it was before neutralise."""
+    converters = [_NUMBER_COLUMNS.get(name) for name in RESULT_COLUMNS]
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        if tuple(next(reader, ())) != RESULT_COLUMNS:
+            raise ValueError(f"{path}: not the columns of this version's results.csv")
+        for cells in reader:
+            yield ResultRow(*[(number(text) if text else None) if number else unneutralise(text)
+                              for number, text in zip(converters, cells)])
 
 
 def read_results_csv(path: Path) -> list[dict[str, str]]:

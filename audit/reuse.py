@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
+import audit
 from audit.discover import FileRecord
-from audit.results import SCORED_COLUMNS, EarlierXlsx, ResultRow
+from audit.results import RESULT_COLUMNS, SCORED_COLUMNS, EarlierOutputs, ResultRow
 from audit.sinks import DUPLICATE, REUSED, SCORED, ScannedFile
 from audit.store import FileUpdate, RunStore, StoredScore
 
@@ -183,14 +184,63 @@ def prefetched(stream: Iterator[Scored], committer: BatchCommitter, chunk: int) 
         yield from items
 
 
-def earlier_xlsx(store: RunStore, baseline: int | None) -> EarlierXlsx | None:
-    """The last completed run's results.xlsx with the hashes its summary.json recorded; None
-    when there is none to go by (the writer then makes the XLSX)."""
+def earlier_outputs(store: RunStore, baseline: int | None) -> EarlierOutputs | None:
+    """The last completed run's results with the hashes and fingerprint its summary.json
+    recorded; None when there is none to go by (the run then writes its own)."""
     folder: Path | None = store.out_dir_of(baseline) if baseline is not None else None
     if folder is None:
         return None
     try:
-        hashes = json.loads((folder / "summary.json").read_text(encoding="utf-8"))["output_sha256"]
-        return EarlierXlsx(folder / "results.xlsx", hashes["results.csv"], hashes["results.xlsx"])
-    except (OSError, ValueError, KeyError, TypeError):
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        hashes = summary["output_sha256"]
+        return EarlierOutputs(folder, hashes["results.csv"], hashes.get("results.xlsx"),
+                              str(summary.get("rows_fingerprint") or ""))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+class RowsFingerprint:
+    """What a run's rows are made of: a later run whose rows would have the same fingerprint
+    would write the very same results.csv, so it copies the earlier one instead of making 20,000
+    rows again (ResultWriter.take_rows_from; a second of an unchanged night).
+
+    A re-emitted row is the file's place (its root as given, its path), its true label, the
+    stored result of its bytes under the scoring key, and the reviewers' current decision on
+    those bytes. So the fingerprint hashes each file's (root, path, sha256, label) in discovery
+    order, with the tool's version and columns, the scoring key, the newest decision the run
+    read (ReviewTally.decisions_up_to, read before the decisions themselves) and the stored
+    results' state (RunStore.scores_state). A run makes it from its rows as they go (a row sink);
+    the next run from its plan, when every file has a stored result, before making any row.
+    """
+
+    def __init__(self, key: str, decisions_up_to: int) -> None:
+        self._digest = hashlib.sha256(json.dumps([audit.__version__, RESULT_COLUMNS, key, decisions_up_to]).encode())
+
+    def add_file(self, root: str, path: str, sha256: str, label: str) -> None:
+        # NUL cannot be in a path and a label holds no newline: the entries cannot run together.
+        self._digest.update(f"{root}\0{path}\0{sha256}\0{label}\n".encode("utf-8", "surrogateescape"))
+
+    def add(self, item: ScannedFile) -> None:
+        self.add_file(item.record.root, item.record.rel_path, item.row.sha256, item.row.true_label)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def hexdigest(self, store: RunStore) -> str:
+        digest = self._digest.copy()
+        digest.update(json.dumps(store.scores_state()).encode())
+        return digest.hexdigest()
+
+
+def planned_rows_fingerprint(store: RunStore, key: str, decisions_up_to: int, records: Sequence[FileRecord],
+                             plan: Sequence[str | None], labels: Sequence[str]) -> str | None:
+    """The fingerprint the rows of this plan will have; None when some file is to be scored."""
+    if any(sha256 is None for sha256 in plan):
+        return None
+    fingerprint = RowsFingerprint(key, decisions_up_to)
+    for record, sha256, label in zip(records, plan, labels):
+        fingerprint.add_file(record.root, record.rel_path, sha256 or "", label)
+    return fingerprint.hexdigest(store)

@@ -221,7 +221,11 @@ class ReviewTally:
 
     @classmethod
     def from_store(cls, store: RunStore) -> "ReviewTally":
-        return cls(review_cells(store), store.db.execute("SELECT coalesce(max(id), 0) FROM decisions").fetchone()[0])
+        # The newest id first: a decision recorded in between is then in the cells but not in
+        # decisions_up_to, and the next run sees "changed" (never the reverse: rows copied that
+        # miss a decision, audit.reuse.RowsFingerprint).
+        newest = store.db.execute("SELECT coalesce(max(id), 0) FROM decisions").fetchone()[0]
+        return cls(review_cells(store), newest)
 
     def apply(self, row: ResultRow) -> None:
         cells = self.cells.get(row.sha256) if row.sha256 else None

@@ -32,14 +32,16 @@ from audit.loading import DEFAULT_MAX_PIXELS, LoadOptions
 from audit.model import LoadedModel, load_model
 from audit.provenance_c2pa import EvidenceOptions, check_options, load_trust_anchors
 from audit.provenance_findings import evidence_cell, evidence_sources
+from audit.report_process import ReportJob, ReportProcess, worth_a_process
 from audit.report_reuse import import_report_stage, write_report
 from audit.results import STATUS_ERROR, STATUS_OK, ResultRow, ResultWriter, commit, discard_partial_outputs, \
-    remove_stale_outputs, write_json_tmp
-from audit.reuse import BatchCommitter, StoredRows, earlier_xlsx, prefetched, reuse_plan, scoring_key
+    read_result_rows, remove_stale_outputs, write_json_tmp
+from audit.reuse import BatchCommitter, RowsFingerprint, StoredRows, earlier_outputs, planned_rows_fingerprint, \
+    prefetched, reuse_plan, scoring_key
 from audit.review import ReviewTally
 from audit.run_summary import build_summary, iso_utc, store_summary, utc_now
 from audit.scoring import Scored, Scorer, score_records
-from audit.sinks import Progress, ResultFiles, ScannedFile, Sinks, Tally
+from audit.sinks import REUSED, Progress, ResultFiles, ScannedFile, Sinks, Tally
 from audit.stopping import raise_if_stop_requested
 from audit.store import RunCounts, RunStore, open_locked
 from audit.store_location import LEGACY_STORE_FILE_NAME, default_store_path
@@ -219,29 +221,49 @@ class ScanRun:
     engine: Any = None  # audit.ray_engine.RayEngine with --engine ray
     scorer: Scorer | None = None
     workers: int = 0
+    rows_fingerprint: RowsFingerprint | None = None  # of the rows written (audit.reuse)
+    rows_copied_from: int | None = None  # the run whose results.csv was copied, rows unchanged
 
     def execute(self) -> ScanOutcome:
         out_dir_created = not self.out_dir.exists()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.baseline = self.store.baseline_run()
         self.run_id = self.store.start_run(iso_utc(self.started), self.options.to_json(), self.out_dir, out_dir_created)
+        # Started first: its imports are made on the other core while this one walks and scores.
+        report_process = ReportProcess.start() if self.options.report and worth_a_process() else None
         try:
-            records, reuse = self._discover_and_plan()
-            to_score = [record for record, stored in zip(records, reuse) if stored is None]
-            self._prepare_scoring(to_score)
-        except BaseException as exc:  # a stop before the row loop (discovery, lookups): no counts yet
-            _record_stop(self.store, self.run_id, exc)
-            raise
-        try:
-            outcome = self._record(records, reuse, to_score)
+            try:
+                records, reuse = self._discover_and_plan()
+                to_score = [record for record, stored in zip(records, reuse) if stored is None]
+                if report_process is not None:
+                    report_process.hint(self.options.labels is not None, bool(to_score),
+                                        self.store.out_dir_of(self.baseline) if self.baseline is not None else None)
+                self._prepare_scoring(to_score)
+            except BaseException as exc:  # a stop before the row loop (discovery, lookups): no counts yet
+                _record_stop(self.store, self.run_id, exc)
+                raise
+            try:
+                outcome = self._record(records, reuse, to_score, prepare_report=report_process is None)
+            finally:
+                if self.engine is not None:
+                    self.engine.close()
+            if self.options.report:
+                self._write_report(report_process)
         finally:
-            if self.engine is not None:
-                self.engine.close()
-        if self.options.report:
-            write_report(self.out_dir, self.model, self.options.max_gallery, self.options.progress == "none",
-                         self.store, self.baseline)
+            if report_process is not None:
+                report_process.close()
         say(self.options, outcome.tally.closing_line(self.out_dir))
         return outcome
+
+    def _write_report(self, report_process: ReportProcess | None) -> None:
+        """By the report process when there is one and it does the job; here otherwise."""
+        quiet = self.options.progress == "none"
+        if report_process is not None and report_process.run(ReportJob(
+                out_dir=str(self.out_dir.resolve()), cwd=os.getcwd(), card=self.model.card.to_json(),
+                weights=str(self.model.weights_path.resolve()), max_gallery=self.options.max_gallery, quiet=quiet,
+                store=str(self.store.path.resolve()), baseline=self.baseline)):
+            return
+        write_report(self.out_dir, self.model, self.options.max_gallery, quiet, self.store, self.baseline)
 
     def _discover_and_plan(self) -> tuple[list[FileRecord], list[str | None]]:
         """The archive's files in order, and per file the sha256 of its stored row (None: score it)."""
@@ -282,13 +304,13 @@ class ScanRun:
             return iter(())
         return iter(score_records(to_score, self.scorer, self.load_options, self.options.batch_size, self.workers))
 
-    def _rows(self, records: Sequence[FileRecord], reuse: Sequence[str | None], scored: Iterator[Scored],
-              committer: BatchCommitter, review: ReviewTally) -> Iterator[ScannedFile]:
+    def _rows(self, records: Sequence[FileRecord], reuse: Sequence[str | None], labels: Sequence[str] | None,
+              scored: Iterator[Scored], committer: BatchCommitter, review: ReviewTally) -> Iterator[ScannedFile]:
         """Every file's row in discovery order: scored now, or re-emitted from the store; the
         reviewers' decisions filled in."""
         stored_rows = StoredRows(self.store, self.key, reuse)
-        for record, reuse_sha256 in zip(records, reuse):
-            label = self.labeller.label_for(record)
+        for index, (record, reuse_sha256) in enumerate(zip(records, reuse)):
+            label = labels[index] if labels is not None else self.labeller.label_for(record)
             if reuse_sha256 is None:
                 item = committer.resolve(record, make_row(next(scored), label, self.model, iso_utc(utc_now())))
             else:
@@ -297,7 +319,18 @@ class ScanRun:
             yield item
             raise_if_stop_requested()
 
-    def _record(self, records: list[FileRecord], reuse: list[str | None], to_score: list[FileRecord]) -> ScanOutcome:
+    def _rows_taken(self, records: Sequence[FileRecord], csv_path: Path, review: ReviewTally) -> Iterator[ScannedFile]:
+        """Every file's row read back from the results.csv taken from the last run, for the
+        counts, the store and the reviews (the rows were proved the same: audit.reuse.RowsFingerprint)."""
+        for record, row in zip(records, read_result_rows(csv_path), strict=True):
+            if (row.root, row.path) != (record.root, record.rel_path):  # a bug, not a user's problem
+                raise RuntimeError(f"the copied results.csv has {row.path} where {record.rel_path} was expected")
+            review.apply(row)
+            yield ScannedFile(record, row, REUSED)
+            raise_if_stop_requested()
+
+    def _record(self, records: list[FileRecord], reuse: list[str | None], to_score: list[FileRecord],
+                prepare_report: bool) -> ScanOutcome:
         options = self.options
         tally = Tally()
         sinks = Sinks(tally)
@@ -310,18 +343,32 @@ class ScanRun:
             sinks = Sinks(committer, tally, progress)
             if self.engine is not None:
                 self.engine.start(to_score)
-            results = ResultFiles(ResultWriter(self.out_dir, write_xlsx=options.write_xlsx,
-                                               earlier_xlsx=earlier_xlsx(self.store, self.baseline),
+            earlier = earlier_outputs(self.store, self.baseline)
+            results = ResultFiles(ResultWriter(self.out_dir, write_xlsx=options.write_xlsx, earlier=earlier,
                                                while_xlsx_is_made=(lambda: import_report_stage(
                                                    bool(tally.confusion), tally.scored_flagged > 0))
-                                               if options.report else None))
-            # The store first: a batch is committed before its last row is written, and the last
-            # batch before the XLSX is made (the slow step a stop may interrupt).
-            sinks = Sinks(committer, results, tally, progress)
-            scored = prefetched(self._scored(to_score), committer, options.batch_size)
-            for item in self._rows(records, reuse, scored, committer, review):
+                                               if options.report and prepare_report else None))
+            self.rows_fingerprint = RowsFingerprint(self.key, review.decisions_up_to)
+            # Labels made once (the labeller counts what it could not match): for the plan's
+            # fingerprint when nothing is to be scored, else as the rows go.
+            labels = None if to_score else [self.labeller.label_for(record) for record in records]
+            if (labels is not None and earlier is not None and earlier.rows_fingerprint
+                    and planned_rows_fingerprint(self.store, self.key, review.decisions_up_to, records, reuse, labels)
+                    == earlier.rows_fingerprint and results.writer.take_rows_from(earlier)):
+                self.rows_copied_from = self.baseline
+                items = self._rows_taken(records, results.writer.csv_tmp, review)
+                sinks = Sinks(committer, self.rows_fingerprint, tally, progress)
+            else:
+                scored = prefetched(self._scored(to_score), committer, options.batch_size)
+                items = self._rows(records, reuse, labels, scored, committer, review)
+                # The store first: a batch is committed before its last row is written, and the
+                # last batch before the XLSX is made (the slow step a stop may interrupt).
+                sinks = Sinks(committer, results, self.rows_fingerprint, tally, progress)
+            for item in items:
                 sinks.add(item)
             sinks.close()
+            if self.rows_copied_from is not None:
+                results.close()
             # The report's imports made while the XLSX was written count in "total" only.
             self.seconds["load_and_score"] = time.perf_counter() - t0 - results.seconds - results.writer.meanwhile_seconds
             self.seconds["write"] = results.seconds
@@ -355,8 +402,11 @@ class ScanRun:
         summary["store"]["chosen_by"] = "--store" if options.store else "default (follows the archives)"
         summary["store"]["lock_takeover"] = self.takeover
         summary["review"] = review.to_json()
-        # Lets the next run check that its rows are these very bytes before it copies the XLSX.
+        # Lets the next run check that its rows are these very bytes before it copies the XLSX,
+        # and, with the rows' fingerprint, copy results.csv without making its rows.
         summary["output_sha256"] = results.sha256
+        summary["rows_fingerprint"] = self.rows_fingerprint.hexdigest(store) if self.rows_fingerprint else None
+        summary["rows_copied_from_run"] = self.rows_copied_from
         renames = [*results.renames, write_json_tmp(self.out_dir / "summary.json", summary)]
         raise_if_stop_requested()
         remove_stale_outputs(self.out_dir, {final.name for _, final in renames})

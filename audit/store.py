@@ -269,7 +269,17 @@ class RunStore:
         rows = self.db.execute(
             f"SELECT sha256, model_id, row_json FROM scores WHERE scoring_key = ? AND sha256 IN ({marks}){run_clause}",
             (scoring_key, *sha256s, *(() if scored_run is None else (scored_run,)))).fetchall()
-        return {row[0]: StoredScore(row[0], scoring_key, row[1], json.loads(row[2])) for row in rows}
+        # One JSON text for the chunk: a json.loads call a row was a third of this query's time.
+        decoded = json.loads("[" + ",".join(row[2] for row in rows) + "]")
+        return {row[0]: StoredScore(row[0], scoring_key, row[1], fields) for row, fields in zip(rows, decoded)}
+
+    def scores_state(self) -> tuple[int, int, int]:
+        """(count, largest rowid, sum of scored_run) of the stored results. Nothing deletes a
+        stored result, so one stored since moves the count, and one replaced (by a later run:
+        INSERT OR REPLACE) the sum: audit.reuse.RowsFingerprint goes by it."""
+        count, largest, runs = self.db.execute(
+            "SELECT count(*), coalesce(max(rowid), 0), coalesce(sum(scored_run), 0) FROM scores").fetchone()
+        return count, largest, runs
 
     def commit_batch(self, run_id: int, scores: Iterable[StoredScore], files: Iterable[FileUpdate]) -> None:
         """One transaction: the batch's new scores and what was learnt about its files."""

@@ -396,3 +396,48 @@ def test_the_printed_front_page_lists_the_first_50_changes_of_a_kind_and_says_ho
     assert "new-49.jpg" in printed and "new-50.jpg" not in printed
     assert page.count("<li><code>new-") == 55 and "the first" not in page  # the HTML page lists what summary.json has
 
+
+
+def test_an_unchanged_night_copies_its_rows_and_a_change_to_what_they_are_made_of_makes_them_again(
+        tmp_path: Path, model_path: Path) -> None:
+    archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
+    write_images(archive, [f"{i}.jpg" for i in range(5)])
+
+    def night(name: str) -> dict:
+        assert scan(archive, model_path, tmp_path / name, store).exit_code == 0
+        return summary_of(tmp_path / name)
+
+    first, second = night("r1"), night("r2")
+    assert first["rows_copied_from_run"] is None
+    assert second["rows_copied_from_run"] == first["store"]["run_id"]  # nothing changed: its rows taken whole
+    assert (tmp_path / "r2" / "results.csv").read_bytes() == (tmp_path / "r1" / "results.csv").read_bytes()
+    for field in ("files", "flagged", "counts", "labels", "review", "rows_fingerprint"):
+        assert second[field] == first[field], field
+    assert (second["files_scored"], second["files_reused"]) == (0, 5)
+
+    # A reviewer's decision between nights: the rows are made again and carry it.
+    decided = read_results_csv(tmp_path / "r2" / "results.csv")[3]
+    assert CliRunner().invoke(main, ["review", "set", decided["sha256"], "false-positive", "--store", str(store),
+                                     "--by", "ana"]).exit_code == 0
+    third = night("r3")
+    assert third["rows_copied_from_run"] is None
+    assert read_results_csv(tmp_path / "r3" / "results.csv")[3]["review"] == "false-positive"
+    assert night("r4")["rows_copied_from_run"] == third["store"]["run_id"]
+
+    # Last night's CSV edited by an analyst: tonight's is made, as the scan writes it.
+    (tmp_path / "r4" / "results.csv").write_text("edited", encoding="utf-8")
+    fifth = night("r5")
+    assert fifth["rows_copied_from_run"] is None
+    assert (tmp_path / "r5" / "results.csv").read_bytes() == (tmp_path / "r3" / "results.csv").read_bytes()
+
+    # A deleted file: nothing to score, but the rows are not last night's.
+    (archive / "2.jpg").unlink()
+    sixth = night("r6")
+    assert sixth["rows_copied_from_run"] is None and sixth["files"] == 4
+    assert [row["path"] for row in read_results_csv(tmp_path / "r6" / "results.csv")] == ["0.jpg", "1.jpg", "3.jpg", "4.jpg"]
+
+    # Labels asked for: the true_label column changes.
+    (tmp_path / "labels.csv").write_text("path,label\n0.jpg,real\n", encoding="utf-8")
+    assert scan(archive, model_path, tmp_path / "r7", store, "--labels", str(tmp_path / "labels.csv")).exit_code == 0
+    assert summary_of(tmp_path / "r7")["rows_copied_from_run"] is None
+    assert read_results_csv(tmp_path / "r7" / "results.csv")[0]["true_label"] == "real"
