@@ -6,10 +6,11 @@ would make only after its rows, one core idle meanwhile. An unchanged night's wh
 about as long as those imports. So a scan that will write a report starts
 ``python -m audit.report_process PARENT_PID`` before it walks the archive. The child imports
 what the report needs (what the copy of an unchanged report needs first), taking hints from the
-scan as it learns them (labels, something to score), and waits for the job: the run folder, the
-model, the run store. It then does what the scan did itself before (audit.report_reuse
-.write_report: copy or render, its messages on the scan's stderr) while the scan holds the
-store's lock and waits.
+scan as it learns them (labels, something to score, last night's folder); on a night with
+nothing to score it also reads last night's report for the copy (report_reuse.prepare_copy).
+Then it waits for the job: the run folder, the model, the run store. It does what the scan did
+itself before (report_reuse.write_report: copy or render, its messages relayed onto the scan's
+stderr) while the scan holds the store's lock and waits.
 
 This is a head start, never a condition: if the child cannot be started or ends without doing
 the job, the scan says so and renders the report itself. The child dies with the scan
@@ -17,8 +18,8 @@ the job, the scan says so and renders the report itself. The child dies with the
 report's imports already (an `audit` used as a library, the tests) renders in-process: there is
 nothing left to gain.
 
-The messages between them are JSON lines on the child's stdin:
-``{"hint": {"labelled": bool, "scoring": bool}}`` (any number) and ``{"job": {...}}`` (once).
+The messages between them are JSON lines on the child's stdin: ``{"hint": {"labelled": bool,
+"scoring": bool, "earlier_dir": str | null}}`` and ``{"job": {...}}`` (a ReportJob, once).
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ class ReportJob:
 
 
 def worth_a_process() -> bool:
-    """A process pays only for imports this one has not made."""
-    return "weasyprint" not in sys.modules
+    """A process pays only for imports this one has not made (and the child's waiting, select()
+    on a pipe, is POSIX's)."""
+    return os.name == "posix" and "weasyprint" not in sys.modules
 
 
 class ReportProcess:
@@ -186,7 +188,7 @@ class _ChildState:
         hint = self.hint or {"labelled": False, "scoring": False, "earlier_dir": None}
         # A night with nothing to score most likely copies last night's report: its job comes
         # soon, and the renderer's imports would only delay it.
-        wanted = report_stage_imports(hint["labelled"], True) if hint["scoring"] else COPY_STAGE_IMPORTS
+        wanted = report_stage_imports(hint["labelled"]) if hint["scoring"] else COPY_STAGE_IMPORTS
         pending = next((name for name in wanted if name not in self.imported), None)
         if pending is not None:
             import_report_module(pending)

@@ -233,13 +233,13 @@ def copy_unchanged_report(run_dir: Path, model: LoadedModel, max_gallery: int, e
 COPY_STAGE_IMPORTS = ("audit.report_reuse", "weasyprint", "pypdf")
 
 
-def report_stage_imports(labelled: bool = True, explaining: bool = True) -> list[str]:
+def report_stage_imports(labelled: bool) -> list[str]:
     """What rendering a report imports, in the order it needs it: the unchanged copy's first
     (WeasyPrint 0.6 s here, pypdf), then the renderer's (matplotlib and seaborn 0.6, pandas 0.35),
     scikit-learn 1.2 when rows have true labels (its metrics and curves), and pytorch-grad-cam
-    2.5 s (it imports torchvision) when images flagged tonight may need a Grad-CAM."""
+    2.5 s (it imports torchvision) for the Grad-CAM of images flagged tonight."""
     return [*COPY_STAGE_IMPORTS, "audit.charts", "audit.report", "seaborn",
-            *(["sklearn.metrics"] if labelled else []), *(["audit.explain", "pytorch_grad_cam"] if explaining else [])]
+            *(["sklearn.metrics"] if labelled else []), "audit.explain", "pytorch_grad_cam"]
 
 
 def prepare_copy(earlier_dir: Path | None) -> None:
@@ -259,14 +259,6 @@ def import_report_module(name: str) -> None:
     module = importlib.import_module(name)
     if name == "audit.charts":  # matplotlib with its headless backend, before seaborn imports pyplot
         module._pyplot()
-
-
-def import_report_stage(labelled: bool = True, explaining: bool = True) -> None:
-    """Import what rendering a report needs (report_stage_imports). A scan without a report
-    process (audit.report_process) does it while its XLSX is made in a child process
-    (audit.results.make_xlsx), on the other core."""
-    for name in report_stage_imports(labelled, explaining):
-        import_report_module(name)
 
 
 def write_report(out_dir: Path, model: LoadedModel, max_gallery: int, quiet: bool = False, store: RunStore | None = None,

@@ -18,12 +18,9 @@ import operator
 import os
 import re
 import shutil
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from audit.atomic import temporary_sibling
 from audit.model import file_sha256
@@ -154,14 +151,10 @@ class ResultWriter:
     ``finish()`` returns the renames, ``close()`` does them and ``abort()`` removes the files.
     """
 
-    def __init__(self, out_dir: Path, write_xlsx: bool = True, earlier: EarlierOutputs | None = None,
-                 while_xlsx_is_made: Callable[[], None] | None = None) -> None:
+    def __init__(self, out_dir: Path, write_xlsx: bool = True, earlier: EarlierOutputs | None = None) -> None:
         self.csv_path = out_dir / "results.csv"
         self.xlsx_path = out_dir / "results.xlsx" if write_xlsx else None
         self.earlier = earlier
-        # Work for the scan to do while the XLSX is made (then in a child process): see make_xlsx.
-        self.while_xlsx_is_made = while_xlsx_is_made
-        self.meanwhile_seconds = 0.0  # what it took: not the writer's time
         self.sha256: dict[str, str] = {}  # of each finished file, by name (for summary.json)
         self.rows_taken = False  # results.csv copied whole from an earlier run (take_rows_from)
         self._open_csv()
@@ -212,7 +205,7 @@ class ResultWriter:
         if self.xlsx_path is not None:
             xlsx_tmp = temporary_sibling(self.xlsx_path)
             if not copy_if_unchanged(self.earlier, self.sha256["results.csv"], xlsx_tmp):
-                self.meanwhile_seconds = make_xlsx(csv_tmp, xlsx_tmp, self.while_xlsx_is_made)
+                write_xlsx_from_csv(csv_tmp, xlsx_tmp)
             self.sha256["results.xlsx"] = file_sha256(xlsx_tmp)
             renames.append((xlsx_tmp, self.xlsx_path))
         return renames
@@ -239,57 +232,6 @@ def copy_if_unchanged(earlier: EarlierOutputs | None, csv_sha256: str, target: P
         pass
     target.unlink(missing_ok=True)
     return False
-
-
-def make_xlsx(csv_path: Path, xlsx_path: Path, meanwhile: Callable[[], None] | None = None) -> float:
-    """write_xlsx_from_csv; with ``meanwhile``, in a child process while ``meanwhile`` runs here.
-    Returns the seconds ``meanwhile`` took.
-
-    The XLSX takes seconds of one core (20,000 rows: about 3 s here) and the scan's remaining
-    work before it can commit is small, but a report follows: its imports (WeasyPrint, matplotlib,
-    pandas: about 2.6 s) are what the scan does meanwhile, on the other core. ``meanwhile`` is an
-    optimisation: if it fails, that is said and the XLSX is still waited for (the report, which
-    needs those imports, says its own failure later without costing the run). The child runs
-    from the package's own folder (never a same-named module in the scan's working directory),
-    dies with the scan (PR_SET_PDEATHSIG, Linux) and is killed if the scan stops first.
-    """
-    if meanwhile is None:
-        write_xlsx_from_csv(csv_path, xlsx_path)
-        return 0.0
-    child = None
-    started = time.perf_counter()
-    try:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "audit.results", str(csv_path.resolve()), str(xlsx_path.resolve()), str(os.getpid())],
-            cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE)
-        try:
-            meanwhile()
-        except Exception as exc:  # noqa: BLE001 - only a head start for the report
-            print(f"audit scan: note: preparing the report failed ({type(exc).__name__}: {exc})",
-                  file=sys.stderr, flush=True)
-        spent = time.perf_counter() - started
-        _, error = child.communicate()
-    except BaseException:
-        if child is not None:
-            child.kill()
-            child.communicate()
-        raise
-    if child.returncode != 0:
-        last_line = (error.decode("utf-8", "replace").strip().splitlines() or ["no message"])[-1]
-        raise RuntimeError(f"results.xlsx could not be written (exit status {child.returncode}): {last_line}")
-    return spent
-
-
-def _xlsx_child(argv: list[str]) -> int:
-    """``python -m audit.results CSV XLSX PARENT_PID``: make_xlsx's child process."""
-    from audit.stopping import die_with_parent
-
-    die_with_parent()
-    if os.getppid() != int(argv[2]):  # the scan died before the kernel was asked to end this
-        return 1
-    write_xlsx_from_csv(Path(argv[0]), Path(argv[1]))
-    return 0
 
 
 # Columns that hold numbers; the CSV holds them as text, the XLSX as numbers (empty: no value).
@@ -396,6 +338,3 @@ def read_results_csv(path: Path) -> list[dict[str, str]]:
     with open(path, encoding="utf-8-sig", newline="") as handle:
         return list(csv.DictReader(handle))
 
-
-if __name__ == "__main__":
-    sys.exit(_xlsx_child(sys.argv[1:]))

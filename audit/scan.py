@@ -33,7 +33,7 @@ from audit.model import LoadedModel, load_model
 from audit.provenance_c2pa import EvidenceOptions, check_options, load_trust_anchors
 from audit.provenance_findings import evidence_cell, evidence_sources
 from audit.report_process import ReportJob, ReportProcess, worth_a_process
-from audit.report_reuse import import_report_stage, write_report
+from audit.report_reuse import write_report
 from audit.results import STATUS_ERROR, STATUS_OK, ResultRow, ResultWriter, commit, discard_partial_outputs, \
     read_result_rows, remove_stale_outputs, write_json_tmp
 from audit.reuse import BatchCommitter, RowsFingerprint, StoredRows, earlier_outputs, planned_rows_fingerprint, \
@@ -243,7 +243,7 @@ class ScanRun:
                 _record_stop(self.store, self.run_id, exc)
                 raise
             try:
-                outcome = self._record(records, reuse, to_score, prepare_report=report_process is None)
+                outcome = self._record(records, reuse, to_score)
             finally:
                 if self.engine is not None:
                     self.engine.close()
@@ -329,8 +329,7 @@ class ScanRun:
             yield ScannedFile(record, row, REUSED)
             raise_if_stop_requested()
 
-    def _record(self, records: list[FileRecord], reuse: list[str | None], to_score: list[FileRecord],
-                prepare_report: bool) -> ScanOutcome:
+    def _record(self, records: list[FileRecord], reuse: list[str | None], to_score: list[FileRecord]) -> ScanOutcome:
         options = self.options
         tally = Tally()
         sinks = Sinks(tally)
@@ -344,10 +343,7 @@ class ScanRun:
             if self.engine is not None:
                 self.engine.start(to_score)
             earlier = earlier_outputs(self.store, self.baseline)
-            results = ResultFiles(ResultWriter(self.out_dir, write_xlsx=options.write_xlsx, earlier=earlier,
-                                               while_xlsx_is_made=(lambda: import_report_stage(
-                                                   bool(tally.confusion), tally.scored_flagged > 0))
-                                               if options.report and prepare_report else None))
+            results = ResultFiles(ResultWriter(self.out_dir, write_xlsx=options.write_xlsx, earlier=earlier))
             self.rows_fingerprint = RowsFingerprint(self.key, review.decisions_up_to)
             # Labels made once (the labeller counts what it could not match): for the plan's
             # fingerprint when nothing is to be scored, else as the rows go.
@@ -369,8 +365,7 @@ class ScanRun:
             sinks.close()
             if self.rows_copied_from is not None:
                 results.close()
-            # The report's imports made while the XLSX was written count in "total" only.
-            self.seconds["load_and_score"] = time.perf_counter() - t0 - results.seconds - results.writer.meanwhile_seconds
+            self.seconds["load_and_score"] = time.perf_counter() - t0 - results.seconds
             self.seconds["write"] = results.seconds
             return self._finish(records, tally, review, results)
         except BaseException as exc:  # also SystemExit from SIGTERM and KeyboardInterrupt

@@ -83,8 +83,7 @@ class ResultFiles:
     def close(self) -> None:
         started = time.perf_counter()
         self.renames = self.writer.finish()
-        # The report's imports made meanwhile are not the files' time (summary.json's "write").
-        self.seconds += time.perf_counter() - started - self.writer.meanwhile_seconds
+        self.seconds += time.perf_counter() - started
 
     def abort(self) -> None:
         self.writer.abort()
@@ -100,7 +99,6 @@ class Tally:
 
     files: int = 0
     scored: int = 0  # rows scored in this run (not re-emitted from the store)
-    scored_flagged: int = 0  # of them, judged AI-generated (the report may explain them)
     by_status: dict[str, int] = field(default_factory=lambda: {STATUS_OK: 0, STATUS_ERROR: 0})
     by_verdict: dict[str, int] = field(default_factory=lambda: {VERDICT_AI: 0, VERDICT_REAL: 0, VERDICT_ERROR: 0})
     # confusion[true_label][verdict], for rows whose true label is known
@@ -110,7 +108,6 @@ class Tally:
         row = item.row
         self.files += 1
         self.scored += item.origin != REUSED
-        self.scored_flagged += item.origin != REUSED and row.verdict == VERDICT_AI
         self.by_status[row.status] = self.by_status.get(row.status, 0) + 1
         self.by_verdict[row.verdict] = self.by_verdict.get(row.verdict, 0) + 1
         if row.true_label:

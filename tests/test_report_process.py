@@ -5,7 +5,6 @@ it says on the scan's stderr, and when it cannot do the job the scan renders the
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,26 +17,26 @@ import audit.report_process as report_process
 from audit.cli import main
 from scan_fixtures import jpeg_bytes, make_model, noise_image
 
-REPO = Path(__file__).resolve().parents[1]
-
-
 def write_archive(folder: Path, count: int) -> None:
     folder.mkdir(parents=True)
     for index in range(count):
         (folder / f"{index}.jpg").write_bytes(jpeg_bytes(noise_image(32, 32, seed=index)))
 
 
-def test_the_report_process_renders_then_copies_with_relative_paths(tmp_path: Path) -> None:
-    """As a nightly job runs it: `audit scan photos` from the archive's folder, paths relative."""
+def test_the_report_process_renders_then_copies_with_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a nightly job runs it: `audit scan photos` from the archive's folder, paths relative,
+    in a folder that also holds a package named like ours (the child must not import it)."""
     make_model(tmp_path / "models", threshold=0.01)  # flags every image: the gallery has pictures
     write_archive(tmp_path / "photos", 5)
-    command = [sys.executable, "-m", "audit.cli", "scan", "photos", "--model", "models/test-model.json",
+    (tmp_path / "audit").mkdir()
+    (tmp_path / "audit" / "__init__.py").write_text("raise SystemExit('the wrong audit package')\n")
+    command = [str(Path(sys.executable).with_name("audit")), "scan", "photos", "--model", "models/test-model.json",
                "--store", "store.sqlite", "--workers", "0"]
     nights = []
     for night in ("one", "two"):
-        done = subprocess.run([*command, "--out", night], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        done = subprocess.run([*command, "--out", night], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
+        assert "report process" not in done.stderr and "Traceback" not in done.stderr, done.stderr  # the child did it
         nights.append(done.stderr)
     first = json.loads((tmp_path / "one" / "summary.json").read_text(encoding="utf-8"))
     second = json.loads((tmp_path / "two" / "summary.json").read_text(encoding="utf-8"))
@@ -51,6 +50,16 @@ def test_the_report_process_renders_then_copies_with_relative_paths(tmp_path: Pa
     assert second["report"]["copied_from_run"] == first["store"]["run_id"]
     assert "its pages were copied behind a new front page" in nights[1]
     assert len(PdfReader(tmp_path / "two" / "report.pdf").pages) == len(PdfReader(tmp_path / "one" / "report.pdf").pages)
+
+    # What the child does while it waits on a night with nothing to score (here the job came
+    # first): last night's forms read, so the copy finds them read.
+    from audit import report_pdf
+    from audit.report_reuse import prepare_copy
+
+    prepare_copy(tmp_path / "two")
+    monkeypatch.setattr(report_pdf, "_read_forms", lambda *args: pytest.fail("the forms were read again"))
+    forms = report_pdf.earlier_forms(tmp_path / "two" / "report.pdf", second["report"]["front_pages"])
+    assert forms is not None and len(forms) == second["report"]["body_pages"]
 
 
 def test_a_report_process_that_fails_leaves_the_report_to_the_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -91,30 +91,6 @@ def test_xlsx_cells_hold_the_csv_text_and_a_nan_probability_does_not_fail_the_ru
     assert not isinstance(prob_cell.value, (int, float)) and prob_cell.value is not None
 
 
-def test_the_xlsx_made_beside_other_work_survives_that_work_failing_and_a_shadowing_folder(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from openpyxl import load_workbook
-
-    # The scan runs in a folder holding a package named like ours: the XLSX child must not import it.
-    elsewhere = tmp_path / "cwd"
-    (elsewhere / "audit").mkdir(parents=True)
-    (elsewhere / "audit" / "__init__.py").write_text("raise SystemExit('the wrong audit package')\n")
-    monkeypatch.chdir(elsewhere)
-    out = tmp_path / "out"
-    out.mkdir()
-
-    def failing_preparation() -> None:
-        raise OSError("cannot load library 'libpango-1.0-0'")
-
-    writer = ResultWriter(out, while_xlsx_is_made=failing_preparation)
-    for row in ROWS:
-        writer.write(row)
-    writer.close()
-    assert "preparing the report failed (OSError" in capsys.readouterr().err
-    assert [row[0] for row in load_workbook(out / "results.xlsx").active.iter_rows(values_only=True)][1:] == \
-        [neutralise(row.path) for row in ROWS]
-
-
 def test_abort_leaves_nothing_behind(tmp_path: Path) -> None:
     writer = ResultWriter(tmp_path)
     writer.write(ROWS[0])
