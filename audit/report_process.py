@@ -33,7 +33,7 @@ import sys
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 from audit.model import LoadedModel, ModelCard
 from audit.report_reuse import COPY_STAGE_IMPORTS, import_report_module, prepare_copy, report_stage_imports, write_report
@@ -93,7 +93,7 @@ class ReportProcess:
         sent = self._send({"job": asdict(job)})
         self._close_stdin()
         returncode = self.child.wait()
-        self._relay.join()
+        self._relay.join(timeout=10)  # its stderr ends with it
         if sent and returncode == 0:
             return True
         print(f"audit scan: note: the report process ended with status {returncode}; rendering the report "
@@ -124,12 +124,16 @@ class ReportProcess:
 
 
 def _relay_lines(source: IO[bytes] | None, target: IO[str]) -> None:
-    """The child's stderr, line by line, on the scan's (whatever sys.stderr is at the time)."""
+    """The child's stderr, line by line, onto the scan's (sys.stderr when the child started),
+    read to its end even when the scan's cannot be written (so the child never blocks on it)."""
     if source is None:
         return
     for line in iter(source.readline, b""):
-        target.write(line.decode("utf-8", "replace"))
-        target.flush()
+        try:
+            target.write(line.decode("utf-8", "replace"))
+            target.flush()
+        except (OSError, ValueError):  # a closed or broken stderr: the report goes on
+            pass
     source.close()
 
 
@@ -184,21 +188,30 @@ class _ChildState:
 
     def work_once(self) -> bool:
         """One import (the job may come between two), then the copy's preparation; False when
-        there is nothing to do until a message comes."""
+        there is nothing to do until a message comes. A step that fails is said and left: the
+        job does it again, or says why it cannot."""
         hint = self.hint or {"labelled": False, "scoring": False, "earlier_dir": None}
         # A night with nothing to score most likely copies last night's report: its job comes
         # soon, and the renderer's imports would only delay it.
         wanted = report_stage_imports(hint["labelled"]) if hint["scoring"] else COPY_STAGE_IMPORTS
         pending = next((name for name in wanted if name not in self.imported), None)
         if pending is not None:
-            import_report_module(pending)
             self.imported.add(pending)
+            _ahead(import_report_module, pending)
             return True
         if self.hint is not None and not self.prepared:
             self.prepared = True
-            prepare_copy(None if hint["scoring"] or hint["earlier_dir"] is None else Path(hint["earlier_dir"]))
+            _ahead(prepare_copy, None if hint["scoring"] or hint["earlier_dir"] is None else Path(hint["earlier_dir"]))
             return True
         return False
+
+
+def _ahead(step: Callable[[Any], None], argument: Any) -> None:
+    try:
+        step(argument)
+    except Exception as exc:  # noqa: BLE001 - only a head start
+        print(f"audit scan: note: the report process could not prepare ({type(exc).__name__}: {exc})",
+              file=sys.stderr, flush=True)
 
 
 def child_main(parent_pid: int) -> int:
@@ -215,9 +228,9 @@ def child_main(parent_pid: int) -> int:
         state.take(messages.ready())
         if state.job is not None:
             break
+        if messages.closed:
+            return 0  # the scan ended without a report to make (it stopped, or failed)
         if not state.work_once():
-            if messages.closed:
-                return 0  # the scan ended without a report to make (it stopped, or failed)
             state.take(messages.wait())
     _do(ReportJob(**state.job))
     # Straight out: the interpreter's orderly exit, with the report's modules loaded, took 0.6 s
@@ -234,7 +247,7 @@ def _do(job: ReportJob) -> None:
     model = LoadedModel(None, ModelCard.from_json(job.card), Path(job.weights))
     store = RunStore(Path(job.store)) if job.store else None
     try:
-        write_report(Path(job.out_dir), model, job.max_gallery, job.quiet, store, job.baseline)
+        write_report(Path(job.out_dir), model, job.max_gallery, job.quiet, store, job.baseline, made_by="report process")
     finally:
         if store is not None:
             store.close()

@@ -68,6 +68,8 @@ class ReportRecord:
     body_pages_kept: int = 0
     gallery_pages: int = 0
     body_bookmarks: list[Any] = dataclasses.field(default_factory=list)
+    # "report process" (audit.report_process) or "scan": which process wrote this report
+    made_by: str = "scan"
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -116,7 +118,7 @@ def _plain(value: Any) -> Any:
 
 def record_rendered_report(run_dir: Path, fingerprint: str | None, front_pages: int | None, content: Any,
                            copied_from_run: int | None = None, body_from: dict[str, Any] | None = None,
-                           pdf: PdfFacts | None = None) -> ReportRecord | None:
+                           pdf: PdfFacts | None = None, made_by: str = "scan") -> ReportRecord | None:
     """Add "report" to the run's summary.json (rewritten atomically), so the next unchanged run
     can copy these pages; nothing when there is nothing to go by."""
     if fingerprint is None or front_pages is None:
@@ -128,7 +130,7 @@ def record_rendered_report(run_dir: Path, fingerprint: str | None, front_pages: 
     record = ReportRecord(fingerprint, file_sha256(run_dir / "report.html"), file_sha256(run_dir / "report.pdf"),
                           heatmaps_listing_sha256(run_dir), front_pages, front, copied_from_run, body_from,
                           *((pdf.body_pages, pdf.body_pages_kept, pdf.gallery_pages, [list(b) for b in pdf.body_bookmarks])
-                            if pdf is not None else ()))
+                            if pdf is not None else ()), made_by=made_by)
     _update_summary(run_dir, {"report": record.to_json()})
     return record
 
@@ -173,7 +175,7 @@ def tonight_front(front: dict[str, Any], run_dir: Path, summary: dict[str, Any],
 
 
 def copy_unchanged_report(run_dir: Path, model: LoadedModel, max_gallery: int, earlier_dir: Path | None,
-                          earlier_run: int | None) -> ReportRecord | None:
+                          earlier_run: int | None, made_by: str = "scan") -> ReportRecord | None:
     """Tonight's report from the earlier run's when nothing its body shows has changed; None (and
     nothing written) when it cannot be: render the report instead."""
     if earlier_dir is None or earlier_dir.resolve() == run_dir.resolve():
@@ -226,7 +228,8 @@ def copy_unchanged_report(run_dir: Path, model: LoadedModel, max_gallery: int, e
     swap_in_folder(new_heatmaps, run_dir / "heatmaps")
     html_tmp.replace(run_dir / "report.html")
     facts = PdfFacts(first, len(forms), len(forms), tuple(tuple(b) for b in earlier.body_bookmarks), earlier.gallery_pages)
-    return record_rendered_report(run_dir, fingerprint, first, earlier.front_content, earlier_run, body_from, facts)
+    return record_rendered_report(run_dir, fingerprint, first, earlier.front_content, earlier_run, body_from, facts,
+                                  made_by)
 
 
 # What copying an unchanged night's report imports (the first of report_stage_imports).
@@ -262,7 +265,7 @@ def import_report_module(name: str) -> None:
 
 
 def write_report(out_dir: Path, model: LoadedModel, max_gallery: int, quiet: bool = False, store: RunStore | None = None,
-                 baseline: int | None = None) -> None:
+                 baseline: int | None = None, made_by: str = "scan") -> None:
     """report.html, report.pdf and heatmaps/ from the files just written (audit.report).
 
     The results are complete and committed before this runs, so a report that fails does not
@@ -271,7 +274,7 @@ def write_report(out_dir: Path, model: LoadedModel, max_gallery: int, quiet: boo
     """
     earlier = store.out_dir_of(baseline) if store is not None and baseline is not None else None
     try:
-        copied = copy_unchanged_report(out_dir, model, max_gallery, earlier, baseline)
+        copied = copy_unchanged_report(out_dir, model, max_gallery, earlier, baseline, made_by)
     except Exception as exc:  # noqa: BLE001 - a copy that fails is rendered instead
         copied = None
         print(f"audit scan: note: the unchanged report could not be copied ({type(exc).__name__}: {exc}); "
@@ -291,7 +294,7 @@ def write_report(out_dir: Path, model: LoadedModel, max_gallery: int, quiet: boo
         rendered = render_report_files(out_dir, model=model, max_gallery=max_gallery, report_cache=cache)
         summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
         record_rendered_report(out_dir, report_fingerprint(summary, model, max_gallery),
-                               rendered.front_pages, rendered.content, pdf=rendered.pdf)
+                               rendered.front_pages, rendered.content, pdf=rendered.pdf, made_by=made_by)
     except Exception as exc:  # noqa: BLE001 - the results stand; the report can be rendered again
         print(f"audit scan: warning: the report was not rendered ({type(exc).__name__}: {exc}); "
               f"run `audit report {out_dir}` to try again", file=sys.stderr, flush=True)

@@ -20,7 +20,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from audit.atomic import temporary_sibling
 from audit.model import file_sha256
@@ -122,13 +122,14 @@ def _xlsx_text(csv_text: str) -> str:
 @dataclass(frozen=True)
 class EarlierOutputs:
     """An earlier run's results and what that run recorded of them in its summary.json: the
-    sha256 of its results.csv and results.xlsx as written, and its rows' fingerprint
-    (audit.reuse.RowsFingerprint; "" when it recorded none)."""
+    sha256 of its results.csv and results.xlsx as written, its rows' fingerprint
+    (audit.reuse.RowsFingerprint; "" when it recorded none) and its id in the run store."""
 
     folder: Path
     csv_sha256: str
     xlsx_sha256: str | None
     rows_fingerprint: str = ""
+    run_id: int | None = None
 
     @property
     def csv_path(self) -> Path:
@@ -318,19 +319,6 @@ def write_json_tmp(path: Path, data: dict[str, Any]) -> tuple[Path, Path]:
     tmp = temporary_sibling(path)
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return tmp, path
-
-
-def read_result_rows(path: Path) -> Iterator[ResultRow]:
-    """The rows of a results.csv as they were written: numbers as numbers (probabilities to the
-    file's six decimals), an empty number as None, text as it was before neutralise."""
-    converters = [_NUMBER_COLUMNS.get(name) for name in RESULT_COLUMNS]
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
-        if tuple(next(reader, ())) != RESULT_COLUMNS:
-            raise ValueError(f"{path}: not the columns of this version's results.csv")
-        for cells in reader:
-            yield ResultRow(*[(number(text) if text else None) if number else unneutralise(text)
-                              for number, text in zip(converters, cells)])
 
 
 def read_results_csv(path: Path) -> list[dict[str, str]]:

@@ -194,23 +194,23 @@ def earlier_outputs(store: RunStore, baseline: int | None) -> EarlierOutputs | N
         summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
         hashes = summary["output_sha256"]
         return EarlierOutputs(folder, hashes["results.csv"], hashes.get("results.xlsx"),
-                              str(summary.get("rows_fingerprint") or ""))
+                              str(summary.get("rows_fingerprint") or ""), summary["store"]["run_id"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
 class RowsFingerprint:
     """What a run's rows are made of: a later run whose rows would have the same fingerprint
-    would write the very same results.csv, so it copies the earlier one instead of making 20,000
-    rows again (ResultWriter.take_rows_from; a second of an unchanged night).
+    would write the very same results.csv, so it copies the earlier one instead of writing 20,000
+    rows again (ResultWriter.take_rows_from).
 
     A re-emitted row is the file's place (its root as given, its path), its true label, the
     stored result of its bytes under the scoring key, and the reviewers' current decision on
     those bytes. So the fingerprint hashes each file's (root, path, sha256, label) in discovery
     order, with the tool's version and columns, the scoring key, the newest decision the run
-    read (ReviewTally.decisions_up_to, read before the decisions themselves) and the stored
-    results' state (RunStore.scores_state). A run makes it from its rows as they go (a row sink);
-    the next run from its plan, when every file has a stored result, before making any row.
+    read (ReviewTally.decisions_up_to, in the same query as the decisions) and the newest run
+    that stored a result (RunStore.scores_state). A run makes it from its rows as they go (a row
+    sink); the next run from its plan, when every file has a stored result, before writing any row.
     """
 
     def __init__(self, key: str, decisions_up_to: int) -> None:
@@ -231,7 +231,7 @@ class RowsFingerprint:
 
     def hexdigest(self, store: RunStore) -> str:
         digest = self._digest.copy()
-        digest.update(json.dumps(store.scores_state()).encode())
+        digest.update(f"scores stored up to run {store.scores_state()}".encode())
         return digest.hexdigest()
 
 

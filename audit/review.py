@@ -88,14 +88,19 @@ def current_decisions(store: RunStore) -> dict[str, Decision]:
     return {row[0]: Decision(*row[:7], id=row[7]) for row in cursor}
 
 
-def review_cells(store: RunStore) -> dict[str, tuple[str, str, str, str, str]]:
+def review_cells(store: RunStore) -> tuple[dict[str, tuple[str, str, str, str, str]], int]:
     """What a run writes into each decided file's review columns, by sha256: (review,
-    review_note, reviewed_by, reviewed_at, review_model_id) of the current decision. Tuples
+    review_note, reviewed_by, reviewed_at, review_model_id) of the current decision; and the id
+    of the newest decision among them (0: none). One query, so the two agree even while a
+    reviewer records decisions (`audit review` does not wait for the scan's lock). Tuples
     straight from SQLite, newest row last so it wins: this is on every nightly run's path."""
     cursor = store.db.cursor()
     cursor.row_factory = None
-    cursor.execute("SELECT sha256, decision, note, decided_by, decided_at, model_id FROM decisions ORDER BY id")
-    return {row[0]: row[1:] for row in cursor}
+    cursor.execute("SELECT id, sha256, decision, note, decided_by, decided_at, model_id FROM decisions ORDER BY id")
+    cells, newest = {}, 0
+    for row in cursor:
+        newest, cells[row[1]] = row[0], row[2:]
+    return cells, newest
 
 
 def decision_history(store: RunStore, sha256: str) -> list[Decision]:
@@ -221,11 +226,7 @@ class ReviewTally:
 
     @classmethod
     def from_store(cls, store: RunStore) -> "ReviewTally":
-        # The newest id first: a decision recorded in between is then in the cells but not in
-        # decisions_up_to, and the next run sees "changed" (never the reverse: rows copied that
-        # miss a decision, audit.reuse.RowsFingerprint).
-        newest = store.db.execute("SELECT coalesce(max(id), 0) FROM decisions").fetchone()[0]
-        return cls(review_cells(store), newest)
+        return cls(*review_cells(store))
 
     def apply(self, row: ResultRow) -> None:
         cells = self.cells.get(row.sha256) if row.sha256 else None

@@ -35,13 +35,13 @@ from audit.provenance_findings import evidence_cell, evidence_sources
 from audit.report_process import ReportJob, ReportProcess, worth_a_process
 from audit.report_reuse import write_report
 from audit.results import STATUS_ERROR, STATUS_OK, ResultRow, ResultWriter, commit, discard_partial_outputs, \
-    read_result_rows, remove_stale_outputs, write_json_tmp
+    remove_stale_outputs, write_json_tmp
 from audit.reuse import BatchCommitter, RowsFingerprint, StoredRows, earlier_outputs, planned_rows_fingerprint, \
     prefetched, reuse_plan, scoring_key
 from audit.review import ReviewTally
 from audit.run_summary import build_summary, iso_utc, store_summary, utc_now
 from audit.scoring import Scored, Scorer, score_records
-from audit.sinks import REUSED, Progress, ResultFiles, ScannedFile, Sinks, Tally
+from audit.sinks import Progress, ResultFiles, ScannedFile, Sinks, Tally
 from audit.stopping import raise_if_stop_requested
 from audit.store import RunCounts, RunStore, open_locked
 from audit.store_location import LEGACY_STORE_FILE_NAME, default_store_path
@@ -236,8 +236,9 @@ class ScanRun:
                 records, reuse = self._discover_and_plan()
                 to_score = [record for record, stored in zip(records, reuse) if stored is None]
                 if report_process is not None:
+                    earlier = self.store.out_dir_of(self.baseline) if self.baseline is not None else None
                     report_process.hint(self.options.labels is not None, bool(to_score),
-                                        self.store.out_dir_of(self.baseline) if self.baseline is not None else None)
+                                        earlier if earlier is not None and earlier.resolve() != self.out_dir.resolve() else None)
                 self._prepare_scoring(to_score)
             except BaseException as exc:  # a stop before the row loop (discovery, lookups): no counts yet
                 _record_stop(self.store, self.run_id, exc)
@@ -256,9 +257,11 @@ class ScanRun:
         return outcome
 
     def _write_report(self, report_process: ReportProcess | None) -> None:
-        """By the report process when there is one and it does the job; here otherwise."""
+        """By the report process when there is one and it does the job; here otherwise, and
+        when the network is on a GPU (its Grad-CAM runs there; the child's would not)."""
         quiet = self.options.progress == "none"
-        if report_process is not None and report_process.run(ReportJob(
+        on_gpu = self.plan is not None and self.plan.device.type != "cpu"
+        if report_process is not None and not on_gpu and report_process.run(ReportJob(
                 out_dir=str(self.out_dir.resolve()), cwd=os.getcwd(), card=self.model.card.to_json(),
                 weights=str(self.model.weights_path.resolve()), max_gallery=self.options.max_gallery, quiet=quiet,
                 store=str(self.store.path.resolve()), baseline=self.baseline)):
@@ -319,16 +322,6 @@ class ScanRun:
             yield item
             raise_if_stop_requested()
 
-    def _rows_taken(self, records: Sequence[FileRecord], csv_path: Path, review: ReviewTally) -> Iterator[ScannedFile]:
-        """Every file's row read back from the results.csv taken from the last run, for the
-        counts, the store and the reviews (the rows were proved the same: audit.reuse.RowsFingerprint)."""
-        for record, row in zip(records, read_result_rows(csv_path), strict=True):
-            if (row.root, row.path) != (record.root, record.rel_path):  # a bug, not a user's problem
-                raise RuntimeError(f"the copied results.csv has {row.path} where {record.rel_path} was expected")
-            review.apply(row)
-            yield ScannedFile(record, row, REUSED)
-            raise_if_stop_requested()
-
     def _record(self, records: list[FileRecord], reuse: list[str | None], to_score: list[FileRecord]) -> ScanOutcome:
         options = self.options
         tally = Tally()
@@ -351,19 +344,18 @@ class ScanRun:
             if (labels is not None and earlier is not None and earlier.rows_fingerprint
                     and planned_rows_fingerprint(self.store, self.key, review.decisions_up_to, records, reuse, labels)
                     == earlier.rows_fingerprint and results.writer.take_rows_from(earlier)):
-                self.rows_copied_from = self.baseline
-                items = self._rows_taken(records, results.writer.csv_tmp, review)
+                # The rows are still made (for the counts, the store, the reviews), not written.
+                self.rows_copied_from = earlier.run_id
                 sinks = Sinks(committer, self.rows_fingerprint, tally, progress)
             else:
-                scored = prefetched(self._scored(to_score), committer, options.batch_size)
-                items = self._rows(records, reuse, labels, scored, committer, review)
                 # The store first: a batch is committed before its last row is written, and the
                 # last batch before the XLSX is made (the slow step a stop may interrupt).
                 sinks = Sinks(committer, results, self.rows_fingerprint, tally, progress)
-            for item in items:
+            scored = prefetched(self._scored(to_score), committer, options.batch_size)
+            for item in self._rows(records, reuse, labels, scored, committer, review):
                 sinks.add(item)
             sinks.close()
-            if self.rows_copied_from is not None:
+            if results.writer.rows_taken:
                 results.close()
             self.seconds["load_and_score"] = time.perf_counter() - t0 - results.seconds
             self.seconds["write"] = results.seconds

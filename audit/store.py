@@ -33,7 +33,7 @@ from audit.store_records import MAX_LISTED_CHANGES, Changes, FileUpdate, RunCoun
 from audit.verdicts import VERDICT_AI
 
 STORE_FILE_NAME = "audit-store.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Reviewers' decisions (audit.review holds the logic). Rows are only ever appended: the newest row
 # (highest id) for a sha256 is its current decision, the others are its history.
@@ -54,6 +54,10 @@ CREATE INDEX decisions_by_sha256 ON decisions (sha256, id)
 """
 
 
+# The run that stored the newest result (RunStore.scores_state) without reading the whole table.
+_SCORES_BY_RUN = "CREATE INDEX IF NOT EXISTS scores_by_run ON scores (scored_run)"
+
+
 def _run_statements(db: sqlite3.Connection, script: str) -> None:
     for statement in script.split(";"):
         if statement.strip():
@@ -64,6 +68,7 @@ def _run_statements(db: sqlite3.Connection, script: str) -> None:
 # version has no path here is refused.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: lambda db: _run_statements(db, _DECISIONS_SCHEMA),  # 1 -> 2: reviewers' decisions
+    2: lambda db: _run_statements(db, _SCORES_BY_RUN),  # 2 -> 3: the newest stored result at once
 }
 
 _SCHEMA = """
@@ -105,7 +110,7 @@ CREATE TABLE runs (
     partial INTEGER NOT NULL DEFAULT 1,  -- 0 only once the run has completed
     note TEXT NOT NULL DEFAULT ''
 );
-""" + ";" + _DECISIONS_SCHEMA
+""" + ";" + _DECISIONS_SCHEMA + ";" + _SCORES_BY_RUN
 
 
 # --------------------------------------------------------------------------- the store
@@ -273,13 +278,11 @@ class RunStore:
         decoded = json.loads("[" + ",".join(row[2] for row in rows) + "]")
         return {row[0]: StoredScore(row[0], scoring_key, row[1], fields) for row, fields in zip(rows, decoded)}
 
-    def scores_state(self) -> tuple[int, int, int]:
-        """(count, largest rowid, sum of scored_run) of the stored results. Nothing deletes a
-        stored result, so one stored since moves the count, and one replaced (by a later run:
-        INSERT OR REPLACE) the sum: audit.reuse.RowsFingerprint goes by it."""
-        count, largest, runs = self.db.execute(
-            "SELECT count(*), coalesce(max(rowid), 0), coalesce(sum(scored_run), 0) FROM scores").fetchone()
-        return count, largest, runs
+    def scores_state(self) -> int:
+        """The newest run that stored (or replaced) a result. Every result is stored with the id of
+        the run that stores it, run ids only grow and nothing deletes a result: any result stored
+        since a run ended moves it (audit.reuse.RowsFingerprint goes by it)."""
+        return self.db.execute("SELECT coalesce(max(scored_run), 0) FROM scores").fetchone()[0]
 
     def commit_batch(self, run_id: int, scores: Iterable[StoredScore], files: Iterable[FileUpdate]) -> None:
         """One transaction: the batch's new scores and what was learnt about its files."""

@@ -441,3 +441,23 @@ def test_an_unchanged_night_copies_its_rows_and_a_change_to_what_they_are_made_o
     assert scan(archive, model_path, tmp_path / "r7", store, "--labels", str(tmp_path / "labels.csv")).exit_code == 0
     assert summary_of(tmp_path / "r7")["rows_copied_from_run"] is None
     assert read_results_csv(tmp_path / "r7" / "results.csv")[0]["true_label"] == "real"
+    labelled = ("--labels", str(tmp_path / "labels.csv"))
+    assert scan(archive, model_path, tmp_path / "r8", store, *labelled).exit_code == 0
+    assert summary_of(tmp_path / "r8")["rows_copied_from_run"] == summary_of(tmp_path / "r7")["store"]["run_id"]
+
+    # A result stored since the last run by one that did not complete (a --full night stopped
+    # after its first batch): the rows are made again and show it.
+    from audit.store_records import StoredScore
+
+    stored = RunStore(store)
+    try:
+        sha256 = read_results_csv(tmp_path / "r8" / "results.csv")[1]["sha256"]
+        key, model_id, row_json = stored.db.execute("SELECT scoring_key, model_id, row_json FROM scores WHERE sha256 = ?",
+                                                     (sha256,)).fetchone()
+        stopped_run = stored.start_run("2026-01-01T00:00:00Z", {}, tmp_path / "stopped", True)
+        stored.commit_batch(stopped_run, [StoredScore(sha256, key, model_id, {**json.loads(row_json), "prob_ai": 0.123456})], [])
+    finally:
+        stored.close()
+    assert scan(archive, model_path, tmp_path / "r9", store, *labelled).exit_code == 0
+    assert summary_of(tmp_path / "r9")["rows_copied_from_run"] is None
+    assert read_results_csv(tmp_path / "r9" / "results.csv")[1]["prob_ai"] == "0.123456"

@@ -42,6 +42,7 @@ def test_the_report_process_renders_then_copies_with_relative_paths(tmp_path: Pa
     second = json.loads((tmp_path / "two" / "summary.json").read_text(encoding="utf-8"))
     # The first night's report was rendered by the child, from the archive named relative to the
     # scan's folder: its five cards have their pictures.
+    assert first["report"]["made_by"] == second["report"]["made_by"] == "report process"
     assert first["report"]["copied_from_run"] is None
     assert len(list((tmp_path / "one" / "heatmaps").glob("*"))) >= 5
     html = (tmp_path / "one" / "report.html").read_text(encoding="utf-8")
@@ -77,7 +78,8 @@ def test_a_report_process_that_fails_leaves_the_report_to_the_scan(tmp_path: Pat
     assert result.exit_code == 0, result.output
     assert "the report process ended with status 3; rendering the report in this one" in result.output
     assert (tmp_path / "out" / "report.pdf").is_file() and (tmp_path / "out" / "report.html").is_file()
-    assert json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))["report"]["front_pages"] >= 1
+    report = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))["report"]
+    assert report["front_pages"] >= 1 and report["made_by"] == "scan"
 
 
 def test_the_child_imports_the_copy_first_and_the_renderer_only_when_there_is_scoring(

@@ -106,9 +106,3 @@ def test_neutralising_round_trips_every_name() -> None:
         assert not written.startswith(("=", "+", "-", "@", "\t", "\r"))
         assert unneutralise(written) == name
 
-
-def test_rows_read_back_from_the_csv_are_the_rows_written(tmp_path: Path) -> None:
-    from audit.results import read_result_rows
-
-    write_rows(tmp_path, ROWS)
-    assert list(read_result_rows(tmp_path / "results.csv")) == ROWS
