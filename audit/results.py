@@ -181,7 +181,7 @@ class ResultWriter:
         """results.csv as the earlier run's, byte for byte, when that file is still as that run
         wrote it; False (the CSV left as it was, its header only) otherwise. For a caller that
         has proved tonight's rows would come out the same (audit.reuse.RowsFingerprint): writing
-        20,000 of them is a second of an unchanged night, copying them a few milliseconds."""
+        20,000 of them took 0.4-0.5 s of an unchanged night here, copying them milliseconds."""
         self._csv_file.close()
         try:
             shutil.copyfile(earlier.csv_path, self.csv_tmp)
