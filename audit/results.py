@@ -104,10 +104,8 @@ def unneutralise(text: str) -> str:
 
 
 def _csv_cells(values: tuple[Any, ...]) -> list[Any]:
-    """A row's CSV cells: None empty, floats to 6 decimals, text neutralised (see neutralise,
-    written out here: this runs for every cell of every row, 20,000 rows a night)."""
-    return ["" if value is None else f"{value:.6f}" if isinstance(value, float)
-            else "'" + value if isinstance(value, str) and value[:1] in _NEUTRALISED_FIRST else value
+    """A row's CSV cells: None empty, floats to 6 decimals, text neutralised."""
+    return ["" if value is None else f"{value:.6f}" if isinstance(value, float) else neutralise(value)
             for value in values]
 
 
@@ -183,15 +181,10 @@ class ResultWriter:
         has proved tonight's rows would come out the same (audit.reuse.RowsFingerprint): writing
         20,000 of them took 0.4-0.5 s of an unchanged night here, copying them milliseconds."""
         self._csv_file.close()
-        try:
-            shutil.copyfile(earlier.csv_path, self.csv_tmp)
-            if file_sha256(self.csv_tmp) == earlier.csv_sha256:
-                self.rows_taken = True
-                return True
-        except OSError:
-            pass
-        self._open_csv()
-        return False
+        self.rows_taken = copy_verified(earlier.csv_path, earlier.csv_sha256, self.csv_tmp)
+        if not self.rows_taken:
+            self._open_csv()
+        return self.rows_taken
 
     def finish(self) -> list[tuple[Path, Path]]:
         """Complete both files under their temporary names; return the (tmp, final) renames.
@@ -225,9 +218,15 @@ def copy_if_unchanged(earlier: EarlierOutputs | None, csv_sha256: str, target: P
     has edited it since (analysts open these files); False: make a new one."""
     if earlier is None or earlier.xlsx_sha256 is None or earlier.csv_sha256 != csv_sha256:
         return False
+    return copy_verified(earlier.xlsx_path, earlier.xlsx_sha256, target)
+
+
+def copy_verified(source: Path, sha256: str, target: Path) -> bool:
+    """``source`` copied to ``target`` when the copy's sha256 is ``sha256``; False (and no
+    ``target``) when it is not, or cannot be read."""
     try:
-        shutil.copyfile(earlier.xlsx_path, target)
-        if file_sha256(target) == earlier.xlsx_sha256:
+        shutil.copyfile(source, target)
+        if file_sha256(target) == sha256:
             return True
     except OSError:
         pass

@@ -209,7 +209,7 @@ class RowsFingerprint:
     those bytes. So the fingerprint hashes each file's (root, path, sha256, label) in discovery
     order, with the tool's version and columns, the scoring key, the newest decision the run
     read (ReviewTally.decisions_up_to, in the same query as the decisions) and the newest run
-    that stored a result (RunStore.scores_state). A run makes it from its rows as they go (a row
+    that stored a result (RunStore.newest_scoring_run). A run makes it from its rows as they go (a row
     sink); the next run from its plan, when every file has a stored result, before writing any row.
     """
 
@@ -231,7 +231,7 @@ class RowsFingerprint:
 
     def hexdigest(self, store: RunStore) -> str:
         digest = self._digest.copy()
-        digest.update(f"scores stored up to run {store.scores_state()}".encode())
+        digest.update(f"scores stored up to run {store.newest_scoring_run()}".encode())
         return digest.hexdigest()
 
 

@@ -221,7 +221,7 @@ class ScanRun:
     engine: Any = None  # audit.ray_engine.RayEngine with --engine ray
     scorer: Scorer | None = None
     workers: int = 0
-    rows_fingerprint: RowsFingerprint | None = None  # of the rows written (audit.reuse)
+    rows_fingerprint: str | None = None  # of the rows written (audit.reuse.RowsFingerprint)
     rows_copied_from: int | None = None  # the run whose results.csv was copied, rows unchanged
 
     def execute(self) -> ScanOutcome:
@@ -337,26 +337,29 @@ class ScanRun:
                 self.engine.start(to_score)
             earlier = earlier_outputs(self.store, self.baseline)
             results = ResultFiles(ResultWriter(self.out_dir, write_xlsx=options.write_xlsx, earlier=earlier))
-            self.rows_fingerprint = RowsFingerprint(self.key, review.decisions_up_to)
+            fingerprint = RowsFingerprint(self.key, review.decisions_up_to)
             # Labels made once (the labeller counts what it could not match): for the plan's
             # fingerprint when nothing is to be scored, else as the rows go.
             labels = None if to_score else [self.labeller.label_for(record) for record in records]
             if (labels is not None and earlier is not None and earlier.rows_fingerprint
                     and planned_rows_fingerprint(self.store, self.key, review.decisions_up_to, records, reuse, labels)
                     == earlier.rows_fingerprint and results.writer.take_rows_from(earlier)):
-                # The rows are still made (for the counts, the store, the reviews), not written.
-                self.rows_copied_from = earlier.run_id
-                sinks = Sinks(committer, self.rows_fingerprint, tally, progress)
+                # The rows are still made (for the counts, the store, the reviews), not written;
+                # they are last night's, fingerprint included.
+                self.rows_copied_from, self.rows_fingerprint = earlier.run_id, earlier.rows_fingerprint
+                sinks = Sinks(committer, tally, progress)
             else:
                 # The store first: a batch is committed before its last row is written, and the
                 # last batch before the XLSX is made (the slow step a stop may interrupt).
-                sinks = Sinks(committer, results, self.rows_fingerprint, tally, progress)
+                sinks = Sinks(committer, results, fingerprint, tally, progress)
             scored = prefetched(self._scored(to_score), committer, options.batch_size)
             for item in self._rows(records, reuse, labels, scored, committer, review):
                 sinks.add(item)
             sinks.close()
             if results.writer.rows_taken:
                 results.close()
+            else:
+                self.rows_fingerprint = fingerprint.hexdigest(self.store)  # with what this run stored
             self.seconds["load_and_score"] = time.perf_counter() - t0 - results.seconds
             self.seconds["write"] = results.seconds
             return self._finish(records, tally, review, results)
@@ -392,7 +395,7 @@ class ScanRun:
         # Lets the next run check that its rows are these very bytes before it copies the XLSX,
         # and, with the rows' fingerprint, copy results.csv without making its rows.
         summary["output_sha256"] = results.sha256
-        summary["rows_fingerprint"] = self.rows_fingerprint.hexdigest(store) if self.rows_fingerprint else None
+        summary["rows_fingerprint"] = self.rows_fingerprint
         summary["rows_copied_from_run"] = self.rows_copied_from
         renames = [*results.renames, write_json_tmp(self.out_dir / "summary.json", summary)]
         raise_if_stop_requested()

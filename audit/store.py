@@ -54,7 +54,7 @@ CREATE INDEX decisions_by_sha256 ON decisions (sha256, id)
 """
 
 
-# The run that stored the newest result (RunStore.scores_state) without reading the whole table.
+# The run that stored the newest result (RunStore.newest_scoring_run) without reading the whole table.
 _SCORES_BY_RUN = "CREATE INDEX IF NOT EXISTS scores_by_run ON scores (scored_run)"
 
 
@@ -278,7 +278,7 @@ class RunStore:
         decoded = json.loads("[" + ",".join(row[2] for row in rows) + "]")
         return {row[0]: StoredScore(row[0], scoring_key, row[1], fields) for row, fields in zip(rows, decoded)}
 
-    def scores_state(self) -> int:
+    def newest_scoring_run(self) -> int:
         """The newest run that stored (or replaced) a result. Every result is stored with the id of
         the run that stores it, run ids only grow and nothing deletes a result: any result stored
         since a run ended moves it (audit.reuse.RowsFingerprint goes by it)."""
