@@ -20,3 +20,11 @@ class UsageError(Exception):
 
     exit_code = EXIT_USAGE
     advice = ""  # said after the message by the CLI (not part of what a run records)
+
+
+class EngineLost(UsageError):
+    """The distributed scoring engine went away mid-run. Unlike most errors of this base, the
+    run had started: what was committed stays in the run store and the next run resumes from it."""
+
+    exit_code = EXIT_ENGINE_LOST
+    advice = "; the batches committed so far are in the run store and the next run resumes from them"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
-    from audit.provenance_findings import Finding
+    from audit.evidence import Finding
 
 VERDICT_AI = "ai-generated"
 VERDICT_REAL = "real"
@@ -34,7 +34,7 @@ class Decision:
 
 def decide(model_says_ai: bool, findings: Iterable[Finding]) -> Decision:
     """The model's verdict, overruled only by a declaration of AI generation."""
-    from audit.provenance_findings import DECLARES_AI, bounded_line
+    from audit.evidence import DECLARES_AI, bounded_line
 
     declarations = [f for f in findings if f.strength == DECLARES_AI]
     if declarations:

@@ -6,7 +6,7 @@ summary.json and, unless --no-report, the report):
 
 1. the first run over a folder;
 2. a second run over the unchanged folder (it scores nothing, explains nothing, and copies the
-   last report's pages behind a new front page: audit.report_reuse);
+   last report's pages behind a new front page: audit.report._reuse);
 3. with --changes F (default 0.01): a third run after F of the files were added and F changed
    (it scores those, explains only the newly flagged ones, and renders the report).
 
@@ -106,7 +106,7 @@ def change_files(folder: Path, fraction: float, seed: int = 0) -> tuple[int, int
 
 
 def scan_command(data: Path, model: Path, out: Path, store: Path, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "audit.cli", "scan", str(data), "--model", str(model), "--out", str(out),
+    return [sys.executable, "-m", "audit.cli._app", "scan", str(data), "--model", str(model), "--out", str(out),
             "--store", str(store), "--quiet", *extra]
 
 

@@ -33,14 +33,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from bench_scan import extract_split  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from audit.discover import discover  # noqa: E402
+from audit.config import ScanOptions  # noqa: E402
+from audit.evidence import (  # noqa: E402
+    EvidenceOptions,
+    has_c2pa_marker,
+    read_evidence,  # noqa: E402
+)
+from audit.intake import discover  # noqa: E402
 from audit.model import DEFAULT_MODEL_PATH, ModelCard, build_network, load_model, save_model  # noqa: E402
-from audit.provenance import read_evidence  # noqa: E402
-from audit.provenance_c2pa import EvidenceOptions, has_c2pa_marker  # noqa: E402
-from audit.scan import ScanOptions, run_scan  # noqa: E402
-from bench_scan import extract_split  # noqa: E402
+from audit.pipeline import run_scan
 
 
 def limited_copy(data: Path, limit: int, target: Path) -> Path:

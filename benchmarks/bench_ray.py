@@ -90,7 +90,7 @@ def stop_cluster(process: subprocess.Popen) -> None:
 
 def timed_scan(data: Path, model: str | None, work: Path, name: str, extra: list[str]) -> tuple[float, dict]:
     out = work / name
-    command = [sys.executable, "-m", "audit.cli", "scan", str(data), "--out", str(out), "--store",
+    command = [sys.executable, "-m", "audit.cli._app", "scan", str(data), "--out", str(out), "--store",
                str(work / f"{name}.sqlite"), "--full", "--quiet", "--no-report", "--no-xlsx", *extra]
     if model:
         command += ["--model", model]
@@ -120,8 +120,8 @@ def decode_ceiling(data: Path, processes: int, limit: int = 5000) -> float:
 import sys, time
 from multiprocessing import Pool
 sys.path.insert(0, {str(REPO)!r})
-from audit.discover import discover
-from audit.loading import LoadOptions, load_image
+from audit.intake import discover
+from audit.intake import LoadOptions, load_image
 from audit.model import read_card, DEFAULT_MODEL_PATH
 records = list(discover([{str(data)!r}]))[:{limit}]
 options = LoadOptions(preprocessing=read_card(DEFAULT_MODEL_PATH).preprocessing)

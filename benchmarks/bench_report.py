@@ -8,7 +8,7 @@ more than 60 s on this CPU. Run by hand, from the repository root:
     .venv/bin/python benchmarks/bench_report.py --photos             # 200 flagged 12 MP JPEGs
     .venv/bin/python benchmarks/bench_report.py --memory-images 5000 # RSS over a long Grad-CAM stream
 
-The run folder is written with the record stage's own writer (audit.results), so the report
+The run folder is written with the record stage's own writer (audit.pipeline._outputs), so the report
 reads exactly what a scan writes; nothing is scored by the scan. Without a trained model the
 benchmark uses an untrained resnet18-s1stem: Grad-CAM costs the same whatever the weights.
 Images: the bundled examples/cifake-sample (32x32 PNGs, the model's own domain), or with
@@ -36,8 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from audit.model import DEFAULT_MODEL_PATH, ModelCard, build_network, load_model, save_model  # noqa: E402
+from audit.pipeline import ResultWriter, commit, write_json_tmp
 from audit.report import render_report_files  # noqa: E402
-from audit.results import ResultRow, ResultWriter, commit, write_json_tmp  # noqa: E402
+from audit.rows import ResultRow  # noqa: E402
 
 SAMPLE = REPO / "examples" / "cifake-sample"
 
@@ -132,7 +133,7 @@ def current_rss_mb() -> float:
 
 def memory_over_many_images(model_path: Path, count: int) -> None:
     """Explain ``count`` images in one stream and print the RSS as it goes: it must stay flat."""
-    from audit.explain import GradCamExplainer
+    from audit.report import GradCamExplainer
 
     model = load_model(model_path)
     paths = [path for path, _, _ in sample_images(count)]

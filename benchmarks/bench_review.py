@@ -47,7 +47,7 @@ def run(command: list[str]) -> float:
 
 
 def scan(data: Path, model: Path, out: Path, store: Path, extra: list[str]) -> tuple[float, dict]:
-    seconds = run([sys.executable, "-m", "audit.cli", "scan", str(data), "--model", str(model), "--out", str(out),
+    seconds = run([sys.executable, "-m", "audit.cli._app", "scan", str(data), "--model", str(model), "--out", str(out),
                    "--store", str(store), "--quiet", *extra])
     return seconds, json.loads((out / "summary.json").read_text(encoding="utf-8"))
 
@@ -115,13 +115,13 @@ def main() -> None:
 
         xlsx = work / "decisions.xlsx"
         filled = write_decisions_xlsx(work / "first" / "results.xlsx", xlsx)
-        import_s = run([sys.executable, "-m", "audit.cli", "review", "import", str(xlsx), "--store", str(with_decisions),
+        import_s = run([sys.executable, "-m", "audit.cli._app", "review", "import", str(xlsx), "--store", str(with_decisions),
                         "--by", "bench"])
         with sqlite3.connect(with_decisions) as db:
             recorded = db.execute("SELECT count(*) FROM decisions").fetchone()[0]
         # The same import in-process on a fresh copy, without interpreter start-up.
         sys.path.insert(0, str(REPO))
-        from audit.review_import import import_decisions
+        from audit.review import import_decisions
         from audit.store import RunStore
 
         probe = work / "probe.sqlite"
@@ -153,7 +153,7 @@ def main() -> None:
 
         # A night whose rows changed (new decisions, or any new file) writes the XLSX again instead
         # of copying it: that write, with and without the review columns filled, interleaved.
-        from audit.results import write_xlsx_from_csv
+        from audit.pipeline import write_xlsx_from_csv
 
         writes: dict[str, list[float]] = {"without": [], "with": []}
         for repeat in range(args.repeats):

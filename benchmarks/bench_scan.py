@@ -41,12 +41,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from audit.discover import discover  # noqa: E402
-from audit.loading import LoadOptions  # noqa: E402
-from audit.model import DEFAULT_MODEL_PATH, LoadedModel, load_model  # noqa: E402
-from audit.scan import ScanOptions, run_scan  # noqa: E402
-from audit.compute import DEFAULT_BATCH_SIZE, default_workers, plan_compute  # noqa: E402
-from audit.scoring import Scorer, make_loader  # noqa: E402
+from audit.config import ScanOptions  # noqa: E402
+from audit.engines import Scorer, make_loader  # noqa: E402
+from audit.intake import (
+    LoadOptions,  # noqa: E402
+    discover,  # noqa: E402
+)
+from audit.model import DEFAULT_BATCH_SIZE, DEFAULT_MODEL_PATH, LoadedModel, default_workers, load_model, plan_compute  # noqa: E402  # noqa: E402
+from audit.pipeline import run_scan
 
 
 def extract_split(zip_path: Path, split: str, target: Path) -> None:
@@ -197,7 +199,7 @@ def tree_memory_mb(pid: int) -> float:
 
 
 def memory_run(folder: Path, args, out: Path) -> dict:
-    command = [sys.executable, "-m", "audit.cli", "scan", str(folder), "--out", str(out), "--quiet", "--no-report",
+    command = [sys.executable, "-m", "audit.cli._app", "scan", str(folder), "--out", str(out), "--quiet", "--no-report",
                "--batch-size", str(args.batch_size), "--device", args.device, "--precision", args.precision]
     if args.model:
         command += ["--model", str(args.model)]

@@ -13,7 +13,7 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _default_run_stores_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A scan without --store keeps its run store under $AUDIT_STATE_DIR (audit.store.state_dir):
+    """A scan without --store keeps its run store under $AUDIT_STATE_DIR (audit.store._store.state_dir):
     in the tests that is a fresh folder per test, never the user's ~/.local/state (subprocesses
     inherit the variable)."""
     monkeypatch.setenv("AUDIT_STATE_DIR", str(tmp_path_factory.mktemp("audit-state")))
@@ -23,6 +23,6 @@ def _default_run_stores_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeyp
 def _reports_rendered_in_the_test_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """A scan run inside the test process renders its report there (as it does whenever its
     process has the report's imports already), so tests can watch the report stage; the report
-    process (audit.report_process) is tested in test_report_process.py and by every scan run as
+    process (audit.report._process) is tested in test_report_process.py and by every scan run as
     a subprocess."""
-    monkeypatch.setattr("audit.scan.worth_a_process", lambda: False)
+    monkeypatch.setattr("audit.pipeline._run.worth_a_process", lambda: False)

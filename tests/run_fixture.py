@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 import synthetic_detector as sd
 
 COLUMNS = (
@@ -56,8 +55,7 @@ def write_run(run_dir: Path, archive: Path, model_path: Path, files: list[tuple[
     import torch
     from PIL import Image
 
-    from audit.input_policy import to_model_input
-    from audit.model import load_model
+    from audit.model import load_model, to_model_input
 
     model = load_model(model_path)
     evidence = evidence or {}
@@ -66,7 +64,7 @@ def write_run(run_dir: Path, archive: Path, model_path: Path, files: list[tuple[
         with Image.open(path) as opened:
             rgb = opened.convert("RGB")
         batch = torch.stack([to_model_input(rgb, model.card.preprocessing)])
-        from audit.input_policy import normalize
+        from audit.model import normalize
         with torch.no_grad():
             prob_ai = float(model.probabilities(model.network(normalize(batch, model.card.preprocessing)))[0])
         data = path.read_bytes()

@@ -16,8 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from audit.input_policy import Preprocessing, normalize
-from audit.model import AI_CLASS_INDEX, ModelCard, build_network, save_model
+from audit.model import AI_CLASS_INDEX, ModelCard, Preprocessing, build_network, normalize, save_model
 
 INPUT_SIZE = 32
 CELL = 8  # pixels of input per cell of the 4x4 layer3 map

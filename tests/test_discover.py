@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-
-import audit.discover as discover_module
-from audit.discover import DiscoverOptions, discover, matches_any, sniff_format
 from scan_fixtures import jpeg_bytes, noise_image, png_bytes, running_as_root
+
+import audit.intake._discover as discover_module
+from audit.intake import DiscoverOptions, discover, matches_any, sniff_format
 
 JPEG = jpeg_bytes(noise_image(8, 8))
 

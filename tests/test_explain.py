@@ -15,22 +15,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import synthetic_detector as sd
 import torch
 from PIL import Image
 
-import synthetic_detector as sd
 from audit.cli import print_explanations
-from audit.explain import (
+from audit.model import LoadedModel, load_model, normalize
+from audit.report import (
+    THUMBNAIL_SIZE,
     ExplainFailure,
     Explanation,
     GradCamExplainer,
     explain_images,
     gradcam_grid,
     heatmap_mass_by_cell,
+    make_thumbnail,
 )
-from audit.input_policy import normalize
-from audit.model import LoadedModel, load_model
-from audit.pictures import THUMBNAIL_SIZE, make_thumbnail
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +150,7 @@ def test_values_in_unit_range_and_shapes_match_the_thumbnails(model: LoadedModel
 
 def test_probability_is_the_one_the_scan_computes(model: LoadedModel, tmp_path: Path) -> None:
     """Same loader and preprocessing as the scan: the same prob_ai as a plain forward pass."""
-    from audit.discover import FileRecord
-    from audit.loading import LoadOptions, load_image
+    from audit.intake import FileRecord, LoadOptions, load_image
 
     rng = np.random.default_rng(14)
     files = [sd.write_png(tmp_path / f"{i}.png", sd.with_patch(sd.background(rng), i % 4, 1), size=(96, 64)) for i in range(4)]
@@ -285,13 +284,13 @@ def test_each_file_is_read_once_and_the_thumbnail_shows_the_bytes_that_were_judg
         model: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import hashlib
 
-    import audit.pictures
+    import audit.report._pictures
 
     rng = np.random.default_rng(19)
     picture = sd.write_png(tmp_path / "picture.png", sd.with_patch(sd.background(rng), 0, 0))
     original = picture.read_bytes()
     replacement = sd.background(rng)
-    read = audit.pictures.read_image_file
+    read = audit.report._pictures.read_image_file
     reads: list[Path] = []
 
     def read_then_replace(path: Path) -> bytes:
@@ -300,7 +299,7 @@ def test_each_file_is_read_once_and_the_thumbnail_shows_the_bytes_that_were_judg
         sd.write_png(path, replacement)  # the archive changes right after the one read
         return data
 
-    monkeypatch.setattr(audit.pictures, "read_image_file", read_then_replace)
+    monkeypatch.setattr(audit.report._pictures, "read_image_file", read_then_replace)
     [result] = explain_images([picture], model)
     assert reads == [picture]  # model input, sha256 and thumbnail from one read
     assert isinstance(result, Explanation) and result.sha256 == hashlib.sha256(original).hexdigest()

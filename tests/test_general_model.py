@@ -15,19 +15,29 @@ from click.testing import CliRunner
 from PIL import Image
 
 from audit.cli import main as audit_cli
-from audit.discover import discover
-from audit.loading import LoadOptions
-from audit.input_policy import Preprocessing, crop_boxes, normalize, to_model_input
+from audit.engines import Scorer, score_records
+from audit.intake import LoadOptions, discover
 from audit.model import (
-    DEFAULT_MODEL_PATH, SHIPPED_MODELS_DIR, LoadedModel, ModelCard, ModelError, load_model, read_card, resolve_model,
-    save_model, shipped_models,
+    DEFAULT_MODEL_PATH,
+    SHIPPED_MODELS_DIR,
+    LoadedModel,
+    ModelCard,
+    ModelError,
+    Preprocessing,
+    crop_boxes,
+    load_model,
+    normalize,
+    plan_compute,
+    read_card,
+    resolve_model,
+    save_model,
+    shipped_models,
+    to_model_input,
 )
-from audit.compute import plan_compute
-from audit.scoring import Scorer, score_records
+from tests.synthetic_detector import save_trained_model, trained_network
 from training import train
 from training.data import epoch_order, prepare_data
 from training.sources import source_table
-from tests.synthetic_detector import save_trained_model, trained_network
 
 
 def _jpeg(colour: int, size: tuple[int, int] = (32, 32)) -> bytes:
@@ -164,7 +174,7 @@ def test_grad_cam_of_a_crops_policy_is_placed_where_each_crop_lies(tmp_path):
     picture = np.full((192, 256, 3), 110, np.uint8)
     picture[0:32, 0:32] = 250  # the synthetic "AI" patch, in the top-left crop only
     Image.fromarray(picture).save(tmp_path / "large.png")
-    from audit.explain import GradCamExplainer
+    from audit.report import GradCamExplainer
 
     with GradCamExplainer(model) as explainer:
         (result,) = list(explainer.explain_paths([tmp_path / "large.png"]))

@@ -14,8 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from audit.results import read_results_csv
 from scan_fixtures import jpeg_bytes, model_dir, model_path, noise_image  # noqa: F401 - fixtures
+
+from audit.pipeline import read_results_csv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +46,7 @@ def recorded_files(store: Path) -> int:
 
 
 def scan_command(archive: Path, model: Path, out: Path, store: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "audit.cli", "scan", str(archive), "--model", str(model), "--out", str(out),
+    return [sys.executable, "-m", "audit.cli._app", "scan", str(archive), "--model", str(model), "--out", str(out),
             "--store", str(store), "--workers", "2", "--batch-size", "8", "--no-xlsx", "--quiet", *extra]
 
 
@@ -56,7 +57,7 @@ def test_sigkill_with_workers_leaves_no_process_and_the_rerun_takes_over(tmp_pat
     for index in range(count):
         (archive / f"{index:04d}.jpg").write_bytes(jpeg_bytes(noise_image(32, 32, seed=index)))
 
-    # With its report on, the killed run has a report process too (audit.report_process).
+    # With its report on, the killed run has a report process too (audit.report._process).
     killed = subprocess.Popen(scan_command(archive, model_path, tmp_path / "killed", store), cwd=REPO,
                               stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:

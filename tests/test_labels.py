@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from audit.discover import FileRecord
-from audit.labels import Labeller, LabelsError
+from audit.intake import FileRecord
+from audit.pipeline import Labeller, LabelsError
 
 
 def record(root: Path, rel: str) -> FileRecord:

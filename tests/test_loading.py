@@ -10,11 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-
-import audit.loading as loading
-from audit.discover import FileRecord
-from audit.loading import LoadOptions, load_image
-from audit.input_policy import Preprocessing
 from scan_fixtures import (
     animated_gif,
     cmyk_jpeg,
@@ -27,6 +22,10 @@ from scan_fixtures import (
     png_declaring_size,
     png_with_bad_crc,
 )
+
+import audit.intake._load as loading
+from audit.intake import FileRecord, LoadOptions, load_image
+from audit.model import Preprocessing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,8 +106,8 @@ def test_refused_bomb_keeps_memory_bounded(tmp_path: Path) -> None:
         import sys
         import numpy as np
         from PIL import Image
-        from audit.discover import FileRecord
-        from audit.loading import LoadOptions, load_image
+        from audit.intake import FileRecord
+        from audit.intake import LoadOptions, load_image
 
         path = sys.argv[1]
         Image.fromarray(np.zeros((3000, 3000), np.uint8)).save(path)  # compresses to a few KB

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import torch
 from torchvision.models import resnet18
@@ -31,15 +31,14 @@ def test_the_network_is_torchvisions_resnet18_key_for_key_and_output_for_output(
 
 
 def test_building_a_network_does_not_import_torchvision():
-    code = "import sys; from audit.model import build_network; build_network('resnet18-s1stem'); print('torchvision' in sys.modules)"
+    code = "import sys; from audit.model._card import build_network; build_network('resnet18-s1stem'); print('torchvision' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
 
 def test_the_gradcam_grid_known_from_the_card_is_the_one_the_network_gives():
-    from audit.explain import gradcam_grid
-    from audit.input_policy import Preprocessing
-    from audit.model import LoadedModel, ModelCard, gradcam_grid_of
+    from audit.model import LoadedModel, ModelCard, Preprocessing, gradcam_grid_of
+    from audit.report import gradcam_grid
 
     for variant in ("resnet18", "resnet18-s1stem"):
         network = build_network(variant).eval()

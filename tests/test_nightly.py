@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from scan_fixtures import jpeg_bytes, make_model, model_dir, model_path, noise_image  # noqa: F401 - fixtures
 
 from audit.cli import main
-from audit.results import read_results_csv
 from audit.errors import EXIT_LOCKED
+from audit.pipeline import read_results_csv
 from audit.store import RunStore
-from scan_fixtures import jpeg_bytes, make_model, model_dir, model_path, noise_image  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,9 +40,7 @@ def rows_of(out: Path) -> list[tuple[str, str, str]]:
 
 def since_last_run_section(out: Path, target: str = "html") -> str:
     """The report page's "Since the last run" section, rendered from the run folder (no PDF)."""
-    from audit.report import build_content
-    from audit.report_data import read_run
-    from audit.report_page import render_page
+    from audit.report import build_content, read_run, render_page
 
     content = build_content(read_run(out), None, None, "not needed here", out / "unused-heatmaps", 0)
     page = render_page(content, target)
@@ -100,11 +98,11 @@ def test_duplicates_read_alike_and_an_unchanged_rerun_writes_the_same_csv(
     import itertools
     from datetime import datetime, timedelta, timezone
 
-    import audit.scan
+    import audit.pipeline._run
 
     ticks = itertools.count()  # every row is scored a second after the one before
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    monkeypatch.setattr(audit.scan, "utc_now", lambda: start + timedelta(seconds=next(ticks)))
+    monkeypatch.setattr(audit.pipeline._run, "utc_now", lambda: start + timedelta(seconds=next(ticks)))
     archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
     write_images(archive, ["a.jpg", "b.jpg"])
     (archive / "c-copy-of-a.jpg").write_bytes((archive / "a.jpg").read_bytes())
@@ -128,11 +126,11 @@ def test_an_unchanged_rerun_copies_the_spreadsheet_and_an_edited_or_outdated_one
 
     from openpyxl import load_workbook
 
-    import audit.results
+    import audit.pipeline._outputs
 
     made = []
-    make_xlsx = audit.results.write_xlsx_from_csv
-    monkeypatch.setattr(audit.results, "write_xlsx_from_csv", lambda *paths: (made.append(paths), make_xlsx(*paths)))
+    make_xlsx = audit.pipeline._outputs.write_xlsx_from_csv
+    monkeypatch.setattr(audit.pipeline._outputs, "write_xlsx_from_csv", lambda *paths: (made.append(paths), make_xlsx(*paths)))
     archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
     write_images(archive, [f"{i}.jpg" for i in range(4)])
     assert scan(archive, model_path, tmp_path / "r1", store).exit_code == 0
@@ -213,7 +211,7 @@ def committed_scores(store: Path) -> int:
 def test_sigkill_then_resume_matches_an_uninterrupted_run_and_a_second_run_is_locked_out(tmp_path: Path, model_path: Path) -> None:
     archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
     write_images(archive, [f"{i:03d}.jpg" for i in range(160)])
-    command = [sys.executable, "-m", "audit.cli", "scan", str(archive), "--model", str(model_path), "--out",
+    command = [sys.executable, "-m", "audit.cli._app", "scan", str(archive), "--model", str(model_path), "--out",
                str(tmp_path / "killed"), "--store", str(store), "--workers", "0", "--batch-size", "8", "--quiet", "--no-report"]
     process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -260,9 +258,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run_and_a_second_run_is_lo
 def test_sigterm_or_sigint_marks_the_run_partial_in_the_store(tmp_path: Path, model_path: Path, signum: int) -> None:
     """In-process: the SystemExit(128 + signal) that the CLI's SIGTERM/SIGINT handlers raise unwinds
     through run_scan (tests/test_scan_interrupted.py sends a real SIGTERM to a scan process)."""
+    from audit.config import ScanOptions
     from audit.model import load_model
-    from audit.scan import ScanOptions, run_scan
-    from audit import scan as scan_module
+    from audit.pipeline import _run as scan_module
+    from audit.pipeline import run_scan
 
     archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
     write_images(archive, [f"{i}.jpg" for i in range(20)])
@@ -323,7 +322,7 @@ def test_an_unchanged_rerun_never_loads_torch_or_the_network(tmp_path: Path, mod
     assert scan(archive, model_path, tmp_path / "night1", store).exit_code == 0
     probe = (
         "import sys\n"
-        "from audit.cli import main\n"
+        "from audit.cli._app import main\n"
         "try:\n"
         f"    main({['scan', str(archive), '--model', str(model_path), '--out', str(tmp_path / 'night2'), '--store', str(store), '--quiet', '--no-report']!r})\n"
         "except SystemExit as exc:\n"
@@ -447,7 +446,7 @@ def test_an_unchanged_night_copies_its_rows_and_a_change_to_what_they_are_made_o
 
     # A result stored since the last run by one that did not complete (a --full night stopped
     # after its first batch): the rows are made again and show it.
-    from audit.store_records import StoredScore
+    from audit.store import StoredScore
 
     stored = RunStore(store)
     try:

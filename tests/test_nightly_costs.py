@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from scan_fixtures import jpeg_bytes, make_model, model_dir, model_path, noise_image  # noqa: F401 - fixtures
 
 from audit.cli import main
-from audit.results import read_results_csv
+from audit.pipeline import read_results_csv
 from audit.store import RunStore
-from scan_fixtures import jpeg_bytes, make_model, model_dir, model_path, noise_image  # noqa: F401 - fixtures
 
 
 def write_images(archive: Path, names: list[str], seed: int = 0) -> None:
@@ -71,9 +71,7 @@ def test_the_default_store_follows_the_archive_and_never_joins_unrelated_ones(tm
 
 
 def test_the_report_names_the_run_store(tmp_path: Path, model_path: Path) -> None:
-    from audit.report import build_content
-    from audit.report_data import read_run
-    from audit.report_page import render_page
+    from audit.report import build_content, read_run, render_page
 
     write_images(tmp_path / "photos", ["a.jpg"])
     assert scan(tmp_path / "photos", model_path, tmp_path / "out", "--quiet").exit_code == 0
@@ -104,7 +102,7 @@ def test_a_first_run_asks_the_store_for_earlier_results_a_batch_at_a_time(
 
 def test_report_heatmaps_come_from_the_store_for_images_explained_before(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from audit.explain import GradCamExplainer
+    from audit.report import GradCamExplainer
 
     computed: list[int] = []
     real = GradCamExplainer.explain_batch_logits
@@ -114,11 +112,11 @@ def test_report_heatmaps_come_from_the_store_for_images_explained_before(
         return real(self, batch)
 
     monkeypatch.setattr(GradCamExplainer, "explain_batch_logits", counted)
-    import audit.explain
+    import audit.report._explain
 
     files_read: list[str] = []
-    real_load = audit.explain.pictures.load_picture
-    monkeypatch.setattr(audit.explain.pictures, "load_picture",
+    real_load = audit.report._explain.pictures.load_picture
+    monkeypatch.setattr(audit.report._explain.pictures, "load_picture",
                         lambda path, *a, **k: (files_read.append(Path(path).name), real_load(path, *a, **k))[1])
     flag_all = make_model(tmp_path / "models", threshold=0.0)  # every image is in the gallery
     archive = tmp_path / "archive"
@@ -159,12 +157,12 @@ def test_an_unchanged_night_copies_the_report_behind_a_front_page_made_for_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pypdf import PdfReader
 
-    import audit.report
-    from audit.report_reuse import BODY_MARKER
+    import audit.report._render
+    from audit.report import BODY_MARKER
 
     rendered: list[Path] = []
-    real_render = audit.report.render_report_files
-    monkeypatch.setattr(audit.report, "render_report_files", lambda run_dir, *a, **k: (rendered.append(Path(run_dir)),
+    real_render = audit.report._render.render_report_files
+    monkeypatch.setattr(audit.report._render, "render_report_files", lambda run_dir, *a, **k: (rendered.append(Path(run_dir)),
                                                                                         real_render(run_dir, *a, **k))[1])
     flag_all = make_model(tmp_path / "models", threshold=0.0)  # every image in the gallery: a report of some pages
     archive = tmp_path / "archive"

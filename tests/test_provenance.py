@@ -12,27 +12,29 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import c2pa  # a hard dependency: a broken install must fail here, not skip the C2PA tests
 import pytest
 from click.testing import CliRunner
 from PIL import Image, PngImagePlugin
 
-from audit import provenance_c2pa
 from audit.cli import main
-from audit.model import ModelCard, build_network, save_model
-from audit.provenance import MAX_FIELD_CHARS, read_evidence
-from audit.provenance_c2pa import EvidenceOptions, has_c2pa_marker
-from audit.provenance_findings import (
+from audit.evidence import (
     DECLARES_AI,
     DECLARES_CAPTURE,
     INFO,
+    MAX_FIELD_CHARS,
     MAX_TEXT_CHARS,
     WEAK,
+    EvidenceOptions,
     Finding,
+    has_c2pa_marker,
+    read_evidence,
 )
-from audit.results import ResultRow, ResultWriter, read_results_csv
+from audit.evidence import _c2pa as provenance_c2pa
+from audit.model import ModelCard, build_network, save_model
+from audit.pipeline import ResultWriter, read_results_csv
+from audit.rows import ResultRow
 from audit.verdicts import Decision, decide
-
-import c2pa  # a hard dependency: a broken install must fail here, not skip the C2PA tests
 
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 A1111_PARAMETERS = (

@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from audit.results import read_results_csv
-from audit.scan import ScanOptions, run_scan
 from crash_hook.crash_marker import CRASH_MARKER, crash_on_marker
 from scan_fixtures import jpeg_bytes, model_dir, model_path, noise_image, png_bytes  # noqa: F401 - fixtures
+
+from audit.config import ScanOptions
+from audit.pipeline import read_results_csv, run_scan
 
 REPO = Path(__file__).resolve().parents[1]
 CRASH_HOOK = Path(__file__).resolve().parent / "crash_hook"
@@ -109,11 +109,11 @@ def both_engines(ray_cluster, model_path: Path, tmp_path_factory: pytest.TempPat
     archive = base / "archive"
     expected = crash_prone_archive(archive)
     patch = pytest.MonkeyPatch()
-    import audit.loading
+    import audit.intake._load
 
     # The local engine's decode workers (and the Ray engine's local re-scoring) are forked from
     # this process: they crash on the marker too.
-    patch.setattr(audit.loading, "load_bytes", crash_on_marker(audit.loading.load_bytes))
+    patch.setattr(audit.intake._load, "load_bytes", crash_on_marker(audit.intake._load.load_bytes))
     try:
         local = run_scan(options(archive, model_path, base / "local", base / "local.sqlite"))
         on_ray = run_scan(options(archive, model_path, base / "ray", base / "ray.sqlite", engine="ray"))
@@ -159,7 +159,7 @@ def test_an_unchanged_rerun_starts_no_ray_work(both_engines, model_path: Path) -
     argv = ["scan", str(archive), "--model", str(model_path), "--out", str(base / "rerun"), "--store",
             str(base / "ray.sqlite"), "--batch-size", "4", "--quiet", "--no-report", "--no-xlsx", "--engine", "ray",
             "--ray-address", "127.0.0.1:9"]
-    probe = ("import sys\nfrom audit.cli import main\ntry:\n"
+    probe = ("import sys\nfrom audit.cli._app import main\ntry:\n"
              f"    main({argv!r})\nexcept SystemExit as exc:\n    print('exit', exc.code, 'ray' in sys.modules)\n")
     finished = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert finished.stdout.split() == ["exit", "3", "False"], finished.stderr  # 3: the broken files' rows
@@ -170,14 +170,15 @@ def test_an_unchanged_rerun_starts_no_ray_work(both_engines, model_path: Path) -
 
 
 def test_a_node_that_cannot_see_a_file_is_named_before_anything_is_scored(ray_cluster, model_path: Path) -> None:
-    from audit.discover import FileRecord
-    from audit.loading import LoadOptions
+    from audit.config import ScanOptions
+    from audit.engines import EngineRequest, create_engine
+    from audit.engines.ray import RayUnavailable
+    from audit.intake import FileRecord, LoadOptions
     from audit.model import load_model
-    from audit.ray_cluster import RayUnavailable
-    from audit.ray_engine import RayEngine, RaySettings
 
     missing = "/nonexistent-archive/2024/photo.jpg"
-    engine = RayEngine(RaySettings(), load_model(model_path, lazy=True), LoadOptions(), batch_size=4)
+    options = ScanOptions(archives=("/nonexistent-archive",), engine="ray", batch_size=4)
+    engine = create_engine(EngineRequest(load_model(model_path, lazy=True), LoadOptions(), options))
     with pytest.raises(RayUnavailable, match=f"does not see {missing}: every node must see the archive"):
         engine.start([FileRecord(root="/nonexistent-archive", rel_path="2024/photo.jpg", abs_path=missing, size=1,
                                  mtime=0.0)])
@@ -200,7 +201,7 @@ def test_sigkill_of_the_driver_then_a_rerun_loses_and_duplicates_nothing(ray_clu
     for index in range(total):
         data = jpeg_bytes(noise_image(32, 32, seed=index))
         (archive / f"{index:04d}.jpg").write_bytes(data + CRASH_MARKER if index == 450 else data)
-    command = [sys.executable, "-m", "audit.cli", "scan", str(archive), "--model", str(model_path), "--out",
+    command = [sys.executable, "-m", "audit.cli._app", "scan", str(archive), "--model", str(model_path), "--out",
                str(tmp_path / "killed"), "--store", str(store), "--batch-size", "8", "--quiet", "--no-report",
                "--no-xlsx", "--engine", "ray", "--ray-address", ray_cluster]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -239,7 +240,7 @@ def test_without_ray_the_engine_exits_2_and_names_the_install_command(tmp_path: 
     (archive / "a.jpg").write_bytes(jpeg_bytes(noise_image(32, 32)))
     argv = ["scan", str(archive), "--model", str(model_path), "--out", str(tmp_path / "out"), "--store",
             str(tmp_path / "store.sqlite"), "--quiet", "--no-report", "--engine", "ray"]
-    probe = f"import sys\nsys.modules['ray'] = None\nfrom audit.cli import main\nmain({argv!r})\n"
+    probe = f"import sys\nsys.modules['ray'] = None\nfrom audit.cli._app import main\nmain({argv!r})\n"
     finished = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 2, finished.stderr
     assert "pip install 'ai-image-audit[ray]'" in finished.stderr

@@ -18,15 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 import run_fixture as rf
 import synthetic_detector as sd
-from audit.metrics import compute_metrics
-from audit.report import render_report, render_report_files, run_files_fetcher, write_pdf
-from audit.report_data import read_results
-from audit.results import unneutralise
 from headless_browser import Browser, find_chromium
+from PIL import Image
+
+from audit.report import compute_metrics, read_results, render_report, render_report_files, run_files_fetcher, write_pdf
+from audit.rows import unneutralise
 
 EVIDENCE = "XMP CreatorTool: <b>Stable Diffusion</b> <img src=" + rf.EXTERNAL_URL + ">\nsee url(" + rf.EXTERNAL_URL + ")"
 
@@ -300,7 +298,7 @@ def test_table_filters_and_sorts(page: Browser, run: rf.FixtureRun) -> None:
 def test_a_render_lays_out_again_only_the_gallery_pages_whose_cards_changed(run: rf.FixtureRun, tmp_path: Path) -> None:
     import sqlite3
 
-    from audit.report_cache import ReportCache
+    from audit.store import ReportCache
 
     run_dir = tmp_path / run.run_dir.name
     shutil.copytree(run.run_dir, run_dir)
@@ -421,7 +419,7 @@ def test_audit_scan_writes_the_report(run: rf.FixtureRun, tmp_path: Path) -> Non
 
 
 def test_an_empty_run_renders_and_a_foreign_csv_is_refused(tmp_path: Path) -> None:
-    from audit.report_data import ReportError
+    from audit.report import ReportError
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -441,7 +439,7 @@ def test_an_empty_run_renders_and_a_foreign_csv_is_refused(tmp_path: Path) -> No
 
 
 def test_a_run_of_mostly_errors_lists_the_first_ones_and_counts_all(tmp_path: Path) -> None:
-    from audit.report_data import MAX_ERRORS_LISTED
+    from audit.report import MAX_ERRORS_LISTED
 
     total = MAX_ERRORS_LISTED + 20
     run_dir = tmp_path / "broken-mount"

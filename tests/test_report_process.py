@@ -1,4 +1,4 @@
-"""The report's own process (audit.report_process): started by `audit scan` so that the report's
+"""The report's own process (audit.report._process): started by `audit scan` so that the report's
 imports are made while the scan walks and scores; it renders (or copies) the report, says what
 it says on the scan's stderr, and when it cannot do the job the scan renders the report itself."""
 
@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from pypdf import PdfReader
-
-import audit.report_process as report_process
-from audit.cli import main
 from scan_fixtures import jpeg_bytes, make_model, noise_image
+
+import audit.report._process as report_process
+from audit.cli import main
+
 
 def write_archive(folder: Path, count: int) -> None:
     folder.mkdir(parents=True)
@@ -54,8 +55,8 @@ def test_the_report_process_renders_then_copies_with_relative_paths(tmp_path: Pa
 
     # What the child does while it waits on a night with nothing to score (here the job came
     # first): last night's forms read, so the copy finds them read.
-    from audit import report_pdf
-    from audit.report_reuse import prepare_copy
+    from audit.report import _pdf as report_pdf
+    from audit.report import prepare_copy
 
     prepare_copy(tmp_path / "two")
     monkeypatch.setattr(report_pdf, "_read_forms", lambda *args: pytest.fail("the forms were read again"))
@@ -72,7 +73,7 @@ def test_a_report_process_that_fails_leaves_the_report_to_the_scan(tmp_path: Pat
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
 
     monkeypatch.setattr(report_process.ReportProcess, "start", classmethod(broken_child))
-    monkeypatch.setattr("audit.scan.worth_a_process", lambda: True)
+    monkeypatch.setattr("audit.pipeline._run.worth_a_process", lambda: True)
     result = CliRunner().invoke(main, ["scan", str(tmp_path / "photos"), "--model", str(model), "--out",
                                        str(tmp_path / "out"), "--workers", "0"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -90,7 +91,7 @@ def test_the_child_imports_the_copy_first_and_the_renderer_only_when_there_is_sc
     state = report_process._ChildState()
     while state.work_once():  # no hint yet: the copy's imports, then it waits
         pass
-    assert done == ["audit.report_reuse", "weasyprint", "pypdf"]
+    assert done == ["audit.report._reuse", "weasyprint", "pypdf"]
     state.take([{"hint": {"labelled": False, "scoring": False, "earlier_dir": "/runs/one"}}])
     while state.work_once():  # nothing to score: last night's report read for a copy
         pass
@@ -98,6 +99,6 @@ def test_the_child_imports_the_copy_first_and_the_renderer_only_when_there_is_sc
     state.take([{"hint": {"labelled": True, "scoring": True, "earlier_dir": "/runs/one"}}])
     while state.work_once():
         pass
-    assert done[4:] == ["audit.charts", "audit.report", "seaborn", "sklearn.metrics", "audit.explain", "pytorch_grad_cam"]
+    assert done[4:] == ["audit.report._charts", "audit.report._render", "seaborn", "sklearn.metrics", "audit.report._explain", "pytorch_grad_cam"]
     state.take([{"job": {"out_dir": "/runs/two"}}])
     assert state.job == {"out_dir": "/runs/two"}

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from audit.results import RESULT_COLUMNS, ResultRow, ResultWriter, neutralise, read_results_csv
+from audit.pipeline import ResultWriter, read_results_csv
+from audit.rows import RESULT_COLUMNS, ResultRow, neutralise
 
 EXPECTED_COLUMNS = (
     "path", "root", "sha256", "bytes", "format", "width", "height", "status", "error",
@@ -99,7 +100,7 @@ def test_abort_leaves_nothing_behind(tmp_path: Path) -> None:
 
 
 def test_neutralising_round_trips_every_name() -> None:
-    from audit.results import neutralise, unneutralise
+    from audit.rows import neutralise, unneutralise
 
     for name in ["=cmd.jpg", "'=x.jpg", "''a.jpg", "'quoted.jpg", "plain.jpg", "-1.png", "@home.gif", "\tx.png"]:
         written = neutralise(name)

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from scan_fixtures import jpeg_bytes, make_model, noise_image
 
 from audit.cli import main
-from audit.results import read_results_csv
-from audit.review import MAX_NOTE_CHARS, decision_history
-from audit.review_import import import_decisions
+from audit.pipeline import read_results_csv
+from audit.review import MAX_NOTE_CHARS, decision_history, import_decisions
 from audit.store import RunStore
-from scan_fixtures import jpeg_bytes, make_model, noise_image
 
 NAMES = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
 
@@ -58,9 +57,7 @@ def summary_of(out: Path) -> dict:
 
 def front_page(out: Path):
     """The report's content rendered from the run folder (no model, no PDF): counts and gallery."""
-    from audit.report import build_content
-    from audit.report_data import read_run
-    from audit.report_page import render_page
+    from audit.report import build_content, read_run, render_page
 
     content = build_content(read_run(out), None, None, "not needed here", out / "unused-heatmaps", 200)
     return content, render_page(content, "html")

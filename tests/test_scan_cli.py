@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from scan_fixtures import build_bad_archive, jpeg_bytes, make_model, model_dir, model_path, noise_image  # noqa: F401
 
 import audit
 from audit.cli import main
-from audit.results import RESULT_COLUMNS, read_results_csv
-from scan_fixtures import build_bad_archive, jpeg_bytes, make_model, model_dir, model_path, noise_image  # noqa: F401
+from audit.pipeline import read_results_csv
+from audit.rows import RESULT_COLUMNS
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
@@ -149,7 +150,7 @@ def test_missing_model_is_a_usage_error_with_one_clear_line(tmp_path: Path) -> N
 
 
 def test_missing_default_model_says_how_to_proceed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("audit.model.DEFAULT_MODEL_PATH", tmp_path / "weights" / "cifake-resnet18.json")
+    monkeypatch.setattr("audit.model._card.DEFAULT_MODEL_PATH", tmp_path / "weights" / "cifake-resnet18.json")
     result = scan(good_archive(tmp_path / "a"), "--out", tmp_path / "o")
     assert result.exit_code == 2
     assert "model weights not found" in result.stderr and "pass --model PATH" in result.stderr
@@ -230,7 +231,7 @@ def test_default_out_dir_is_reports_run_id(tmp_path: Path, model_path: Path, mon
     monkeypatch.chdir(tmp_path)
     assert scan(archive, "--model", model_path, "--workers", "0", "--quiet").exit_code == 0
     (run_dir,) = [path for path in (tmp_path / "reports").iterdir() if path.is_dir()]
-    # The run store follows the archive (audit.store.default_store_path), not the run folders.
+    # The run store follows the archive (audit.store._store.default_store_path), not the run folders.
     assert sorted(path.name for path in (tmp_path / "reports").iterdir()) == [run_dir.name]
     store = Path(json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["store"]["path"])
     assert store.is_file() and store.is_relative_to(os.environ["AUDIT_STATE_DIR"])

@@ -8,14 +8,22 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from audit.discover import discover
-from audit.loading import LoadOptions, load_image
-from audit.input_policy import normalize
-from audit.model import ModelCard, build_network, load_model, save_model
-from audit.compute import ComputeError, ComputePlan, cpu_has_native_bf16, default_workers, plan_compute
-from audit.scoring import Scorer, collate_results, score_records
 from scan_fixtures import jpeg_bytes, model_dir, model_path, noise_image  # noqa: F401 - fixtures
+
+from audit.engines import Scorer, collate_results, score_records
+from audit.intake import LoadOptions, discover, load_image
+from audit.model import (
+    ComputeError,
+    ComputePlan,
+    ModelCard,
+    build_network,
+    cpu_has_native_bf16,
+    default_workers,
+    load_model,
+    normalize,
+    plan_compute,
+    save_model,
+)
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cifake-sample"
 CPU = torch.device("cpu")
@@ -25,9 +33,9 @@ def test_auto_plan_on_cpu_is_fp32_channels_last_unless_the_card_says_bf16(monkey
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     plan = plan_compute("auto", "auto")
     assert plan == ComputePlan(CPU, None, channels_last=True, pin_memory=False)
-    monkeypatch.setattr("audit.compute.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("audit.model._compute.cpu_has_native_bf16", lambda: True)
     assert plan_compute("auto", "auto", card_compute_dtype="bfloat16").autocast_dtype == torch.bfloat16
-    monkeypatch.setattr("audit.compute.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("audit.model._compute.cpu_has_native_bf16", lambda: False)
     assert plan_compute("auto", "auto", card_compute_dtype="bfloat16").autocast_dtype is None
     assert plan_compute("cpu", "bf16").autocast_dtype == torch.bfloat16
 
@@ -100,7 +108,7 @@ def test_a_decoder_crash_in_a_worker_is_one_error_row_and_the_run_goes_on(
             os.kill(os.getpid(), signal.SIGSEGV)  # the forked worker dies as a codec fault would
         return load_image(record, options)
 
-    monkeypatch.setattr("audit.scoring.load_image", load_or_segfault)  # workers are forked: they see it
+    monkeypatch.setattr("audit.engines._local.load_image", load_or_segfault)  # workers are forked: they see it
     scorer = Scorer(load_model(model_path), plan_compute("cpu", "fp32"))
     scored = list(score_records(records, scorer, LoadOptions(), batch_size=2, workers=2))
     assert [s.result.record.rel_path for s in scored] == [r.rel_path for r in records]

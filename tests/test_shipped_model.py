@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from audit.discover import discover
-from audit.loading import LoadOptions
-from audit.model import DEFAULT_MODEL_PATH, load_model, shipped_models
-from audit.compute import plan_compute
-from audit.scoring import Scorer, score_records
+from audit.engines import Scorer, score_records
+from audit.intake import LoadOptions, discover
+from audit.model import DEFAULT_MODEL_PATH, load_model, plan_compute, shipped_models
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cifake-sample"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from audit import store as store_module
 from audit.store import SCHEMA_VERSION, FileUpdate, RunCounts, RunStore, StoreError, StoreLock, StoreLocked, open_locked
+from audit.store import _store as store_module
 
 
 def new_store(tmp_path: Path) -> RunStore:
@@ -86,7 +86,7 @@ def test_the_lock_refuses_a_second_holder_and_names_the_first(tmp_path: Path) ->
 
 def test_a_lock_left_by_a_dead_process_is_stale(tmp_path: Path) -> None:
     """A process that took the lock and died (without releasing) does not block the next run."""
-    code = ("import sys, os; sys.path.insert(0, sys.argv[2]); from audit.store import StoreLock; "
+    code = ("import sys, os; sys.path.insert(0, sys.argv[2]); from audit.store._store import StoreLock; "
             "StoreLock(__import__('pathlib').Path(sys.argv[1])).acquire(); os._exit(9)")
     died = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s.sqlite"), str(Path(__file__).parents[1])])
     assert died.returncode == 9

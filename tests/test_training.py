@@ -14,11 +14,18 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from audit.input_policy import Preprocessing
-from audit.metrics import expected_calibration_error
 from audit.model import (
-    LoadedModel, ModelCard, ModelError, build_network, file_sha256, load_model, read_card, save_model,
+    LoadedModel,
+    ModelCard,
+    ModelError,
+    Preprocessing,
+    build_network,
+    file_sha256,
+    load_model,
+    read_card,
+    save_model,
 )
+from audit.report import expected_calibration_error
 from training import evaluate, export, train
 from training.__main__ import main as training_cli
 from training.checkpoint import resolve_checkpoint

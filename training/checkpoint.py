@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from audit.atomic import atomic_path, write_text
-from audit.model import ModelError, refuse_pickle, file_sha256
+from audit.model import ModelError, file_sha256, refuse_pickle
 
 TENSORS_NAME = "checkpoint.safetensors"
 STATE_NAME = "checkpoint.json"

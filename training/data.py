@@ -21,10 +21,8 @@ import numpy as np
 import torch
 
 from audit.errors import UsageError
-from audit.discover import FileRecord
-from audit.loading import LoadOptions, LoadResult, load_bytes
-from audit.input_policy import Preprocessing, crop_boxes
-from audit.model import ModelCard
+from audit.intake import FileRecord, LoadOptions, LoadResult, load_bytes
+from audit.model import ModelCard, Preprocessing, crop_boxes
 
 log = logging.getLogger("training")
 

@@ -13,8 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from audit.compute import autocast
-from audit.input_policy import Preprocessing, combine_views, flatten_views, normalize
+from audit.model import Preprocessing, autocast, combine_views, flatten_views, normalize
 from training.augment import AugmentConfig, AugmentedBatches
 from training.checkpoint import TrainingState
 from training.data import TrainingData, epoch_order

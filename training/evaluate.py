@@ -24,8 +24,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from audit.atomic import write_text
-from audit.compute import autocast_dtype, pick_device, resolve_precision
-from audit.model import LoadedModel, load_model, model_paths
+from audit.model import LoadedModel, autocast_dtype, load_model, model_paths, pick_device, resolve_precision
 from training.data import ImageSet, has_split, load_split, split_hashes
 from training.engine import predict_logits
 from training.file_checks import file_level_checks

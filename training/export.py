@@ -12,8 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from audit.compute import DEVICE_CHOICES, pick_device
-from audit.model import build_network
+from audit.model import DEVICE_CHOICES, build_network, pick_device
 from training.card import export_model
 from training.checkpoint import load_checkpoint, resolve_checkpoint
 from training.data import prepare_data

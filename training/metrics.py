@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 
 # The card's ECE and the report's are one function: the same predictions give the same figure.
-from audit.metrics import expected_calibration_error
+from audit.report import expected_calibration_error
 
 
 def reliability_table(prob_ai: np.ndarray, labels: np.ndarray, bins: int = 10) -> list[dict[str, float]]:

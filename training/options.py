@@ -8,7 +8,7 @@ import argparse
 import shlex
 from typing import Any
 
-from audit.compute import DEVICE_CHOICES, PRECISION_CHOICES
+from audit.model import DEVICE_CHOICES, PRECISION_CHOICES
 from training.augment import AugmentConfig
 from training.data import policy_of
 
@@ -40,7 +40,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "--val-fraction of its train split is held out")
     parser.add_argument("--output-dir", default="runs/detector", help="run folder: checkpoint, history, exported model")
     parser.add_argument("--name", default="detector", help="name of the exported model (NAME.safetensors + NAME.json)")
-    parser.add_argument("--variant", default="resnet18-s1stem", help="network variant (audit.model.ARCHITECTURES)")
+    parser.add_argument("--variant", default="resnet18-s1stem", help="network variant (audit.model._card.ARCHITECTURES)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.2, help="peak learning rate of the one-cycle schedule")
@@ -51,7 +51,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--epoch-size", type=int, default=None, help="images drawn per epoch (default: all train images of all sets, once)")
     parser.add_argument("--input-size", type=int, default=32, help="network input side in pixels")
-    parser.add_argument("--resize-policy", default="squash", choices=["squash", "center-crop", "crops"], help="the card's input policy (audit.input_policy.RESIZE_POLICIES)")
+    parser.add_argument("--resize-policy", default="squash", choices=["squash", "center-crop", "crops"], help="the card's input policy (audit.model._input_policy.RESIZE_POLICIES)")
     parser.add_argument("--scale-size", type=int, default=0, help="crops policy: shorter side before cropping")
     parser.add_argument("--crops", type=int, default=1, help="crops policy: crops scored an image (1, 5 or 9)")
     parser.add_argument("--crop-scale", type=float, default=None, help="random resized crop of this share of the side up to all of it (default: 4-pixel padded crop)")

@@ -21,8 +21,15 @@ import torch
 from torch import nn
 
 from audit.atomic import atomic_path
-from audit.compute import autocast_dtype, default_workers, pick_device, resolve_precision
-from audit.model import ModelError, build_network, refuse_pickle
+from audit.model import (
+    ModelError,
+    autocast_dtype,
+    build_network,
+    default_workers,
+    pick_device,
+    refuse_pickle,
+    resolve_precision,
+)
 from training.card import export_model
 from training.checkpoint import TrainingState, load_checkpoint, read_state, resolve_checkpoint, save_checkpoint
 from training.data import TrainingData, epoch_draws, prepare_data

@@ -9,7 +9,7 @@ CRASH_MARKER = b"AUDIT-TEST-SEGFAULT"
 
 
 def crash_on_marker(load_bytes):
-    """Wrap audit.loading.load_bytes: a file holding the marker kills the process decoding it."""
+    """Wrap audit.intake._load.load_bytes: a file holding the marker kills the process decoding it."""
 
     def load_bytes_or_segfault(data, options, result):
         if CRASH_MARKER in data:

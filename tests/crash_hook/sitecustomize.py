@@ -2,7 +2,7 @@
 the tests' cluster, scan subprocesses), decoding a file whose bytes hold CRASH_MARKER kills the
 process with SIGSEGV, as a fault in native image-decoding code would.
 
-The patch is applied when ``audit.loading`` is first imported, so processes that never decode
+The patch is applied when ``audit.intake._load`` is first imported, so processes that never decode
 pay nothing. tests/test_ray_engine.py applies the same patch to the test process itself.
 """
 
@@ -17,7 +17,7 @@ from crash_marker import crash_on_marker
 
 class _PatchAuditLoading(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name != "audit.loading":
+        if name != "audit.intake._load":
             return None
         sys.meta_path.remove(self)  # find the real module, then wrap its loader once
         spec = importlib.util.find_spec(name)

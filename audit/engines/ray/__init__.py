@@ -1,0 +1,24 @@
+"""The Ray engine: the local engine's contract on a Ray cluster (decode tasks, scoring actors,
+the head watchdog that turns a lost cluster into :class:`audit.errors.EngineLost`).
+"""
+
+from __future__ import annotations
+
+# Imported when first asked for: these pull in torch, pandas or OpenCV.
+_LAZY = {
+    "RayUnavailable": "audit.engines.ray._cluster",
+    "RayEngine": "audit.engines.ray._engine",
+    "RaySettings": "audit.engines.ray._engine",
+    "check_settings": "audit.engines.ray._engine",
+    "engine_settings": "audit.engines.ray._engine",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__all__ = ["RayEngine", "RaySettings", "RayUnavailable", "check_settings", "engine_settings"]

@@ -1,0 +1,33 @@
+"""Reviewers' decisions: recorded by sha256, append-only, and imported from a filled-in
+results.xlsx / results.csv or the report's export.
+"""
+
+from __future__ import annotations
+
+from audit.review._decisions import (
+    LIST_HEADER,
+    MAX_NOTE_CHARS,
+    ReviewTally,
+    cleared_under_other_model,
+    current_decisions,
+    decision_history,
+    describe_decision,
+    paths_by_sha256,
+    review_state,
+    set_decision,
+)
+
+# Imported when first asked for: these pull in torch, pandas or OpenCV.
+_LAZY = {
+    "import_decisions": "audit.review._import",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__all__ = ["LIST_HEADER", "MAX_NOTE_CHARS", "ReviewTally", "cleared_under_other_model", "current_decisions", "decision_history", "describe_decision", "import_decisions", "paths_by_sha256", "review_state", "set_decision"]

@@ -1,0 +1,86 @@
+"""The run store's tables and the migrations that bring an older store up to date."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Callable
+
+STORE_FILE_NAME = "audit-store.sqlite"
+SCHEMA_VERSION = 3
+
+# Reviewers' decisions (audit.review._decisions holds the logic). Rows are only ever appended: the newest row
+# (highest id) for a sha256 is its current decision, the others are its history.
+_DECISIONS_SCHEMA = """
+CREATE TABLE decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sha256 TEXT NOT NULL,
+    decision TEXT NOT NULL,       -- confirmed-ai | false-positive | unsure
+    decided_by TEXT NOT NULL,
+    decided_at TEXT NOT NULL,     -- ISO 8601 UTC, when the reviewer decided
+    recorded_at TEXT NOT NULL,    -- when it reached the store
+    note TEXT NOT NULL DEFAULT '',
+    model_id TEXT NOT NULL DEFAULT '',  -- the model whose result the reviewer saw
+    prob_ai REAL,
+    source TEXT NOT NULL DEFAULT ''     -- "set" or "import sha256:<file's sha256> <file name>"
+);
+CREATE INDEX decisions_by_sha256 ON decisions (sha256, id)
+"""
+
+
+# The run that stored the newest result (RunStore.newest_scoring_run) without reading the whole table.
+_SCORES_BY_RUN = "CREATE INDEX IF NOT EXISTS scores_by_run ON scores (scored_run)"
+
+
+def run_statements(db: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+# Migrations from version N to N + 1, applied in order inside one transaction; a store whose
+# version has no path here is refused.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: lambda db: run_statements(db, _DECISIONS_SCHEMA),  # 1 -> 2: reviewers' decisions
+    2: lambda db: run_statements(db, _SCORES_BY_RUN),  # 2 -> 3: the newest stored result at once
+}
+
+_SCHEMA = """
+CREATE TABLE files (
+    root TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER,
+    mtime REAL,
+    sha256 TEXT NOT NULL DEFAULT '',
+    verdict TEXT NOT NULL DEFAULT '',
+    first_seen_run INTEGER NOT NULL,
+    changed_run INTEGER,          -- the run that saw its content (sha256) change
+    flagged_since_run INTEGER,    -- the run whose verdict first became ai-generated (NULL: not flagged)
+    last_seen_run INTEGER NOT NULL,
+    PRIMARY KEY (root, path)
+);
+CREATE TABLE scores (
+    sha256 TEXT NOT NULL,
+    scoring_key TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    row_json TEXT NOT NULL,       -- the ResultRow fields that depend on the bytes and the model
+    scored_run INTEGER NOT NULL,
+    PRIMARY KEY (sha256, scoring_key)
+);
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    options_json TEXT NOT NULL,
+    out_dir TEXT NOT NULL,
+    out_dir_created INTEGER NOT NULL,  -- 1: this run made the folder, so prune may remove it
+    pid INTEGER NOT NULL,
+    files INTEGER,
+    files_scored INTEGER,
+    files_reused INTEGER,
+    flagged INTEGER,
+    errors INTEGER,
+    exit_code INTEGER,
+    partial INTEGER NOT NULL DEFAULT 1,  -- 0 only once the run has completed
+    note TEXT NOT NULL DEFAULT ''
+);
+""" + ";" + _DECISIONS_SCHEMA + ";" + _SCORES_BY_RUN
