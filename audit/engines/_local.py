@@ -143,20 +143,31 @@ def make_loader(records: Sequence[FileRecord], options: LoadOptions, batch_size:
 
 
 class Scorer:
-    """Runs the network on uint8 batches and returns calibrated probabilities (float32, CPU)."""
+    """Runs the network (and the networks its card routes images to) on uint8 batches and returns
+    calibrated probabilities (float32, CPU)."""
 
     def __init__(self, model: LoadedModel, plan: ComputePlan) -> None:
         import torch
 
         self.model = model
         self.plan = plan
-        network = model.network.to(plan.device).eval()
-        if plan.channels_last:
-            network = network.to(memory_format=torch.channels_last)
-        self.network = network
+        # Index 0: the card's own network; i: its i-th route's (audit.model._routing). Built here,
+        # outside inference mode, so Grad-CAM can still use the same modules afterwards.
+        self.models = [model, *(routed for _, routed in model.routes)]
+        self._networks = []
+        for each in self.models:
+            network = each.network.to(plan.device).eval()
+            if plan.channels_last:
+                network = network.to(memory_format=torch.channels_last)
+            self._networks.append(network)
 
-    def probabilities(self, images_uint8: torch.Tensor, view_counts: list[int] | None = None) -> torch.Tensor:
-        """Calibrated prob_ai per image; ``view_counts`` when images holds several crops an image."""
+    def network(self, route: int = 0) -> Any:
+        return self._networks[route]
+
+    def probabilities(self, images_uint8: torch.Tensor, view_counts: list[int] | None = None,
+                      routes: list[int] | None = None) -> torch.Tensor:
+        """Calibrated prob_ai per image; ``view_counts`` when images holds several crops an image;
+        ``routes``: each image's route (None: all the card's own network)."""
         import torch
 
         if images_uint8.shape[0] == 0:
@@ -168,9 +179,35 @@ class Scorer:
                 views = view_counts
             if self.plan.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
+            if not routes or not any(routes):
+                with self.plan.autocast():
+                    logits = combine_views(self.network(0)(inputs).float(), views)
+                return self.model.probabilities(logits).float().cpu()
+            return self._routed(inputs, views, routes)
+
+    def _routed(self, inputs: torch.Tensor, views: int | list[int], routes: list[int]) -> torch.Tensor:
+        """Each image's views through its route's network, calibrated by that model's card."""
+        import torch
+
+        counts = views if isinstance(views, list) else [max(views, 1)] * len(routes)
+        view_route = torch.repeat_interleave(torch.tensor(routes), torch.tensor(counts)).to(inputs.device)
+        logits = torch.empty((inputs.shape[0], len(self.model.card.class_names)), device=inputs.device)
+        for route in sorted(set(routes)):
+            chosen = view_route == route
             with self.plan.autocast():
-                logits = combine_views(self.network(inputs).float(), views)
-            return self.model.probabilities(logits).float().cpu()
+                logits[chosen] = self.network(route)(inputs[chosen]).float()
+        combined = combine_views(logits, views)
+        probs = torch.empty(len(routes))
+        image_route = torch.tensor(routes)
+        for route in sorted(set(routes)):
+            chosen = image_route == route
+            probs[chosen] = self.models[route].probabilities(combined[chosen.to(combined.device)]).float().cpu()
+        return probs
+
+
+def routes_of(results: Sequence[LoadResult], ok_positions: Sequence[int]) -> list[int]:
+    """The route of each decoded image of a batch, in the batch's order."""
+    return [results[position].route for position in ok_positions]
 
 
 def score_records(
@@ -208,7 +245,7 @@ def score_records(
 
 
 def _score_batch(scorer: Scorer, batch: Batch) -> Iterator[Scored]:
-    probs = scorer.probabilities(batch.images, batch.view_counts).tolist()
+    probs = scorer.probabilities(batch.images, batch.view_counts, routes_of(batch.results, batch.ok_positions)).tolist()
     prob_at = dict(zip(batch.ok_positions, probs, strict=True))
     for position, result in enumerate(batch.results):
         yield Scored(result=result, prob_ai=prob_at.get(position))

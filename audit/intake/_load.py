@@ -32,7 +32,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from audit.evidence import EvidenceOptions, Finding, read_evidence
 from audit.intake._discover import SNIFF_BYTES, SUPPORTED_FORMATS, FileRecord, sniff_format
-from audit.model import Preprocessing, to_model_input
+from audit.model import Preprocessing, route_index, to_model_input
 
 if TYPE_CHECKING:  # the tensor comes from input_policy.to_model_input; importing torch here would slow a rerun that decodes nothing
     import torch
@@ -56,6 +56,8 @@ class LoadOptions:
     evidence: EvidenceOptions | None = field(default_factory=EvidenceOptions)
     # A crops policy: each distinct crop once (the scan), or always K so images stack (training).
     distinct_views: bool = True
+    # The card's routes by size: (longest side, that model's input policy), audit.model.route_policies.
+    routes: tuple[tuple[int, Preprocessing], ...] = ()
 
 
 @dataclass
@@ -72,6 +74,7 @@ class LoadResult:
     error: str | None = None
     note: str = ""
     evidence: list[Finding] = field(default_factory=list)  # audit.evidence._metadata findings, strongest first
+    route: int = 0  # 0: the card's own network; i: its i-th route by size (audit.model.route_index)
 
     @property
     def ok(self) -> bool:
@@ -257,7 +260,12 @@ def load_bytes(data: bytes, options: LoadOptions, result: LoadResult) -> LoadRes
             )
         rgb = _decode(data, image_format, options, result)
         del data  # the encoded bytes are no longer needed; keep the worker's memory small
-        result.tensor = to_model_input(rgb, options.preprocessing, distinct_views=options.distinct_views)
+        result.route = route_index(result.width, result.height, options.routes)
+        pre = options.routes[result.route - 1][1] if result.route else options.preprocessing
+        tensor = to_model_input(rgb, pre, distinct_views=options.distinct_views)
+        if result.route and options.preprocessing.resize_policy == "crops" and tensor.ndim == 3:
+            tensor = tensor.unsqueeze(0)  # one view, stacked as the card's crops are
+        result.tensor = tensor
     except _LoadFailure as failure:
         result.error = str(failure)
     except Exception as exc:  # noqa: BLE001 - the last guard: a row, never a stopped run

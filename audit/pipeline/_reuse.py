@@ -43,6 +43,8 @@ def scoring_key(model: LoadedModel, load_options: LoadOptions) -> str:
         "temperature": model.card.temperature,
         "threshold": model.card.threshold,
         "preprocessing": repr(model.card.preprocessing),
+        "routes": [[route.max_side, routed.model_id, routed.card.temperature, routed.card.threshold,
+                    repr(routed.card.preprocessing)] for route, routed in model.routes],
         "evidence": None if evidence is None else hashlib.sha256(evidence.trust_anchors_pem.encode()).hexdigest(),
         "max_pixels": load_options.max_pixels,
         "max_file_bytes": load_options.max_file_bytes,
