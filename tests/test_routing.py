@@ -97,3 +97,16 @@ def test_the_report_explains_a_routed_image_with_the_network_that_scored_it(tmp_
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "small-ai.png" in page and "go to small-images" in page
     assert "differs from the score" not in page and "disagree" not in page
+
+
+def test_the_route_command_pins_the_model_it_routes_to(tmp_path: Path) -> None:
+    from training.__main__ import main as training_main
+
+    save_trained_model(tmp_path, "small-images")
+    torch.manual_seed(1)
+    save_model(build_network("resnet18-s1stem"), ModelCard(name="photos", preprocessing=CROPS), tmp_path / "photos")
+    assert training_main(["route", str(tmp_path / "photos.json"), "--max-side", "32", "--to",
+                          str(tmp_path / "small-images.json"), "--reason", "thumbnails"]) == 0
+    loaded = load_model(tmp_path / "photos.json", lazy=True)
+    assert loaded.scored_by(1).card.name == "small-images"
+    assert loaded.card.routes[0]["weights_sha256"] == loaded.scored_by(1).card.weights_sha256
