@@ -412,7 +412,7 @@ def test_an_unchanged_night_copies_its_rows_and_a_change_to_what_they_are_made_o
     assert second.rows_copied_from_run == first.store.run_id  # nothing changed: its rows taken whole
     assert (tmp_path / "r2" / "results.csv").read_bytes() == (tmp_path / "r1" / "results.csv").read_bytes()
     for field in ("files", "flagged", "counts", "labels", "review", "rows_fingerprint"):
-        assert second[field] == first[field], field
+        assert getattr(second, field) == getattr(first, field), field
     assert (second.files_scored, second.files_reused) == (0, 5)
 
     # A reviewer's decision between nights: the rows are made again and carry it.
