@@ -63,16 +63,15 @@ def stop_on_signals() -> Iterator[None]:
 
 
 def die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process (a decode worker, the report process) when the
+    """Ask the kernel to SIGKILL this process (a decode worker) when the
     process that started it dies (Linux).
 
     A scan killed outright (SIGKILL: the OOM killer, a node drain, a timeout) runs no cleanup, and
     its workers were seen to live on as orphans for minutes, blocked on a pipe that no one read.
     They hold nothing worth keeping: the main process owns the store and the outputs. (The kernel
     watches the *thread* that forked the process: for a decode worker, the one that iterates the
-    loader; the scan iterates, and starts the report process, in its main thread.) Elsewhere than
-    on Linux this does nothing: a decode worker's loop still checks its parent; the report
-    process outlives a killed scan until its stdin closes, which the scan's death does.
+    loader; the scan iterates in its main thread.) Elsewhere than on Linux this does nothing: a
+    decode worker's loop still checks its parent.
     """
     import ctypes
     import ctypes.util

@@ -5,8 +5,8 @@ costs: interpreter and torch start-up, model loading, the walk, the store lookup
 summary.json and, unless --no-report, the report):
 
 1. the first run over a folder;
-2. a second run over the unchanged folder (it scores nothing, explains nothing, and copies the
-   last report's pages behind a new front page: audit.report._reuse);
+2. a second run over the unchanged folder (it scores nothing, explains nothing, and renders the
+   report from what the run store kept: Grad-CAM maps, gallery pictures, laid-out PDF parts);
 3. with --changes F (default 0.01): a third run after F of the files were added and F changed
    (it scores those, explains only the newly flagged ones, and renders the report).
 
@@ -34,7 +34,6 @@ about half of the files).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -48,6 +47,8 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from audit.summary import RunSummary, read_summary  # noqa: E402 - after the path
 
 
 def extract_split(zip_path: Path, split: str, target: Path, limit: int | None) -> int:
@@ -116,17 +117,13 @@ def timed_scan(data: Path, model: Path, out: Path, store: Path, extra: list[str]
     seconds = time.perf_counter() - started
     if finished.returncode not in (0, 3, 4):
         raise SystemExit(f"audit scan failed with exit code {finished.returncode}")
-    return seconds, json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    return seconds, read_summary(out / "summary.json")
 
 
-def describe(name: str, seconds: float, summary: dict) -> str:
-    report = summary.get("report") or {}
-    how = ("report copied from run %s" % report["copied_from_run"]) if report.get("copied_from_run") else \
-        ("report rendered" if report else "no report")
-    if report.get("body_pages") and not report.get("copied_from_run"):
-        how += f" ({report['body_pages_kept']} of {report['body_pages']} pages after the front kept)"
-    return (f"{name}: {seconds:8.2f} s wall, scored {summary['files_scored']}, reused {summary['files_reused']}, "
-            f"flagged {summary['flagged']}, {how}; stages {summary['seconds']}")
+def describe(name: str, seconds: float, summary: RunSummary) -> str:
+    how = "report rendered" if "report.html" in summary.outputs else "no report"
+    return (f"{name}: {seconds:8.2f} s wall, scored {summary.files_scored}, reused {summary.files_reused}, "
+            f"flagged {summary.flagged}, {how}; stages {summary.seconds}")
 
 
 def run_timings(args: argparse.Namespace, model: Path, work: Path) -> None:

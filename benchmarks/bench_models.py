@@ -11,7 +11,6 @@ Each scan scores every file (--full, its own fresh store), without report or XLS
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from audit.summary import read_summary  # noqa: E402 - after the path
 
 
 def timed_scan(data: Path, model: str, work: Path, extra: list[str]) -> tuple[float, int]:
@@ -30,8 +31,7 @@ def timed_scan(data: Path, model: str, work: Path, extra: list[str]) -> tuple[fl
     seconds = time.perf_counter() - started
     if finished.returncode not in (0, 3, 4):
         raise SystemExit(f"scan failed with exit code {finished.returncode}: {command}")
-    summary = json.loads((out / "summary.json").read_text())
-    return seconds, int(summary["files"])
+    return seconds, read_summary(out / "summary.json").files
 
 
 def main() -> None:

@@ -31,6 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from audit.summary import RunSummary  # noqa: E402 - after the path
+
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_scan import extract_split  # noqa: E402
@@ -71,8 +73,8 @@ def model_path(args: argparse.Namespace, work: Path) -> Path:
     return work / "bench-random.json"
 
 
-def stage_seconds(summary: dict) -> float:
-    seconds = summary["seconds"]
+def stage_seconds(summary: RunSummary) -> float:
+    seconds = summary.seconds
     return seconds["discover"] + seconds["load_and_score"] + seconds["write"]
 
 
@@ -89,7 +91,7 @@ def scan_pair(data: Path, model_file: Path, args: argparse.Namespace, work: Path
                                   progress="none", report=False, evidence=evidence,
                                   full=True)  # score every file: the runs share a run store
             summary = run_scan(options, model=model).summary
-            files = summary["files"]
+            files = summary.files
             times["with_evidence" if evidence else "without_evidence"].append(stage_seconds(summary))
             shutil.rmtree(out)
     with_evidence, without = statistics.median(times["with_evidence"]), statistics.median(times["without_evidence"])

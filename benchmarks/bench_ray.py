@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from audit.summary import read_summary  # noqa: E402 - after the path
 
 
 def ray_env() -> dict[str, str]:
@@ -99,7 +101,7 @@ def timed_scan(data: Path, model: str | None, work: Path, name: str, extra: list
     seconds = time.perf_counter() - started
     if finished.returncode not in (0, 3, 4):
         raise SystemExit(f"{' '.join(command)} exited with {finished.returncode}")
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    summary = read_summary(out / "summary.json")
     shutil.rmtree(out)
     return seconds, summary
 
@@ -172,18 +174,18 @@ def main() -> None:
                 wall_big, summary_big = timed_scan(args.data, args.model, work, f"{label}-big-{repeat}", extra)
                 record(label, "wall_small", wall_small)
                 record(label, "wall_big", wall_big)
-                record(label, "throughput", summary_big["throughput_files_per_s"])
-                record(label, "steady", (summary_big["files"] - summary_small["files"]) / (wall_big - wall_small))
+                record(label, "throughput", summary_big.throughput_files_per_s)
+                record(label, "steady", (summary_big.files - summary_small.files) / (wall_big - wall_small))
                 if label == "ray":
-                    for stage, seconds in summary_big["engine"]["seconds"].items():
+                    for stage, seconds in summary_big.engine["seconds"].items():
                         record(label, f"engine_{stage}", seconds)
                 print(f"{label} #{repeat + 1}: small {wall_small:.1f} s, big {wall_big:.1f} s wall, "
-                      f"throughput {summary_big['throughput_files_per_s']} files/s, compute {summary_big['compute']}, "
-                      f"engine {json.dumps(summary_big.get('engine'))}", flush=True)
+                      f"throughput {summary_big.throughput_files_per_s} files/s, compute {summary_big.compute}, "
+                      f"engine {json.dumps(summary_big.engine)}", flush=True)
         for cpus in filter(None, args.decode_cpus_sweep.split(",")):
             wall, summary = timed_scan(args.data, args.model, work, f"ray-decode-{cpus}",
                                        ray_extra + ["--ray-decode-cpus", cpus])
-            print(f"ray, 1 actor, {cpus} decode CPUs: {summary['throughput_files_per_s']} files/s "
+            print(f"ray, 1 actor, {cpus} decode CPUs: {summary.throughput_files_per_s} files/s "
                   f"({wall:.1f} s wall); decode-only ceiling with {cpus} processes: "
                   f"{decode_ceiling(args.data, int(cpus)):.0f} images/s", flush=True)
     finally:

@@ -34,11 +34,11 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
 from audit.model import DEFAULT_MODEL_PATH, ModelCard, build_network, load_model, save_model  # noqa: E402
 from audit.pipeline import ResultWriter, commit, write_json_tmp
 from audit.report import render_report_files  # noqa: E402
 from audit.rows import ResultRow  # noqa: E402
+from audit.summary import ModelRecord, RunSummary, ToolRecord  # noqa: E402 - after the path
 
 SAMPLE = REPO / "examples" / "cifake-sample"
 
@@ -101,16 +101,14 @@ def write_run(run_dir: Path, flagged: list[Item], unflagged: list[Item], model_p
             model_id=model.model_id, scanned_at="2026-11-25T00:00:00Z",
         ))
     renames = writer.finish()
-    summary = {
-        "tool": {"name": "ai-image-audit", "version": "benchmark"},
-        "started_at": "2026-11-25T00:00:00Z", "finished_at": "2026-11-25T00:00:00Z",
-        "files": len(rows),
-        "model": {"id": model.model_id, "name": model.card.name, "sha256": model.card.weights_sha256,
-                  "path": str(model.weights_path.resolve())},
-        "threshold": 0.5, "options": {"archives": sorted({str(r) for _, r, _, _ in rows}), "labels": "folders"},
-        "cwd": os.getcwd(),
-    }
-    renames.append(write_json_tmp(run_dir / "summary.json", summary))
+    summary = RunSummary(
+        tool=ToolRecord("ai-image-audit", "benchmark"), started_at="2026-11-25T00:00:00Z",
+        finished_at="2026-11-25T00:00:00Z", files=len(rows),
+        model=ModelRecord(model.model_id, model.card.name, model.card.weights_sha256, str(model.weights_path.resolve())),
+        threshold=0.5, options={"archives": sorted({str(r) for _, r, _, _ in rows}), "labels": "folders"},
+        cwd=os.getcwd(),
+    )
+    renames.append(write_json_tmp(run_dir / "summary.json", summary.to_json()))
     commit(renames)
 
 

@@ -23,7 +23,6 @@ Example (the CIFAKE test split, 20,000 files, the shipped model):
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sqlite3
 import statistics
@@ -34,6 +33,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from audit.summary import read_summary  # noqa: E402 - after the path
+
 DECISIONS = ("confirmed-ai", "false-positive", "unsure")
 
 
@@ -49,7 +51,7 @@ def run(command: list[str]) -> float:
 def scan(data: Path, model: Path, out: Path, store: Path, extra: list[str]) -> tuple[float, dict]:
     seconds = run([sys.executable, "-m", "audit.cli._app", "scan", str(data), "--model", str(model), "--out", str(out),
                    "--store", str(store), "--quiet", *extra])
-    return seconds, json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    return seconds, read_summary(out / "summary.json")
 
 
 def copy_store(source: Path, target: Path) -> None:
@@ -139,12 +141,12 @@ def main() -> None:
         for name, store_path in (("without", without), ("with", with_decisions)):
             warm[name], summary = scan(args.data, args.model, work / f"warm-{name}", store_path, extra)
             print(f"untimed first rerun {name} decisions: {warm[name]:.2f} s, files_with_decision "
-                  f"{summary['review']['files_with_decision']}, awaiting {summary['review']['flagged_awaiting_review']}")
+                  f"{summary.review['files_with_decision']}, awaiting {summary.review['flagged_awaiting_review']}")
         times: dict[str, list[float]] = {"without": [], "with": []}
         for repeat in range(args.repeats):
             for name, store_path in (("without", without), ("with", with_decisions)):
                 seconds, summary = scan(args.data, args.model, work / f"{name}-{repeat}", store_path, extra)
-                assert summary["files_scored"] == 0
+                assert summary.files_scored == 0
                 times[name].append(seconds)
         median = {name: statistics.median(values) for name, values in times.items()}
         print(f"reruns without decisions: {', '.join(f'{t:.2f}' for t in times['without'])} s; median {median['without']:.2f} s")

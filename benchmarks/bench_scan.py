@@ -40,7 +40,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
 from audit.config import ScanOptions  # noqa: E402
 from audit.engines import Scorer, make_loader  # noqa: E402
 from audit.intake import (
@@ -49,6 +48,7 @@ from audit.intake import (
 )
 from audit.model import DEFAULT_BATCH_SIZE, DEFAULT_MODEL_PATH, LoadedModel, default_workers, load_model, plan_compute  # noqa: E402  # noqa: E402
 from audit.pipeline import run_scan
+from audit.summary import RunSummary  # noqa: E402 - after the path
 
 
 def extract_split(zip_path: Path, split: str, target: Path) -> None:
@@ -94,7 +94,7 @@ def model_only(scorer: Scorer, images: torch.Tensor, batch_size: int) -> tuple[t
     return probs, len(images) / seconds
 
 
-def full_scan(data: Path, model: LoadedModel, args, out: Path, **overrides) -> dict:
+def full_scan(data: Path, model: LoadedModel, args, out: Path, **overrides) -> RunSummary:
     # report=False: the benchmark measures the scan; the report stage has benchmarks/bench_report.py.
     settings = {"device": args.device, "precision": args.precision, "workers": args.workers,
                 "batch_size": args.batch_size, "report": False,
@@ -293,11 +293,11 @@ def main() -> None:
         }
         print(f"    other precision: {json.dumps(figures['model_only_other_precision'])}")
     summary = full_scan(data, model, args, work / "scan-out")
-    c = summary["throughput_files_per_s"]
+    c = summary.throughput_files_per_s
     ideal = 1 / (1 / a + 1 / b)
     print(f"(c) full scan:    {c:9.1f} images/s; ideal 1/(1/a+1/b) = {ideal:.1f}; c/ideal = {c / ideal:.2f} (target >= 0.8)")
     figures.update({"decode_only_per_s": a, "model_only_per_s": b, "scan_per_s": c, "ideal_per_s": ideal, "scan_over_ideal": c / ideal,
-                    "scan_seconds": summary["seconds"]})
+                    "scan_seconds": summary.seconds})
 
     if args.workers_sweep:
         sweep = {}

@@ -13,7 +13,6 @@ shows the resume: it reuses the committed files.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sqlite3
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from audit.summary import read_summary  # noqa: E402 - after the path
 
 
 def committed(store: Path) -> int:
@@ -72,9 +73,9 @@ def main() -> None:
     print(f"files committed to the run store and kept: {kept}")
     resumed = subprocess.run([sys.executable, "-m", "audit.cli._app", "scan", str(args.data), "--store", str(store),
                               "--out", str(work / "resumed"), "--no-report", "--no-xlsx", "-q"], env=env, cwd=REPO)
-    summary = json.loads((work / "resumed" / "summary.json").read_text(encoding="utf-8"))
-    print(f"resumed (local engine): exit {resumed.returncode}, reused {summary['files_reused']}, "
-          f"scored {summary['files_scored']}")
+    summary = read_summary(work / "resumed" / "summary.json")
+    print(f"resumed (local engine): exit {resumed.returncode}, reused {summary.files_reused}, "
+          f"scored {summary.files_scored}")
 
 
 if __name__ == "__main__":

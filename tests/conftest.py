@@ -17,12 +17,3 @@ def _default_run_stores_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeyp
     in the tests that is a fresh folder per test, never the user's ~/.local/state (subprocesses
     inherit the variable)."""
     monkeypatch.setenv("AUDIT_STATE_DIR", str(tmp_path_factory.mktemp("audit-state")))
-
-
-@pytest.fixture(autouse=True)
-def _reports_rendered_in_the_test_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A scan run inside the test process renders its report there (as it does whenever its
-    process has the report's imports already), so tests can watch the report stage; the report
-    process (audit.report._process) is tested in test_report_process.py and by every scan run as
-    a subprocess."""
-    monkeypatch.setattr("audit.pipeline._run.worth_a_process", lambda: False)

@@ -106,3 +106,22 @@ def test_the_tree_shows_the_stages() -> None:
 def test_modules_stay_readable(path: Path) -> None:
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= 400, f"{path.relative_to(PACKAGE)} has {lines} lines"
+
+
+def test_sql_lives_only_in_the_store() -> None:
+    """Outside audit/store/, no module imports sqlite3 or runs a statement (.execute, .executemany,
+    .executescript): every query is a store function or a RunStore method."""
+    store = PACKAGE / "store"
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.is_relative_to(store):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            imported = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(name == "sqlite3" or name.startswith("sqlite3.") for name in imported):
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} imports sqlite3")
+            if isinstance(node, ast.Attribute) and node.attr in ("execute", "executemany", "executescript") \
+                    and isinstance(getattr(node, "ctx", None), ast.Load):
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} calls .{node.attr}(")
+    assert offenders == []

@@ -20,6 +20,7 @@ from audit.cli import main
 from audit.errors import EXIT_LOCKED
 from audit.pipeline import read_results_csv
 from audit.store import RunStore
+from audit.summary import RunSummary, read_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,8 +31,8 @@ def scan(archive: Path, model: Path, out: Path, store: Path, *extra: str):
     return CliRunner().invoke(main, args, catch_exceptions=False)
 
 
-def summary_of(out: Path) -> dict:
-    return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+def summary_of(out: Path) -> RunSummary:
+    return read_summary(out / "summary.json")
 
 
 def rows_of(out: Path) -> list[tuple[str, str, str]]:
@@ -59,7 +60,7 @@ def test_rerun_reuses_unchanged_files_and_reports_changes(tmp_path: Path, model_
     write_images(archive, [f"{i}.jpg" for i in range(6)])
     first = scan(archive, model_path, tmp_path / "r1", store)
     assert first.exit_code == 0, first.output
-    assert (summary_of(tmp_path / "r1")["files_scored"], summary_of(tmp_path / "r1")["files_reused"]) == (6, 0)
+    assert (summary_of(tmp_path / "r1").files_scored, summary_of(tmp_path / "r1").files_reused) == (6, 0)
     before = {path: (sha, prob) for path, sha, prob in rows_of(tmp_path / "r1")}
 
     write_images(archive, ["1.jpg"], seed=100)  # new content: changed
@@ -69,13 +70,13 @@ def test_rerun_reuses_unchanged_files_and_reports_changes(tmp_path: Path, model_
     second = scan(archive, model_path, tmp_path / "r2", store)
     assert second.exit_code == 0, second.output
     summary = summary_of(tmp_path / "r2")
-    assert (summary["files_scored"], summary["files_reused"]) == (2, 4)
-    changes = summary["changes"]
-    assert changes["baseline_run"] == summary["store"]["run_id"] - 1
-    assert changes["counts"] == {"new": 1, "changed": 1, "deleted": 1, "newly_flagged": changes["counts"]["newly_flagged"]}
-    assert [item["path"] for item in changes["listed"]["new"]] == ["9.jpg"]
-    assert [item["path"] for item in changes["listed"]["changed"]] == ["1.jpg"]
-    assert [item["path"] for item in changes["listed"]["deleted"]] == ["2.jpg"]
+    assert (summary.files_scored, summary.files_reused) == (2, 4)
+    changes = summary.changes
+    assert changes.baseline_run == summary.store.run_id - 1
+    assert changes.counts == {"new": 1, "changed": 1, "deleted": 1, "newly_flagged": changes.counts["newly_flagged"]}
+    assert [item["path"] for item in changes.listed["new"]] == ["9.jpg"]
+    assert [item["path"] for item in changes.listed["changed"]] == ["1.jpg"]
+    assert [item["path"] for item in changes.listed["deleted"]] == ["2.jpg"]
 
     rows = rows_of(tmp_path / "r2")
     assert [path for path, _, _ in rows] == ["0.jpg", "1.jpg", "3.jpg", "4.jpg", "5.jpg", "9.jpg"]  # every file once, in order
@@ -89,7 +90,7 @@ def test_rerun_reuses_unchanged_files_and_reports_changes(tmp_path: Path, model_
 
     third = scan(archive, model_path, tmp_path / "r3", store)
     assert third.exit_code == 0
-    assert summary_of(tmp_path / "r3")["changes"]["counts"] == {"new": 0, "changed": 0, "deleted": 0, "newly_flagged": 0}
+    assert summary_of(tmp_path / "r3").changes.counts == {"new": 0, "changed": 0, "deleted": 0, "newly_flagged": 0}
     assert rows_of(tmp_path / "r3") == rows
 
 
@@ -138,7 +139,7 @@ def test_an_unchanged_rerun_copies_the_spreadsheet_and_an_edited_or_outdated_one
     assert len(made) == 1  # writing a spreadsheet is most of an unchanged rerun's time
     first, second = (tmp_path / "r1" / "results.xlsx").read_bytes(), (tmp_path / "r2" / "results.xlsx").read_bytes()
     assert second == first  # the same rows: last night's spreadsheet is copied, not written again
-    assert summary_of(tmp_path / "r2")["output_sha256"]["results.xlsx"] == hashlib.sha256(second).hexdigest()
+    assert summary_of(tmp_path / "r2").output_sha256["results.xlsx"] == hashlib.sha256(second).hexdigest()
 
     # An analyst edits last night's spreadsheet: tonight's is made from tonight's rows instead.
     workbook = load_workbook(tmp_path / "r2" / "results.xlsx")
@@ -164,14 +165,14 @@ def test_full_and_a_different_model_score_everything_again(tmp_path: Path, model
     write_images(archive, [f"{i}.jpg" for i in range(3)])
     assert scan(archive, model_path, tmp_path / "r1", store).exit_code == 0
     assert scan(archive, model_path, tmp_path / "r2", store, "--full").exit_code == 0
-    assert (summary_of(tmp_path / "r2")["files_scored"], summary_of(tmp_path / "r2")["files_reused"]) == (3, 0)
-    assert summary_of(tmp_path / "r2")["store"]["mode"] == "full"
+    assert (summary_of(tmp_path / "r2").files_scored, summary_of(tmp_path / "r2").files_reused) == (3, 0)
+    assert summary_of(tmp_path / "r2").store.mode == "full"
     other = make_model(tmp_path / "models", name="other-model")  # another model id
     assert scan(archive, other, tmp_path / "r3", store).exit_code == 0
-    assert summary_of(tmp_path / "r3")["files_scored"] == 3
+    assert summary_of(tmp_path / "r3").files_scored == 3
     assert {row["model_id"].split("@")[0] for row in read_results_csv(tmp_path / "r3" / "results.csv")} == {"other-model"}
     assert scan(archive, model_path, tmp_path / "r4", store, "--no-xlsx").exit_code == 0
-    assert summary_of(tmp_path / "r4")["files_reused"] == 3  # the first model's results are still there
+    assert summary_of(tmp_path / "r4").files_reused == 3  # the first model's results are still there
     assert sorted(path.name for path in (tmp_path / "r4").iterdir()) == ["results.csv", "summary.json"]
 
 
@@ -235,8 +236,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run_and_a_second_run_is_lo
     assert resumed.exit_code == 0, resumed.output
     summary = summary_of(tmp_path / "resumed")
     # Only what was not committed is scored again: the batch in flight and those after it.
-    assert (summary["files_reused"], summary["files_scored"]) == (committed, 160 - committed)
-    assert summary["changes"]["counts"]["new"] == 160  # the killed run never completed: still new
+    assert (summary.files_reused, summary.files_scored) == (committed, 160 - committed)
+    assert summary.changes.counts["new"] == 160  # the killed run never completed: still new
 
     reference = scan(archive, model_path, tmp_path / "reference", tmp_path / "other-store.sqlite")
     assert reference.exit_code == 0
@@ -292,7 +293,7 @@ def test_sigterm_or_sigint_marks_the_run_partial_in_the_store(tmp_path: Path, mo
         db.close()
     resumed = scan(archive, model_path, tmp_path / "again", store)
     assert resumed.exit_code == 0
-    assert (summary_of(tmp_path / "again")["files_reused"], summary_of(tmp_path / "again")["files_scored"]) == (8, 12)
+    assert (summary_of(tmp_path / "again").files_reused, summary_of(tmp_path / "again").files_scored) == (8, 12)
 
 
 def test_a_one_off_or_filtered_scan_does_not_make_the_store_forget_the_archive(tmp_path: Path, model_path: Path) -> None:
@@ -304,14 +305,14 @@ def test_a_one_off_or_filtered_scan_does_not_make_the_store_forget_the_archive(t
     assert one_off.exit_code == 0, one_off.output
     filtered = scan(archive, model_path, tmp_path / "subset", store, "--include", "0.jpg")
     assert filtered.exit_code == 0, filtered.output
-    assert summary_of(tmp_path / "check")["changes"]["counts"]["deleted"] == 0
-    assert summary_of(tmp_path / "subset")["changes"]["counts"]["deleted"] == 0
+    assert summary_of(tmp_path / "check").changes.counts["deleted"] == 0
+    assert summary_of(tmp_path / "subset").changes.counts["deleted"] == 0
 
     night2 = scan(archive, model_path, tmp_path / "night2", store)
     assert night2.exit_code == 0, night2.output
     summary = summary_of(tmp_path / "night2")
-    assert (summary["files_scored"], summary["files_reused"]) == (0, 4)
-    assert summary["changes"]["counts"]["new"] == 0 and summary["changes"]["counts"]["deleted"] == 0
+    assert (summary.files_scored, summary.files_reused) == (0, 4)
+    assert summary.changes.counts["new"] == 0 and summary.changes.counts["deleted"] == 0
 
 
 def test_an_unchanged_rerun_never_loads_torch_or_the_network(tmp_path: Path, model_path: Path) -> None:
@@ -331,7 +332,7 @@ def test_an_unchanged_rerun_never_loads_torch_or_the_network(tmp_path: Path, mod
     finished = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert finished.stdout.split() == ["exit", "0", "False"], finished.stderr
     summary = summary_of(tmp_path / "night2")
-    assert (summary["files_scored"], summary["files_reused"], summary["compute"]) == (0, 3, None)
+    assert (summary.files_scored, summary.files_reused, summary.compute) == (0, 3, None)
     assert [row[1:] for row in rows_of(tmp_path / "night2")] == [row[1:] for row in rows_of(tmp_path / "night1")]
 
 
@@ -344,11 +345,11 @@ def test_reused_results_that_flag_again_are_reported_as_newly_flagged(tmp_path: 
     flag_none = make_model(tmp_path / "flag-none", threshold=1.0)
     assert scan(archive, flag_all, tmp_path / "night1", store).exit_code == 0
     assert scan(archive, flag_none, tmp_path / "night2", store).exit_code == 0
-    assert summary_of(tmp_path / "night2")["flagged"] == 0
+    assert summary_of(tmp_path / "night2").flagged == 0
     assert scan(archive, flag_all, tmp_path / "night3", store).exit_code == 0
     summary = summary_of(tmp_path / "night3")
-    assert (summary["files_reused"], summary["flagged"]) == (3, 3)
-    assert summary["changes"]["counts"]["newly_flagged"] == 3
+    assert (summary.files_reused, summary.flagged) == (3, 3)
+    assert summary.changes.counts["newly_flagged"] == 3
 
 
 def test_the_same_archive_typed_differently_is_the_same_archive_to_the_store(
@@ -364,8 +365,8 @@ def test_the_same_archive_typed_differently_is_the_same_archive_to_the_store(
                                            "--workers", "0", "--quiet", "--no-report"], catch_exceptions=False)
         assert result.exit_code == 0, result.output
         summary = summary_of(tmp_path / night)
-        assert (summary["files_scored"], summary["files_reused"]) == (0, 3)
-        assert summary["changes"]["counts"]["new"] == 0 and summary["changes"]["counts"]["deleted"] == 0
+        assert (summary.files_scored, summary.files_reused) == (0, 3)
+        assert summary.changes.counts["new"] == 0 and summary.changes.counts["deleted"] == 0
         assert {row["root"] for row in read_results_csv(tmp_path / night / "results.csv")} == {typed}
 
 
@@ -379,7 +380,7 @@ def test_a_reused_output_folder_keeps_nothing_from_the_earlier_run(tmp_path: Pat
     (out / "heatmaps" / "0-overlay.png").write_bytes(b"old")
     assert scan(archive, model_path, out, tmp_path / "store.sqlite", "--no-xlsx").exit_code == 0
     assert sorted(path.name for path in out.iterdir()) == ["results.csv", "summary.json"]
-    assert summary_of(out)["outputs"] == ["results.csv", "summary.json"]
+    assert summary_of(out).outputs == ["results.csv", "summary.json"]
 
 
 def test_the_printed_front_page_lists_the_first_50_changes_of_a_kind_and_says_how_many_there_are(
@@ -391,7 +392,7 @@ def test_the_printed_front_page_lists_the_first_50_changes_of_a_kind_and_says_ho
     assert scan(archive, model_path, tmp_path / "r2", store).exit_code == 0
     printed = since_last_run_section(tmp_path / "r2", "pdf")
     page = since_last_run_section(tmp_path / "r2")
-    assert printed.count("<li><code>new-") == 50 and "the first 50 of 55; results.csv lists every file" in printed
+    assert printed.count("<li><code>new-") == 50 and "the first 50 of 55; <code>audit runs --changes 2</code> lists every one" in printed
     assert "new-49.jpg" in printed and "new-50.jpg" not in printed
     assert page.count("<li><code>new-") == 55 and "the first" not in page  # the HTML page lists what summary.json has
 
@@ -402,47 +403,47 @@ def test_an_unchanged_night_copies_its_rows_and_a_change_to_what_they_are_made_o
     archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
     write_images(archive, [f"{i}.jpg" for i in range(5)])
 
-    def night(name: str) -> dict:
+    def night(name: str) -> RunSummary:
         assert scan(archive, model_path, tmp_path / name, store).exit_code == 0
         return summary_of(tmp_path / name)
 
     first, second = night("r1"), night("r2")
-    assert first["rows_copied_from_run"] is None
-    assert second["rows_copied_from_run"] == first["store"]["run_id"]  # nothing changed: its rows taken whole
+    assert first.rows_copied_from_run is None
+    assert second.rows_copied_from_run == first.store.run_id  # nothing changed: its rows taken whole
     assert (tmp_path / "r2" / "results.csv").read_bytes() == (tmp_path / "r1" / "results.csv").read_bytes()
     for field in ("files", "flagged", "counts", "labels", "review", "rows_fingerprint"):
-        assert second[field] == first[field], field
-    assert (second["files_scored"], second["files_reused"]) == (0, 5)
+        assert getattr(second, field) == getattr(first, field), field
+    assert (second.files_scored, second.files_reused) == (0, 5)
 
     # A reviewer's decision between nights: the rows are made again and carry it.
     decided = read_results_csv(tmp_path / "r2" / "results.csv")[3]
     assert CliRunner().invoke(main, ["review", "set", decided["sha256"], "false-positive", "--store", str(store),
                                      "--by", "ana"]).exit_code == 0
     third = night("r3")
-    assert third["rows_copied_from_run"] is None
+    assert third.rows_copied_from_run is None
     assert read_results_csv(tmp_path / "r3" / "results.csv")[3]["review"] == "false-positive"
-    assert night("r4")["rows_copied_from_run"] == third["store"]["run_id"]
+    assert night("r4").rows_copied_from_run == third.store.run_id
 
     # Last night's CSV edited by an analyst: tonight's is made, as the scan writes it.
     (tmp_path / "r4" / "results.csv").write_text("edited", encoding="utf-8")
     fifth = night("r5")
-    assert fifth["rows_copied_from_run"] is None
+    assert fifth.rows_copied_from_run is None
     assert (tmp_path / "r5" / "results.csv").read_bytes() == (tmp_path / "r3" / "results.csv").read_bytes()
 
     # A deleted file: nothing to score, but the rows are not last night's.
     (archive / "2.jpg").unlink()
     sixth = night("r6")
-    assert sixth["rows_copied_from_run"] is None and sixth["files"] == 4
+    assert sixth.rows_copied_from_run is None and sixth.files == 4
     assert [row["path"] for row in read_results_csv(tmp_path / "r6" / "results.csv")] == ["0.jpg", "1.jpg", "3.jpg", "4.jpg"]
 
     # Labels asked for: the true_label column changes.
     (tmp_path / "labels.csv").write_text("path,label\n0.jpg,real\n", encoding="utf-8")
     assert scan(archive, model_path, tmp_path / "r7", store, "--labels", str(tmp_path / "labels.csv")).exit_code == 0
-    assert summary_of(tmp_path / "r7")["rows_copied_from_run"] is None
+    assert summary_of(tmp_path / "r7").rows_copied_from_run is None
     assert read_results_csv(tmp_path / "r7" / "results.csv")[0]["true_label"] == "real"
     labelled = ("--labels", str(tmp_path / "labels.csv"))
     assert scan(archive, model_path, tmp_path / "r8", store, *labelled).exit_code == 0
-    assert summary_of(tmp_path / "r8")["rows_copied_from_run"] == summary_of(tmp_path / "r7")["store"]["run_id"]
+    assert summary_of(tmp_path / "r8").rows_copied_from_run == summary_of(tmp_path / "r7").store.run_id
 
     # A result stored since the last run by one that did not complete (a --full night stopped
     # after its first batch): the rows are made again and show it.
@@ -458,5 +459,5 @@ def test_an_unchanged_night_copies_its_rows_and_a_change_to_what_they_are_made_o
     finally:
         stored.close()
     assert scan(archive, model_path, tmp_path / "r9", store, *labelled).exit_code == 0
-    assert summary_of(tmp_path / "r9")["rows_copied_from_run"] is None
+    assert summary_of(tmp_path / "r9").rows_copied_from_run is None
     assert read_results_csv(tmp_path / "r9" / "results.csv")[1]["prob_ai"] == "0.123456"

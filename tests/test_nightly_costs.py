@@ -5,7 +5,6 @@ explained before."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sqlite3
@@ -18,6 +17,7 @@ from scan_fixtures import jpeg_bytes, make_model, model_dir, model_path, noise_i
 from audit.cli import main
 from audit.pipeline import read_results_csv
 from audit.store import RunStore
+from audit.summary import RunSummary, read_summary
 
 
 def write_images(archive: Path, names: list[str], seed: int = 0) -> None:
@@ -32,8 +32,8 @@ def scan(archive: Path, model: Path, out: Path, *extra: str):
     return CliRunner().invoke(main, args, catch_exceptions=False)
 
 
-def summary_of(out: Path) -> dict:
-    return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+def summary_of(out: Path) -> RunSummary:
+    return read_summary(out / "summary.json")
 
 
 def test_the_default_store_follows_the_archive_and_never_joins_unrelated_ones(tmp_path: Path, model_path: Path) -> None:
@@ -43,19 +43,19 @@ def test_the_default_store_follows_the_archive_and_never_joins_unrelated_ones(tm
 
     first = scan(photos, model_path, tmp_path / "tmp" / "a")
     assert first.exit_code == 0, first.output
-    store = Path(summary_of(tmp_path / "tmp" / "a")["store"]["path"])
+    store = Path(summary_of(tmp_path / "tmp" / "a").store.path)
     assert f"audit scan: run store {store} (the default for these archives)" in first.stderr  # said at the start
     assert store.is_file() and store.is_relative_to(os.environ["AUDIT_STATE_DIR"])
     # An unrelated archive whose output folder has the same parent: another store, no lock shared.
     other = scan(scans, model_path, tmp_path / "tmp" / "b", "--quiet")
     assert other.exit_code == 0 and other.stderr == ""
-    assert Path(summary_of(tmp_path / "tmp" / "b")["store"]["path"]) != store
-    assert summary_of(tmp_path / "tmp" / "b")["changes"]["baseline_run"] is None  # it saw none of photos' runs
+    assert Path(summary_of(tmp_path / "tmp" / "b").store.path) != store
+    assert summary_of(tmp_path / "tmp" / "b").changes.baseline_run is None  # it saw none of photos' runs
     # The same archive with its output somewhere else (and typed otherwise): the same store, reused.
     again = scan(Path(str(photos) + "/"), model_path, tmp_path / "home" / "audit", "--quiet")
     assert again.exit_code == 0
-    assert summary_of(tmp_path / "home" / "audit")["store"]["path"] == str(store)
-    assert summary_of(tmp_path / "home" / "audit")["files_reused"] == 2
+    assert summary_of(tmp_path / "home" / "audit").store.path == str(store)
+    assert summary_of(tmp_path / "home" / "audit").files_reused == 2
     assert not list(tmp_path.rglob("*.sqlite"))  # nothing beside the reports, nor in the "home" folder
 
     # `audit runs` and `audit prune` find it by the same rule.
@@ -75,7 +75,7 @@ def test_the_report_names_the_run_store(tmp_path: Path, model_path: Path) -> Non
 
     write_images(tmp_path / "photos", ["a.jpg"])
     assert scan(tmp_path / "photos", model_path, tmp_path / "out", "--quiet").exit_code == 0
-    store = summary_of(tmp_path / "out")["store"]["path"]
+    store = summary_of(tmp_path / "out").store.path
     page = render_page(build_content(read_run(tmp_path / "out"), None, None, "not needed", tmp_path / "h", 0), "html")
     assert f"<code>{store}</code> (run 1; default (follows the archives))" in page
 
@@ -147,28 +147,32 @@ def test_report_heatmaps_come_from_the_store_for_images_explained_before(
     pruned = CliRunner().invoke(main, ["prune", str(archive), "--keep", "3"], catch_exceptions=False)
     assert pruned.exit_code == 0, pruned.output
     assert "forgot 2 cached heatmap(s) and picture(s)" in pruned.output
-    store = Path(summary_of(tmp_path / "n3")["store"]["path"])
+    store = Path(summary_of(tmp_path / "n3").store.path)
     with sqlite3.connect(store) as db:
         assert db.execute("SELECT count(*) FROM heatmaps").fetchone()[0] == 4
         assert db.execute("SELECT count(*) FROM gallery_pictures").fetchone()[0] == 4
 
 
-def test_an_unchanged_night_copies_the_report_behind_a_front_page_made_for_it(
+def pdf_facts_of_each_render(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The PdfFacts (audit.report._pdf) of every report rendered from now on, in order."""
+    import audit.report._pdf as report_pdf
+
+    facts: list = []
+    real = report_pdf.write_report_pdf
+    monkeypatch.setattr(report_pdf, "write_report_pdf", lambda *a, **k: (facts.append(real(*a, **k)), facts[-1])[1])
+    return facts
+
+
+def test_an_unchanged_night_renders_its_report_from_what_the_store_kept(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pypdf import PdfReader
 
-    import audit.report._render
-    from audit.report import BODY_MARKER
-
-    rendered: list[Path] = []
-    real_render = audit.report._render.render_report_files
-    monkeypatch.setattr(audit.report._render, "render_report_files", lambda run_dir, *a, **k: (rendered.append(Path(run_dir)),
-                                                                                        real_render(run_dir, *a, **k))[1])
+    facts = pdf_facts_of_each_render(monkeypatch)
     flag_all = make_model(tmp_path / "models", threshold=0.0)  # every image in the gallery: a report of some pages
     archive = tmp_path / "archive"
     write_images(archive, [f"{i}.jpg" for i in range(6)])
 
-    def night(name: str) -> tuple[dict, list[str], str]:
+    def night(name: str) -> tuple[RunSummary, list[str], str]:
         result = CliRunner().invoke(main, ["scan", str(archive), "--model", str(flag_all), "--out", str(tmp_path / name),
                                            "--workers", "0", "--no-xlsx"], catch_exceptions=False)
         assert result.exit_code == 0, result.output
@@ -176,59 +180,31 @@ def test_an_unchanged_night_copies_the_report_behind_a_front_page_made_for_it(
         return summary_of(tmp_path / name), pages, (tmp_path / name / "report.html").read_text(encoding="utf-8")
 
     first, first_pages, first_html = night("n1")
-    assert rendered == [tmp_path / "n1"] and first["report"]["copied_from_run"] is None
-    front = first["report"]["front_pages"]
-    assert 1 <= front < len(first_pages)
+    front = facts[0].front_pages
+    assert 1 <= front < len(first_pages) and facts[0].body_pages_kept == 0
 
     second, second_pages, second_html = night("n2")
-    assert rendered == [tmp_path / "n1"]  # not rendered again: copied
-    assert second["report"]["copied_from_run"] == first["store"]["run_id"]
+    # Every page after the front was laid out before: taken from the store, not laid out again.
+    assert facts[1].body_pages == facts[1].body_pages_kept == facts[0].body_pages and facts[1].front_pages == front
     # The front page is tonight's: its run, and the truth about what changed since the last run.
-    assert "n2" in second_pages[0] and "Unchanged since run 1" in second_pages[0]
-    assert "rendered for run 1 (n1)" in " ".join(second_pages[0].split())
-    assert "every file is new" in first_pages[0] and "every file is new" not in second_pages[0]
+    assert "n2" in second_pages[0] and "every file is new" in first_pages[0] and "every file is new" not in second_pages[0]
     assert "Compared with run 1" in " ".join(second_pages[0].split())
     assert f"page 1 of {len(first_pages)}" in second_pages[0]
-    # The pages after it are last night's, as they were, under tonight's page headers.
+
     def without_header(pages: list[str], run_id: str) -> list[str]:
         """The pages' text without their header (which names the run) and page number."""
         assert all(f"AI image audit · run {run_id}" in page for page in pages)
         return [re.sub(r"page \d+ of \d+", "", page.replace(f"AI image audit · run {run_id}", "")) for page in pages]
 
     assert without_header(second_pages[front:], "n2") == without_header(first_pages[front:], "n1")
-    assert len(second_pages) == len(first_pages)
-    assert second_html[second_html.index(BODY_MARKER):] == first_html[first_html.index(BODY_MARKER):]
-    assert "<title>AI image audit: run n2</title>" in second_html and 'id="unchanged"' in second_html
+    assert "<title>AI image audit: run n2</title>" in second_html
     assert sorted(p.name for p in (tmp_path / "n2" / "heatmaps").iterdir()) == \
         sorted(p.name for p in (tmp_path / "n1" / "heatmaps").iterdir())
-
-    # A chain of unchanged nights: the pages still name the run they were rendered for.
-    chained, chained_pages, _ = night("n2b")
-    assert rendered == [tmp_path / "n1"] and chained["report"]["copied_from_run"] == second["store"]["run_id"]
-    assert "rendered for run 1 (n1)" in " ".join(chained_pages[0].split())
-    assert without_header(chained_pages[front:], "n2b") == without_header(first_pages[front:], "n1")
-
-    # A reviewer annotated last night's PDF: tonight's report is rendered, not made from it.
-    with open(tmp_path / "n2b" / "report.pdf", "ab") as handle:
-        handle.write(b"\n% annotated\n")
-    third, third_pages, _ = night("n3")
-    assert rendered == [tmp_path / "n1", tmp_path / "n3"] and third["report"]["copied_from_run"] is None
-    assert "Unchanged since" not in third_pages[0]
-
-    # A night with many new files (a long front page), then an unchanged one (a short front page):
-    # still copied, each page numbered for tonight.
-    write_images(archive, [f"new-{i:02d}.jpg" for i in range(45)], seed=300)
-    busy, busy_pages, _ = night("n4")
-    calm, calm_pages, _ = night("n5")
-    assert calm["report"]["copied_from_run"] == busy["store"]["run_id"] and len(rendered) == 3
-    assert calm["report"]["front_pages"] < busy["report"]["front_pages"]
-    assert len(calm_pages) == len(busy_pages) - (busy["report"]["front_pages"] - calm["report"]["front_pages"])
-    assert without_header(calm_pages[calm["report"]["front_pages"]:], "n5") == \
-        without_header(busy_pages[busy["report"]["front_pages"]:], "n4")
-    assert all(f"page {number} of {len(calm_pages)}" in page for number, page in enumerate(calm_pages, start=1))
+    assert second.changes is not None and second.changes.baseline_run == first.store.run_id
 
 
-def test_a_night_takes_the_report_parts_that_did_not_change_from_the_store(tmp_path: Path) -> None:
+def test_a_night_takes_the_report_parts_that_did_not_change_from_the_store(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
     from pypdf import PdfReader
@@ -239,24 +215,25 @@ def test_a_night_takes_the_report_parts_that_did_not_change_from_the_store(tmp_p
     archive = tmp_path / "archive"
     write_images(archive, [f"{i}.jpg" for i in range(5)])
 
-    def night(name: str) -> dict:
+    facts = pdf_facts_of_each_render(monkeypatch)
+
+    def night(name: str):
         result = CliRunner().invoke(main, ["scan", str(archive), "--model", str(flag_all), "--out", str(tmp_path / name),
                                            "--workers", "0", "--quiet", "--no-xlsx", "--max-gallery", "3"],
                                     catch_exceptions=False)
         assert result.exit_code in (0, 3), result.output  # 3: some files could not be read
-        return summary_of(tmp_path / name)
+        return facts[-1]
 
     def page_texts(run_dir: Path) -> list[str]:
         return [page.extract_text() for page in PdfReader(run_dir / "report.pdf").pages]
 
-    first = night("n1")["report"]
-    assert first["gallery_pages"] >= 1 and first["body_pages"] > first["gallery_pages"] and first["body_pages_kept"] == 0
+    first = night("n1")
+    assert first.gallery_pages >= 1 and first.body_pages > first.gallery_pages and first.body_pages_kept == 0
     (archive / "broken.jpg").write_bytes(b"not a picture")  # an error row: the cards stay the same
     second = night("n2")
     # Every part but the errors section (and the charts, whose caption counts files) came from the store.
-    assert second["report"]["body_pages"] == first["body_pages"] and second["report"]["gallery_pages"] == first["gallery_pages"]
-    assert first["gallery_pages"] <= second["report"]["body_pages_kept"] < first["body_pages"]
-    assert second["report"]["copied_from_run"] is None
+    assert second.body_pages == first.body_pages and second.gallery_pages == first.gallery_pages
+    assert first.gallery_pages <= second.body_pages_kept < first.body_pages
     kept = page_texts(tmp_path / "n2")
     assert "broken.jpg" in "".join(kept)  # tonight's errors section
 
@@ -266,7 +243,7 @@ def test_a_night_takes_the_report_parts_that_did_not_change_from_the_store(tmp_p
     fresh = render_report_files(fresh_dir, model=flag_all, max_gallery=3)
     assert fresh.pdf.body_pages_kept == 0
     fresh_pages = page_texts(fresh_dir)
-    front = second["report"]["front_pages"]
+    front = second.front_pages
     assert len(kept) == len(fresh_pages) and kept[front:] == fresh_pages[front:]
     gallery = [text for text in kept if "Flagged images" in text]
     assert len(gallery) == 1 and f"of {len(kept)}" in gallery[0] and "#3 probability" in gallery[0]

@@ -12,7 +12,6 @@ Without Ray the tests that need it are skipped, except under AUDIT_REQUIRE_RAY=1
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sqlite3
 import subprocess
@@ -26,6 +25,7 @@ from scan_fixtures import jpeg_bytes, model_dir, model_path, noise_image, png_by
 
 from audit.config import ScanOptions
 from audit.pipeline import read_results_csv, run_scan
+from audit.summary import RunSummary, read_summary
 
 REPO = Path(__file__).resolve().parents[1]
 CRASH_HOOK = Path(__file__).resolve().parent / "crash_hook"
@@ -98,8 +98,8 @@ def csv_without(path: Path, ignored: tuple[str, ...] = ("scanned_at",)) -> list[
         return [{key: value for key, value in row.items() if key not in ignored} for row in csv.DictReader(handle)]
 
 
-def summary_of(out: Path) -> dict:
-    return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+def summary_of(out: Path) -> RunSummary:
+    return read_summary(out / "summary.json")
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_both_engines_write_the_same_csv_for_good_broken_and_crashing_files(both
 
 def test_the_summary_names_the_engine_the_cluster_and_the_batch_rescored_locally(both_engines) -> None:
     *_, base, _local, _on_ray = both_engines
-    engine = summary_of(base / "ray")["engine"]
+    engine = summary_of(base / "ray").engine
     assert engine["name"] == "ray"
     assert engine["cluster"] == {"nodes": 1, "cpus": 2.0, "gpus": 0.0}
     assert engine["batches"] == 5  # 17 files in batches of 4
@@ -145,8 +145,8 @@ def test_the_summary_names_the_engine_the_cluster_and_the_batch_rescored_locally
     assert engine["lost_batches_rescored_locally"] == 1
     assert set(engine["seconds"]) >= {"connect", "path_check", "first_batch", "decode_tasks", "score_actors",
                                       "local_rescore"}
-    assert summary_of(base / "local")["engine"] == {"name": "local"}
-    assert summary_of(base / "ray")["compute"]["device"] == "cpu"
+    assert summary_of(base / "local").engine == {"name": "local"}
+    assert summary_of(base / "ray").compute["device"] == "cpu"
 
 
 def test_an_unchanged_rerun_starts_no_ray_work(both_engines, model_path: Path) -> None:
@@ -164,7 +164,7 @@ def test_an_unchanged_rerun_starts_no_ray_work(both_engines, model_path: Path) -
     finished = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert finished.stdout.split() == ["exit", "3", "False"], finished.stderr  # 3: the broken files' rows
     summary = summary_of(base / "rerun")
-    assert (summary["files_scored"], summary["files_reused"]) == (0, 16)
+    assert (summary.files_scored, summary.files_reused) == (0, 16)
     assert csv_without(base / "rerun" / "results.csv") == [
         row for row in csv_without(base / "ray" / "results.csv") if row["path"] != "zz-crash.jpg"]
 
@@ -223,8 +223,8 @@ def test_sigkill_of_the_driver_then_a_rerun_loses_and_duplicates_nothing(ray_clu
     resumed = run_scan(options(archive, model_path, tmp_path / "resumed", store, engine="ray"))
     assert resumed.exit_code == 0
     summary = resumed.summary
-    assert (summary["files_reused"], summary["files_scored"]) == (committed, total - committed)
-    assert summary["engine"]["lost_batches_rescored_locally"] == 1
+    assert (summary.files_reused, summary.files_scored) == (committed, total - committed)
+    assert summary.engine["lost_batches_rescored_locally"] == 1
     rows = read_results_csv(tmp_path / "resumed" / "results.csv")
     assert [row["path"] for row in rows] == sorted(path.name for path in archive.iterdir())  # each once, in order
 

@@ -296,13 +296,11 @@ def test_table_filters_and_sorts(page: Browser, run: rf.FixtureRun) -> None:
 
 
 def test_a_render_lays_out_again_only_the_gallery_pages_whose_cards_changed(run: rf.FixtureRun, tmp_path: Path) -> None:
-    import sqlite3
-
-    from audit.store import ReportCache
+    from audit.store import RunStore
 
     run_dir = tmp_path / run.run_dir.name
     shutil.copytree(run.run_dir, run_dir)
-    cache = ReportCache(sqlite3.connect(":memory:", isolation_level=None))
+    cache = RunStore(tmp_path / "store.sqlite").report_cache()
     first = render_report_files(run_dir, model=run.model_path, max_gallery=200, report_cache=cache)
     assert first.pdf.gallery_pages >= 2 and first.pdf.body_pages_kept == 0  # nothing kept yet
 
@@ -317,6 +315,29 @@ def test_a_render_lays_out_again_only_the_gallery_pages_whose_cards_changed(run:
     # Only the part holding the edited card (its page of cards: one page, or two when cards are tall) is laid out again.
     assert 1 <= first.pdf.body_pages - second.pdf.body_pages_kept <= 2
     assert "edited evidence" in pdf_text(run_dir / "report.pdf")
+
+
+def test_compose_draws_each_part_page_over_its_blank_page_and_keeps_the_page_furniture(tmp_path: Path) -> None:
+    """audit.report._pdf.compose, the one user of pypdf's private API: every part page ends up on
+    its blank page, under that page's own header, and nothing else moves."""
+    import io
+
+    from pypdf import PdfReader
+    from weasyprint import HTML
+
+    from audit.report._pdf import compose
+
+    header = "<style>@page { @top-left { content: 'tonight header'; } }</style>"
+    main_pdf = HTML(string=f"<html><head>{header}</head><body><p>front page</p>"
+                           "<p style='break-before: page'></p><p style='break-before: page'></p></body></html>").write_pdf()
+    parts = HTML(string="<p>part one text</p><p style='break-before: page'>part two text</p>").write_pdf()
+    writer = compose(main_pdf, 1, list(PdfReader(io.BytesIO(parts)).pages))
+    written = io.BytesIO()
+    writer.write(written)
+    pages = [page.extract_text() for page in PdfReader(io.BytesIO(written.getvalue())).pages]
+    assert len(pages) == 3 and "front page" in pages[0] and "part" not in pages[0]
+    assert "part one text" in pages[1] and "part two text" not in pages[1] and "part two text" in pages[2]
+    assert all("tonight header" in page for page in pages)
 
 
 # --------------------------------------------------------------------------- degraded runs

@@ -20,6 +20,7 @@ from audit.cli import main
 from audit.pipeline import read_results_csv
 from audit.review import MAX_NOTE_CHARS, decision_history, import_decisions
 from audit.store import RunStore
+from audit.summary import RunSummary, read_summary
 
 NAMES = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
 
@@ -51,8 +52,8 @@ def rows_by_path(out: Path) -> dict[str, dict[str, str]]:
     return {row["path"]: row for row in read_results_csv(out / "results.csv")}
 
 
-def summary_of(out: Path) -> dict:
-    return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+def summary_of(out: Path) -> RunSummary:
+    return read_summary(out / "summary.json")
 
 
 def front_page(out: Path):
@@ -97,7 +98,7 @@ def night1(tmp_path: Path, flag_all: Path) -> tuple[Path, Path, Path]:
 
 def test_decisions_made_in_the_spreadsheet_are_carried_by_the_next_run(night1, flag_all: Path) -> None:
     archive, store, out = night1
-    assert summary_of(out)["review"]["flagged_awaiting_review"] == 4
+    assert summary_of(out).review["flagged_awaiting_review"] == 4
     fill_in_xlsx(out / "results.xlsx", {"a.jpg": ("false-positive", "a holiday photo, I took it"),
                                         "b.jpg": ("confirmed-ai", "six fingers <img src=x onerror=alert(1)>")})
     imported = review("import", str(out / "results.xlsx"), "--store", str(store), "--by", "ana")
@@ -115,7 +116,7 @@ def test_decisions_made_in_the_spreadsheet_are_carried_by_the_next_run(night1, f
     with sqlite3.connect(store) as db:  # the decision records the stored result the reviewer saw
         assert db.execute("SELECT model_id, prob_ai FROM decisions WHERE sha256 = ?", (rows["a.jpg"]["sha256"],)).fetchone() \
             == (rows["a.jpg"]["model_id"], pytest.approx(float(rows["a.jpg"]["prob_ai"]), abs=1e-6))
-    assert summary_of(night2)["review"] | {"decisions_up_to": 0} == {
+    assert summary_of(night2).review | {"decisions_up_to": 0} == {
         "flagged_awaiting_review": 2, "flagged_confirmed": 1, "flagged_cleared": 1, "cleared_under_another_model": 0,
         "files_with_decision": 2, "decisions_up_to": 0}
 
@@ -151,7 +152,7 @@ def test_fail_on_flagged_ignores_what_reviewers_cleared(night1, flag_all: Path) 
     assert scan(archive, flag_all, out.parent / "n3", store, "--fail-on-flagged").exit_code == 4  # confirmed AI counts
     assert review("set", str(archive / "d.jpg"), "false-positive", "--store", str(store)).exit_code == 0
     assert scan(archive, flag_all, out.parent / "n4", store, "--fail-on-flagged").exit_code == 0
-    assert summary_of(out.parent / "n4")["flagged"] == 4, "the verdicts stay the model's"
+    assert summary_of(out.parent / "n4").flagged == 4, "the verdicts stay the model's"
 
 
 def test_a_renamed_file_keeps_its_decision_and_an_edited_one_loses_it(night1, flag_all: Path) -> None:
@@ -165,7 +166,7 @@ def test_a_renamed_file_keeps_its_decision_and_an_edited_one_loses_it(night1, fl
     rows = rows_by_path(out.parent / "n2")
     assert (rows["moved-a.jpg"]["review"], rows["moved-a.jpg"]["review_note"]) == ("false-positive", "checked")
     assert rows["b.jpg"]["review"] == ""
-    assert summary_of(out.parent / "n2")["review"]["flagged_awaiting_review"] == 3
+    assert summary_of(out.parent / "n2").review["flagged_awaiting_review"] == 3
 
 
 def test_a_new_model_shows_again_what_it_still_flags_marked_as_cleared_under_the_old_one(night1, flag_all, tmp_path) -> None:
@@ -176,8 +177,8 @@ def test_a_new_model_shows_again_what_it_still_flags_marked_as_cleared_under_the
     newer = make_model(tmp_path / "newer", name="newer-model", threshold=0.0)
     night2 = out.parent / "n2"
     assert scan(archive, newer, night2, store, "--fail-on-flagged").exit_code == 4
-    assert summary_of(night2)["review"]["cleared_under_another_model"] == 1
-    assert summary_of(night2)["review"]["flagged_awaiting_review"] == 3  # a.jpg is back, b.jpg stays confirmed
+    assert summary_of(night2).review["cleared_under_another_model"] == 1
+    assert summary_of(night2).review["flagged_awaiting_review"] == 3  # a.jpg is back, b.jpg stays confirmed
     content, page = front_page(night2)
     card = next(item for item in content.gallery if item.path == "a.jpg")
     assert card.review.cleared_under == old_model_id
@@ -192,7 +193,7 @@ def test_a_new_model_shows_again_what_it_still_flags_marked_as_cleared_under_the
     again = review("import", str(export), "--store", str(store))
     assert "0 new decisions, 1 changed" in again.output, again.output
     assert scan(archive, newer, out.parent / "n3", store).exit_code == 0
-    assert summary_of(out.parent / "n3")["review"]["flagged_cleared"] == 1
+    assert summary_of(out.parent / "n3").review["flagged_cleared"] == 1
     assert rows_by_path(out.parent / "n3")["a.jpg"]["review_model_id"] == a_row["model_id"] != old_model_id
 
 
@@ -288,7 +289,7 @@ def test_bad_rows_are_ignored_with_their_reason_and_the_good_ones_taken(night1, 
                                    (sha["d.jpg"], "confirmed-ai", "ana", "-1 looks fake")]
 
     # The next run writes the note as text: neutralised in the CSV, never a formula in the XLSX.
-    flag_all = Path(summary_of(out)["model"]["path"]).with_suffix(".json")
+    flag_all = Path(summary_of(out).model.path).with_suffix(".json")
     assert scan(archive, flag_all, out.parent / "n2", store).exit_code == 0
     raw = (out.parent / "n2" / "results.csv").read_text(encoding="utf-8-sig")
     assert "'=HYPERLINK(" in raw and ",'-1 looks fake," in raw
@@ -372,7 +373,7 @@ def test_a_version_1_store_gains_the_decisions_table_and_keeps_its_results(night
         db.execute("DROP TABLE decisions")
         db.execute("PRAGMA user_version = 1")
     assert scan(archive, flag_all, out.parent / "n2", store).exit_code == 0
-    assert summary_of(out.parent / "n2")["files_reused"] == 4
+    assert summary_of(out.parent / "n2").files_reused == 4
     assert review("set", str(archive / "a.jpg"), "unsure", "--store", str(store)).exit_code == 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -16,6 +15,7 @@ import audit
 from audit.cli import main
 from audit.pipeline import read_results_csv
 from audit.rows import RESULT_COLUMNS
+from audit.summary import read_summary
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
@@ -76,24 +76,24 @@ def test_bad_archive_rows_keep_what_was_learnt(bad_run) -> None:
 
 def test_bad_archive_summary(bad_run) -> None:
     _, expected, out = bad_run
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    summary = read_summary(out / "summary.json")
     errors = sum(1 for status, _ in expected.values() if status == "error")
-    assert summary["files"] == len(expected)
-    assert summary["counts"]["by_status"] == {"ok": len(expected) - errors, "error": errors}
-    verdicts = summary["counts"]["by_verdict"]
+    assert summary.files == len(expected)
+    assert summary.counts["by_status"] == {"ok": len(expected) - errors, "error": errors}
+    verdicts = summary.counts["by_verdict"]
     assert verdicts["error"] == errors and verdicts["ai-generated"] + verdicts["real"] == len(expected) - errors
-    assert summary["flagged"] == verdicts["ai-generated"]
-    assert summary["exit_code"] == 3
-    assert summary["tool"] == {"name": "ai-image-audit", "version": audit.__version__}
-    assert summary["model"]["name"] == "test-model" and len(summary["model"]["sha256"]) == 64
-    assert summary["model"]["id"] == f"test-model@{summary['model']['sha256'][:12]}"
-    assert summary["threshold"] == 0.5
-    assert set(summary["seconds"]) == {"discover", "store_lookup", "load_and_score", "write", "total"}
-    assert summary["throughput_files_per_s"] > 0
-    assert ISO_UTC.match(summary["started_at"]) and ISO_UTC.match(summary["finished_at"])
-    assert summary["options"]["workers"] == 0 and summary["options"]["max_pixels"] == 100_000_000
-    assert summary["compute"]["device"] == "cpu"
-    assert summary["labels"] is None
+    assert summary.flagged == verdicts["ai-generated"]
+    assert summary.exit_code == 3
+    assert (summary.format_version, summary.tool.name, summary.tool.version) == ("2.0", "ai-image-audit", audit.__version__)
+    assert summary.model.name == "test-model" and len(summary.model.sha256) == 64
+    assert summary.model.id == f"test-model@{summary.model.sha256[:12]}"
+    assert summary.threshold == 0.5
+    assert set(summary.seconds) == {"discover", "store_lookup", "load_and_score", "write", "total"}
+    assert summary.throughput_files_per_s > 0
+    assert ISO_UTC.match(summary.started_at) and ISO_UTC.match(summary.finished_at)
+    assert summary.options["workers"] == 0 and summary.options["max_pixels"] == 100_000_000
+    assert summary.compute["device"] == "cpu"
+    assert summary.labels is None
 
 
 def test_outputs_are_complete_and_no_temporary_files_remain(bad_run) -> None:
@@ -123,7 +123,7 @@ def test_same_archive_same_order(bad_run, model_path: Path, tmp_path: Path) -> N
 def test_clean_run_exits_0(tmp_path: Path, model_path: Path) -> None:
     result = scan(good_archive(tmp_path / "a"), "--model", model_path, "--out", tmp_path / "o", "--workers", "0")
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "o" / "summary.json").read_text())["exit_code"] == 0
+    assert read_summary(tmp_path / "o" / "summary.json").exit_code == 0
 
 
 def test_fail_on_flagged_exits_4_and_wins_over_errors(tmp_path: Path, model_dir: Path) -> None:
@@ -186,7 +186,7 @@ def test_labels_from_folders_fill_true_label_and_the_summary(tmp_path: Path, mod
     assert [(r["path"], r["true_label"]) for r in rows] == [
         ("FAKE/0.jpg", "ai-generated"), ("FAKE/2.jpg", "ai-generated"), ("REAL/1.jpg", "real"), ("REAL/3.jpg", "real"),
     ]
-    labels = json.loads((tmp_path / "o" / "summary.json").read_text())["labels"]
+    labels = read_summary(tmp_path / "o" / "summary.json").labels
     assert labels["files"] == 4 and labels["scored"] == 4
     correct = sum(r["true_label"] == r["verdict"] for r in rows)
     assert labels["correct"] == correct and labels["accuracy"] == correct / 4
@@ -233,7 +233,7 @@ def test_default_out_dir_is_reports_run_id(tmp_path: Path, model_path: Path, mon
     (run_dir,) = [path for path in (tmp_path / "reports").iterdir() if path.is_dir()]
     # The run store follows the archive (audit.store._store.default_store_path), not the run folders.
     assert sorted(path.name for path in (tmp_path / "reports").iterdir()) == [run_dir.name]
-    store = Path(json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["store"]["path"])
+    store = Path(read_summary(run_dir / "summary.json").store.path)
     assert store.is_file() and store.is_relative_to(os.environ["AUDIT_STATE_DIR"])
     assert re.fullmatch(r"\d{8}T\d{6}Z", run_dir.name) and (run_dir / "summary.json").is_file()
 

@@ -105,14 +105,14 @@ def test_a_lock_left_by_a_dead_process_is_stale(tmp_path: Path) -> None:
     again.release()
 
 
-def test_changes_since_the_last_completed_run(tmp_path: Path) -> None:
+def test_changes_since_the_last_completed_run_are_recorded(tmp_path: Path) -> None:
     db = new_store(tmp_path)
     try:
         def run(files: list[FileUpdate]) -> int:
             baseline = db.baseline_run()
             run_id = db.start_run("t", {}, tmp_path / "r", True)
             db.commit_batch(run_id, [], files)
-            changes = db.changes_since(run_id, ["root"], baseline)
+            changes = db.record_changes(run_id, ["root"], baseline)
             db.forget_unseen(run_id, ["root"])
             db.finish_run(run_id, RunCounts(len(files), len(files), 0, 0, 0), 0, partial=False)
             return changes

@@ -189,7 +189,10 @@ def models() -> None:
 @main.command()
 @_ARCHIVES_ARGUMENT
 @_STORE_OPTION
-def runs(archives: tuple[str, ...], store_path: Path | None) -> None:
+@click.option("--changes", "changes_of", type=int, default=None, metavar="RUN",
+              help="List every file run RUN found new, changed, deleted or newly flagged (summary.json lists "
+                   "the first few of each).")
+def runs(archives: tuple[str, ...], store_path: Path | None, changes_of: int | None) -> None:
     """List the runs recorded in the run store of ARCHIVE... (or --store), oldest first."""
     if store_path is None and archives:
         from audit.store import default_store_path
@@ -197,14 +200,26 @@ def runs(archives: tuple[str, ...], store_path: Path | None) -> None:
         click.echo(f"run store {default_store_path(archives).absolute()}", err=True)
     store = open_store(store_path, archives)
     try:
-        table = [RUN_TABLE_HEADER] + [describe_run(run) for run in store.runs()]
+        if changes_of is not None:
+            if changes_of not in {run.id for run in store.runs()}:
+                raise fail(f"the run store records no run {changes_of} (`audit runs` lists them)")
+            listed = {kind: store.changes_of(changes_of, kind) for kind in CHANGE_KINDS}
+        else:
+            table = [RUN_TABLE_HEADER] + [describe_run(run) for run in store.runs()]
     finally:
         store.close()
+    if changes_of is not None:
+        for kind, files in listed.items():
+            click.echo(f"{kind}: {len(files)}")
+            for file in files:
+                click.echo(f"  {file['verdict'] or '-'}  {file['root']}/{file['path']}  {file['sha256'] or '-'}")
+        return
     widths = [max(len(row[i]) for row in table) for i in range(len(RUN_TABLE_HEADER) - 1)]
     for row in table:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
 
 
+CHANGE_KINDS = ("new", "changed", "deleted", "newly_flagged")
 RUN_TABLE_HEADER = ["id", "started", "finished", "files", "scored", "reused", "flagged", "errors", "exit", "partial", "out dir"]
 
 
@@ -231,7 +246,7 @@ def prune(archives: tuple[str, ...], store_path: Path | None, keep: int) -> None
     Only folders the store records as created by its own runs are removed; a folder that existed
     before its run (an --out given twice, say) is left in place.
     """
-    from audit.store import ReportCache, StoreLock, find_store, open_existing_store
+    from audit.store import StoreLock, find_store, open_existing_store
 
     try:
         store_path = find_store(store_path, archives)
@@ -249,7 +264,7 @@ def prune(archives: tuple[str, ...], store_path: Path | None, keep: int) -> None
         try:
             store.close_abandoned_runs()
             removed = store.prune(keep)
-            forgotten = ReportCache(store.db).forget_images_no_file_has()
+            forgotten = store.report_cache().forget_images_no_file_has()
         finally:
             store.close()
     finally:

@@ -14,7 +14,7 @@ import click
 
 from audit.cli._support import fail, open_store
 from audit.errors import UsageError
-from audit.store import RunStore
+from audit.store import RunStore, reviewed_sha256s_starting
 
 _STORE_OPTION = click.option(
     "--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -92,7 +92,8 @@ def import_command(file: Path, by: str | None, store_path: Path | None, archives
 @_ARCHIVE_OPTION
 def list_command(history: str | None, store_path: Path | None, archives: tuple[str, ...]) -> None:
     """The current decision of every reviewed image, newest first (or one image's history)."""
-    from audit.review import LIST_HEADER, current_decisions, decision_history, describe_decision, paths_by_sha256
+    from audit.review import LIST_HEADER, current_decisions, decision_history, describe_decision
+    from audit.store import paths_by_sha256
 
     store = _review_store(store_path, archives)
     try:
@@ -118,8 +119,7 @@ def _unique_sha256(store: RunStore, prefix: str) -> str:
     text = prefix.strip().lower()
     if len(text) < 8 or any(c not in "0123456789abcdef" for c in text):
         raise fail(f"{prefix!r}: give a sha256 or at least its first 8 hex digits")
-    found = [row[0] for row in store.db.execute(
-        "SELECT DISTINCT sha256 FROM decisions WHERE sha256 >= ? AND sha256 < ? LIMIT 2", (text, text + "g"))]
+    found = reviewed_sha256s_starting(store, text)
     if len(found) > 1:
         raise fail(f"{prefix!r} is the start of more than one reviewed sha256; give more digits")
     if not found:

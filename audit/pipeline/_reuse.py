@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import audit
+from audit.errors import UsageError
 from audit.intake import FileRecord
 from audit.pipeline._outputs import EarlierOutputs
 from audit.pipeline._sinks import DUPLICATE, REUSED, SCORED, ScannedFile
 from audit.rows import RESULT_COLUMNS, SCORED_COLUMNS, ResultRow
 from audit.store import FileUpdate, RunStore, StoredScore
+from audit.summary import read_summary
 
 if TYPE_CHECKING:
     from audit.engines import Scored
@@ -194,12 +196,14 @@ def earlier_outputs(store: RunStore, baseline: int | None) -> EarlierOutputs | N
     if folder is None:
         return None
     try:
-        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-        hashes = summary["output_sha256"]
-        return EarlierOutputs(folder, hashes["results.csv"], hashes.get("results.xlsx"),
-                              str(summary.get("rows_fingerprint") or ""), summary["store"]["run_id"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        summary = read_summary(folder / "summary.json")
+    except (OSError, UsageError):
         return None
+    csv_sha256 = summary.output_sha256.get("results.csv")
+    if not csv_sha256 or summary.store is None or summary.store.run_id is None:
+        return None
+    return EarlierOutputs(folder, csv_sha256, summary.output_sha256.get("results.xlsx"), summary.rows_fingerprint or "",
+                          summary.store.run_id)
 
 
 class RowsFingerprint:

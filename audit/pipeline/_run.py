@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from audit.config import ScanOptions
 from audit.engines import EngineRequest, Scored, ScoringEngine, create_engine, engine_class
@@ -43,19 +43,20 @@ from audit.pipeline._reuse import (
 )
 from audit.pipeline._rows import make_row
 from audit.pipeline._sinks import Progress, ResultFiles, ScannedFile, Sinks, Tally
-from audit.pipeline._summary import build_summary, iso_utc, store_summary, utc_now
-from audit.report import ReportJob, ReportProcess, worth_a_process, write_report
+from audit.pipeline._summary import RunRecordFacts, build_summary, iso_utc, utc_now
+from audit.report import write_report
 from audit.review import ReviewTally
 from audit.rows import STATUS_ERROR
 from audit.stopping import raise_if_stop_requested
 from audit.store import LEGACY_STORE_FILE_NAME, RunCounts, RunStore, StoreLock, default_store_path, open_locked
+from audit.summary import RunSummary
 from audit.verdicts import VERDICT_AI
 
 
 @dataclass
 class ScanOutcome:
     out_dir: Path
-    summary: dict[str, Any]
+    summary: RunSummary
     exit_code: int
     tally: Tally | None = None
 
@@ -114,7 +115,7 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
         _say_where_the_store_is(options, store_path, lock, out_dir)
         run = ScanRun(options, model, store, out_dir, labeller, evidence_options, started, clock, plan,
                       lock.takeover.message(lock.path) if lock.takeover else None)
-        return run.execute(run.plan())
+        return run.perform(run.plan())
     finally:
         store.close()
         lock.release()
@@ -140,7 +141,7 @@ class RunPlan:
 @dataclass(frozen=True)
 class ScanRun:
     """One run's fixed context: what it was asked (options), what it judges with (model), where it
-    remembers (store) and where it writes (out_dir). :meth:`plan` decides, :meth:`execute` does."""
+    remembers (store) and where it writes (out_dir). :meth:`plan` decides, :meth:`perform` does."""
 
     options: ScanOptions
     model: LoadedModel
@@ -171,52 +172,28 @@ class ScanRun:
             say(options, "audit scan: warning: no image files found under the given archive(s)")
         return RunPlan(records, reuse, key, load_options, self.store.baseline_run(), seconds)
 
-    def execute(self, plan: RunPlan) -> ScanOutcome:
+    def perform(self, plan: RunPlan) -> ScanOutcome:
         out_dir_created = not self.out_dir.exists()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         run_id = self.store.start_run(iso_utc(self.started), self.options.to_json(), self.out_dir, out_dir_created)
-        # Started first: its imports are made on the other core while this one scores.
-        report_process = ReportProcess.start() if self.options.report and worth_a_process() else None
         engine: ScoringEngine | None = None
+        to_score = plan.to_score
         try:
-            to_score = plan.to_score
-            try:
-                if report_process is not None:
-                    earlier = self.store.out_dir_of(plan.baseline) if plan.baseline is not None else None
-                    report_process.hint(self.options.labels is not None, bool(to_score),
-                                        earlier if earlier is not None and earlier.resolve() != self.out_dir.resolve() else None)
-                # A rerun with nothing new never builds the network.
-                engine = create_engine(EngineRequest(self.model, plan.load_options, self.options, self.compute_plan)) \
-                    if to_score else None
-            except BaseException as exc:  # a stop before the row loop: no counts yet
-                _record_stop(self.store, run_id, exc)
-                raise
-            try:
-                outcome = self._record(plan, run_id, engine, to_score)
-            finally:
-                if engine is not None:
-                    engine.close()
-            if self.options.report:
-                self._write_report(report_process, engine, plan.baseline)
+            # A rerun with nothing new never builds the network.
+            engine = create_engine(EngineRequest(self.model, plan.load_options, self.options, self.compute_plan)) \
+                if to_score else None
+        except BaseException as exc:  # a stop before the row loop: no counts yet
+            _record_stop(self.store, run_id, exc)
+            raise
+        try:
+            outcome = self._record(plan, run_id, engine, to_score)
         finally:
-            if report_process is not None:
-                report_process.close()
+            if engine is not None:
+                engine.close()
+        if self.options.report:
+            write_report(self.out_dir, self.model, self.options.max_gallery, self.store)
         say(self.options, outcome.tally.closing_line(self.out_dir))
         return outcome
-
-    def _write_report(self, report_process: ReportProcess | None, engine: ScoringEngine | None,
-                      baseline: int | None) -> None:
-        """By the report process when there is one and it does the job; here otherwise, and
-        when the network is on a GPU (its Grad-CAM runs there; the child's would not)."""
-        quiet = self.options.progress == "none"
-        compute = engine.compute_record() if engine is not None else None
-        on_gpu = bool(compute) and str(compute.get("device", "cpu")) != "cpu" and engine is not None and engine.name == "local"
-        if report_process is not None and not on_gpu and report_process.run(ReportJob(
-                out_dir=str(self.out_dir.resolve()), cwd=os.getcwd(), card=self.model.card.to_json(),
-                weights=str(self.model.weights_path.resolve()), max_gallery=self.options.max_gallery, quiet=quiet,
-                store=str(self.store.path.resolve()), baseline=baseline)):
-            return
-        write_report(self.out_dir, self.model, self.options.max_gallery, quiet, self.store, baseline)
 
     def _rows(self, plan: RunPlan, labels: Sequence[str] | None, scored: Iterator[Scored],
               committer: BatchCommitter, review: ReviewTally) -> Iterator[ScannedFile]:
@@ -293,7 +270,7 @@ class ScanRun:
         """summary.json, then every output renamed into place at once; the store learns what went."""
         options, store = self.options, self.store
         roots = {RunStore.root_key(root) for root in roots_seen_whole(options, plan.records)}
-        changes = store.changes_since(run_id, roots, plan.baseline)
+        changes = store.record_changes(run_id, roots, plan.baseline)
         seconds["total"] = time.perf_counter() - self.clock
         # --fail-on-flagged leaves out what reviewers cleared as false positives under this model.
         exit_code = exit_code_for(tally.by_status[STATUS_ERROR], review.flagged_not_cleared, options.fail_on_flagged)
@@ -301,19 +278,12 @@ class ScanRun:
                            tally.by_status[STATUS_ERROR])
         compute = engine.compute_record() if engine is not None else self.compute_plan.describe() if self.compute_plan else None
         seconds = {name: seconds[name] for name in ("discover", "store_lookup", "load_and_score", "write", "total")}
+        facts = RunRecordFacts(engine.engine_record() if engine is not None else {"name": options.engine}, store.path,
+                               run_id, self.takeover, counts, changes, review.to_json(), results.sha256,
+                               rows.fingerprint, rows.copied_from_run)
         summary = build_summary(options, self.model, compute, engine.workers if engine is not None else 0, tally,
-                                seconds, self.started, exit_code, self.labeller.unmatched)
-        summary["engine"] = engine.engine_record() if engine is not None else {"name": options.engine}
-        summary.update(store_summary(store.path, run_id, counts, changes, options.full))
-        summary["store"]["chosen_by"] = "--store" if options.store else "default (follows the archives)"
-        summary["store"]["lock_takeover"] = self.takeover
-        summary["review"] = review.to_json()
-        # Lets the next run check that its rows are these very bytes before it copies the XLSX,
-        # and, with the rows' fingerprint, copy results.csv without making its rows.
-        summary["output_sha256"] = results.sha256
-        summary["rows_fingerprint"] = rows.fingerprint
-        summary["rows_copied_from_run"] = rows.copied_from_run
-        renames = [*results.renames, write_json_tmp(self.out_dir / "summary.json", summary)]
+                                seconds, self.started, exit_code, self.labeller.unmatched, facts)
+        renames = [*results.renames, write_json_tmp(self.out_dir / "summary.json", summary.to_json())]
         raise_if_stop_requested()
         remove_stale_outputs(self.out_dir, {final.name for _, final in renames})
         commit(renames)  # summary.json last: its presence means the run is complete

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from audit.report._metrics import compute_metrics, expected_calibration_error
 from audit.report._page import render_page
-from audit.report._reuse import BODY_MARKER, prepare_copy, write_report
 
 # Imported when first asked for: these pull in torch, pandas or OpenCV.
 _LAZY = {
@@ -24,14 +23,12 @@ _LAZY = {
     "make_thumbnail": "audit.report._pictures",
     "safe_stem": "audit.report._pictures",
     "save_png": "audit.report._pictures",
-    "ReportJob": "audit.report._process",
-    "ReportProcess": "audit.report._process",
-    "worth_a_process": "audit.report._process",
     "build_content": "audit.report._render",
     "render_report": "audit.report._render",
     "render_report_files": "audit.report._render",
     "run_files_fetcher": "audit.report._render",
     "write_pdf": "audit.report._render",
+    "write_report": "audit.report._render",
 }
 
 
@@ -42,4 +39,4 @@ def __getattr__(name: str) -> object:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["BODY_MARKER", "ExplainFailure", "Explanation", "GradCamExplainer", "MAX_ERRORS_LISTED", "ReportError", "ReportJob", "ReportProcess", "THUMBNAIL_SIZE", "build_content", "compute_metrics", "expected_calibration_error", "explain_images", "gradcam_grid", "heatmap_mass_by_cell", "make_thumbnail", "prepare_copy", "read_results", "read_run", "render_page", "render_report", "render_report_files", "run_files_fetcher", "safe_stem", "save_png", "worth_a_process", "write_pdf", "write_report"]
+__all__ = ["ExplainFailure", "Explanation", "GradCamExplainer", "MAX_ERRORS_LISTED", "ReportError", "THUMBNAIL_SIZE", "build_content", "compute_metrics", "expected_calibration_error", "explain_images", "gradcam_grid", "heatmap_mass_by_cell", "make_thumbnail", "read_results", "read_run", "render_page", "render_report", "render_report_files", "run_files_fetcher", "safe_stem", "save_png", "write_pdf", "write_report"]

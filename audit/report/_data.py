@@ -7,7 +7,6 @@ text; only the template (autoescape on) and the page's script put them on the pa
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from audit.model import (
 )
 from audit.review import review_state
 from audit.rows import REVIEW_COLUMNS, unneutralise
+from audit.summary import RunSummary, SummaryError, read_summary
 from audit.verdicts import VERDICT_AI, VERDICT_REAL
 
 # The all-results table is data for the page's script; these columns, in this order.
@@ -80,7 +80,7 @@ class RunData:
 
     run_dir: Path
     results: pd.DataFrame
-    summary: dict[str, Any]
+    summary: RunSummary
 
     @property
     def run_id(self) -> str:
@@ -90,7 +90,7 @@ class RunData:
     def cwd(self) -> Path:
         """Where relative roots and model paths in the run's files start: the scan's working
         folder when summary.json records it, else this process's (run the report from there)."""
-        return Path(self.summary.get("cwd") or Path.cwd())
+        return Path(self.summary.cwd or Path.cwd())
 
     def image_path(self, row: pd.Series) -> Path | None:
         """root/path of a row; None for a path that climbs out of its root (a tampered CSV)."""
@@ -108,12 +108,12 @@ def read_run(run_dir: Path) -> RunData:
     if not csv_path.is_file():
         raise ReportError(f"{run_dir} holds no results.csv: not a finished run folder")
     summary_path = run_dir / "summary.json"
-    summary: dict[str, Any] = {}
+    summary = RunSummary(format_version="")
     if summary_path.is_file():
         try:
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ReportError(f"{summary_path} is not valid JSON: {exc}") from None
+            summary = read_summary(summary_path)
+        except SummaryError as exc:
+            raise ReportError(str(exc)) from None
     return RunData(run_dir=run_dir, results=read_results(csv_path), summary=summary)
 
 
@@ -129,7 +129,7 @@ def resolve_model(run: RunData, model: LoadedModel | str | Path | None) -> tuple
     if model is not None:
         loaded = load_model(model)
         return loaded, loaded.card, ""
-    candidate = (run.summary.get("model") or {}).get("path")
+    candidate = run.summary.model.path
     if not candidate:
         return None, None, "summary.json names no model file"
     path = Path(candidate)
@@ -191,7 +191,7 @@ def flagged_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 def run_threshold(run: RunData, facts: "ModelFacts") -> float | None:
     """The threshold the run judged by: summary.json's, else the model's, else results.csv's."""
-    threshold = run.summary.get("threshold", facts.threshold)
+    threshold = run.summary.threshold if run.summary.threshold is not None else facts.threshold
     if threshold is None and run.results["threshold"].notna().any():
         threshold = float(run.results["threshold"].dropna().iloc[0])
     return threshold
@@ -231,18 +231,18 @@ class ModelFacts:
     data_sets: list[dict[str, Any]] = field(default_factory=list)
 
 
-def model_facts(summary: dict[str, Any], card: ModelCard | None, model: LoadedModel | None = None) -> ModelFacts:
+def model_facts(summary: RunSummary, card: ModelCard | None, model: LoadedModel | None = None) -> ModelFacts:
     """The model as the run recorded it, completed from its card when that can be read."""
-    recorded = summary.get("model") or {}
+    recorded = summary.model
     official = (card.test_metrics.get("official_test") or {}) if card else {}
     return ModelFacts(
-        name=str(recorded.get("name") or (card.name if card else "unknown")),
-        model_id=str(recorded.get("id") or (card.model_id if card else "")),
-        sha256=str(recorded.get("sha256") or (card.weights_sha256 if card else "")),
-        variant=str(recorded.get("variant") or (card.variant if card else "")),
-        threshold=recorded.get("threshold", card.threshold if card else None),
-        threshold_method=str(recorded.get("threshold_method") or (card.threshold_method if card else "")),
-        temperature=recorded.get("temperature", card.temperature if card else None),
+        name=str(recorded.name or (card.name if card else "unknown")),
+        model_id=str(recorded.id or (card.model_id if card else "")),
+        sha256=str(recorded.sha256 or (card.weights_sha256 if card else "")),
+        variant=str(recorded.variant or (card.variant if card else "")),
+        threshold=recorded.threshold if recorded.threshold is not None else (card.threshold if card else None),
+        threshold_method=str(recorded.threshold_method or (card.threshold_method if card else "")),
+        temperature=recorded.temperature if recorded.temperature is not None else (card.temperature if card else None),
         test_accuracy=official.get("accuracy"),
         test_metrics={k: v for k, v in (card.test_metrics if card else {}).items() if k != "robustness_official_test"},
         robustness=(card.test_metrics.get("robustness_official_test") or {}) if card else {},

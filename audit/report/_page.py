@@ -1,8 +1,7 @@
 """The report's page: the jinja2 template environment and its filters, and the rendering of one
 report content into the HTML page or the print (PDF) page.
 
-Kept apart from audit.report._render (which computes the content: pandas, charts, Grad-CAM) so that an
-unchanged night can render its new front page without importing any of that (audit.report._reuse).
+Kept apart from audit.report._render, which computes the content (pandas, charts, Grad-CAM).
 """
 
 from __future__ import annotations
@@ -89,9 +88,8 @@ def render_page(content: Any, target: str) -> str:
     )
 
 
-def options_list(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    """The scan's options as (name, value) text pairs, for the front page."""
-    options = summary.get("options") or {}
+def options_list(options: dict[str, Any]) -> list[tuple[str, str]]:
+    """The scan's options (summary.json's ``options``) as (name, value) text pairs, for the front page."""
     shown = []
     for name, value in options.items():
         if name == "archives":

@@ -18,10 +18,8 @@ print page is rendered in pieces:
   it.
 
 Each blank page then draws its part's page (a form XObject named /ReportPart) over its own
-header and footer, so the result reads as one document rendered tonight. An unchanged night
-(audit.report._reuse) draws the earlier report's /ReportPart forms onto the blank pages of its
-own front page's document in the same way. If the blank pages do not come out as the parts'
-count, the print page is rendered whole instead.
+header and footer (:func:`compose`), so the result reads as one document rendered tonight. If
+the blank pages do not come out as the parts' count, the print page is rendered whole instead.
 """
 
 from __future__ import annotations
@@ -63,7 +61,7 @@ Bookmark = tuple[int, str, int]
 
 @dataclass(frozen=True)
 class PdfFacts:
-    front_pages: int | None  # pages before the body (what an unchanged night renders again)
+    front_pages: int | None  # pages before the body
     body_pages: int | None = None  # None: the print page was rendered whole
     body_pages_kept: int = 0  # of them, those whose part came from the run store
     body_bookmarks: tuple[Bookmark, ...] = ()  # the body's headings, by page from the body's start
@@ -178,97 +176,51 @@ def body_start(document: Any, body_pages: int) -> int | None:
 
 
 def compose(main_pdf: bytes, first_blank: int, sources: list[Any]):
-    """The main document with each source drawn on a blank page from ``first_blank`` on (a pypdf
-    writer). A source is a page of a part's PDF, or an earlier report's /ReportPart form."""
+    """The main document with each source (a page of a part's PDF) drawn as a form XObject on a
+    blank page from ``first_blank`` on; returns a pypdf writer.
+
+    The one place that uses pypdf's private ``PdfWriter._add_object``: a new stream must be an
+    indirect object of the writer, and pypdf offers no public call for it (its public
+    ``merge_page`` does the job at about 50x the time). tests/test_report.py checks the result.
+    """
     from pypdf import PdfReader, PdfWriter
     from pypdf.generic import ArrayObject, DictionaryObject, FloatObject, NameObject, StreamObject
 
     writer = PdfWriter(clone_from=PdfReader(io.BytesIO(main_pdf)))
 
+    def register(item: StreamObject):
+        return writer._add_object(item)
+
     def stream(data: bytes):
         content = StreamObject()
         content.set_data(data)
-        return writer._add_object(content)
+        return register(content)
 
     # The blank page's own drawing (header, footer) may leave its coordinate system changed: it is
     # wrapped in q ... Q before the part's page is drawn.
     opening, closing = stream(b"q\n"), stream(b"\nQ\nq " + FORM_NAME.encode() + b" Do Q\n")
     for index, source in enumerate(sources):
         target = writer.pages[first_blank + index]
-        if source.get("/Subtype") == "/Form":
-            form = source.clone(writer)
+        contents = source["/Contents"].get_object()
+        if isinstance(contents, ArrayObject):  # several content streams: one form draws them all
+            form = StreamObject()
+            form.set_data(b"\n".join(part.get_object().get_data() for part in contents))
         else:
-            contents = source["/Contents"].get_object()
-            if isinstance(contents, ArrayObject):  # several content streams: one form draws them all
-                form = StreamObject()
-                form.set_data(b"\n".join(part.get_object().get_data() for part in contents))
-            else:
-                form = contents.clone(writer)
-            form[NameObject("/Type")] = NameObject("/XObject")
-            form[NameObject("/Subtype")] = NameObject("/Form")
-            form[NameObject("/BBox")] = ArrayObject([FloatObject(value) for value in source.mediabox])
-            form[NameObject("/Resources")] = source.raw_get("/Resources").clone(writer)
+            form = contents.clone(writer)
+        form[NameObject("/Type")] = NameObject("/XObject")
+        form[NameObject("/Subtype")] = NameObject("/Form")
+        form[NameObject("/BBox")] = ArrayObject([FloatObject(value) for value in source.mediabox])
+        form[NameObject("/Resources")] = source.raw_get("/Resources").clone(writer)
         # Pages may share one resource dictionary: this page gets its own, with its form in it.
         resources = DictionaryObject(target["/Resources"].get_object())
         xobjects = DictionaryObject(resources["/XObject"].get_object()) if "/XObject" in resources else DictionaryObject()
-        xobjects[NameObject(FORM_NAME)] = form.indirect_reference or writer._add_object(form)
+        xobjects[NameObject(FORM_NAME)] = form.indirect_reference or register(form)
         resources[NameObject("/XObject")] = xobjects
         target[NameObject("/Resources")] = resources
         own = target.raw_get("/Contents")
         own_parts = list(own.get_object()) if isinstance(own.get_object(), ArrayObject) else [own]
         target[NameObject("/Contents")] = ArrayObject([opening, *own_parts, closing])
     return writer
-
-
-def earlier_forms(pdf_path: Path, first: int) -> list[Any] | None:
-    """The /ReportPart forms of an earlier report's pages from ``first`` on, read whole; None when
-    a page has none (a report rendered whole, or by an older version). Kept for the process's
-    life by the file's path, size and time: a report process reads them before tonight's job
-    comes (audit.report._process), and the copy then finds them read."""
-    try:
-        facts = pdf_path.stat()
-    except OSError:
-        return None
-    key = (str(pdf_path.resolve()), facts.st_size, facts.st_mtime_ns, first)
-    if key not in _EARLIER_FORMS:
-        _EARLIER_FORMS.clear()
-        _EARLIER_FORMS[key] = _read_forms(pdf_path, first)
-    return _EARLIER_FORMS[key]
-
-
-_EARLIER_FORMS: dict[tuple[str, int, int, int], list[Any] | None] = {}
-
-
-def _read_forms(pdf_path: Path, first: int) -> list[Any] | None:
-    from pypdf import PdfReader
-
-    forms = []
-    for page in PdfReader(pdf_path).pages[first:]:
-        xobjects = page["/Resources"].get("/XObject")
-        form = xobjects.get_object().get(FORM_NAME) if xobjects is not None else None
-        if form is None:
-            return None
-        forms.append(form.get_object())
-    _resolve(forms, set())  # parsed now, not while compose copies them (about half its time)
-    return forms
-
-
-def _resolve(value: Any, seen: set[int]) -> None:
-    """Parse every object ``value`` refers to, once (pypdf keeps what it parsed)."""
-    from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject
-
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, IndirectObject):
-            if item.idnum in seen:
-                continue
-            seen.add(item.idnum)
-            item = item.get_object()
-        if isinstance(item, DictionaryObject):
-            stack.extend(item.values())
-        elif isinstance(item, (ArrayObject, list)):
-            stack.extend(item)
 
 
 def write_composed(writer: Any, pdf_path: Path, title: str | None = None) -> None:

@@ -19,6 +19,7 @@ except ``data:`` and ``file:`` under the run folder, so the PDF renderer fetches
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -47,7 +48,8 @@ from audit.report._gallery import DEFAULT_MAX_GALLERY, DecidedItem, GalleryItem,
 from audit.report._metrics import LabelledMetrics, compute_metrics
 from audit.report._page import options_list, render_page, swap_in_folder
 from audit.report._pdf import PdfFacts
-from audit.store import ReportCache
+from audit.store import ReportCache, RunStore
+from audit.summary import ChangesRecord, StoreRecord
 
 # --------------------------------------------------------------------------- the content
 
@@ -77,13 +79,10 @@ class ReportContent:
     errors_total: int
     table: list[list[Any]]
     table_columns: tuple[str, ...] = TABLE_COLUMNS
-    # summary.json's "changes" (audit.store._store): what is new since the last run on the store; None
-    # for a run folder written before the run store existed.
-    changes: dict[str, Any] | None = None
-    # summary.json's "store": the run store's path, this run's id in it and how it was chosen.
-    store: dict[str, Any] | None = None
-    # An unchanged night (audit.report._reuse): the run whose pages follow this front, copied.
-    copied_from: dict[str, Any] | None = None
+    # What is new since the last run on the store; None for a run folder written before the store existed.
+    changes: ChangesRecord | None = None
+    # The run store's path, this run's id in it and how it was chosen.
+    store: StoreRecord | None = None
     decided: list[DecidedItem] = field(default_factory=list)  # the first MAX_DECIDED_LISTED
     decided_total: int = 0
 
@@ -105,21 +104,20 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
     seconds["gallery_gradcam"] = time.perf_counter() - started
     decided, decided_total = decided_items(frame)
     errors, errors_total = listed_errors(frame)
-    roots = list((summary.get("options") or {}).get("archives") or sorted(set(frame["root"])))
-    tool = summary.get("tool") or {}
+    roots = list(summary.options.get("archives") or sorted(set(frame["root"])))
     return ReportContent(
         run_id=run.run_id,
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        started_at=str(summary.get("started_at", "unknown")),
-        finished_at=str(summary.get("finished_at", "unknown")),
+        started_at=summary.started_at or "unknown",
+        finished_at=summary.finished_at or "unknown",
         roots=[str(root) for root in roots],
         counts=Counts.from_results(frame),
         flagged_total=flagged_total,
         model=facts,
         threshold=threshold,
-        tool_version=str(tool.get("version", "unknown")),
+        tool_version=summary.tool.version,
         report_tool_version=audit.__version__,
-        options=options_list(summary),
+        options=options_list(summary.options),
         labelled=metrics.count if metrics else 0,
         metrics=metrics,
         charts=charts,
@@ -128,8 +126,8 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
         errors=errors,
         errors_total=errors_total,
         table=table_records(frame),
-        changes=summary.get("changes"),
-        store=summary.get("store"),
+        changes=summary.changes,
+        store=summary.store,
         decided=decided,
         decided_total=decided_total,
     )
@@ -235,3 +233,19 @@ def render_report(
     """The report stage's interface: (report.html, report.pdf) written into ``run_dir``."""
     rendered = render_report_files(run_dir, model, max_gallery, report_cache)
     return rendered.html_path, rendered.pdf_path
+
+
+def write_report(out_dir: Path, model: LoadedModel, max_gallery: int, store: RunStore | None = None) -> None:
+    """report.html, report.pdf and heatmaps/ for a scan that has just written its results.
+
+    The results are complete and committed before this runs, so a report that fails does not
+    cost the run: the error is said on stderr (even with --quiet: it is a failure) and
+    `audit report OUT_DIR` renders it again. The store's lock is still held: its caches spare
+    Grad-CAM, the gallery's pictures and the layout of unchanged PDF parts.
+    """
+    try:
+        render_report_files(out_dir, model=model, max_gallery=max_gallery,
+                            report_cache=store.report_cache() if store is not None else None)
+    except Exception as exc:  # noqa: BLE001 - the results stand; the report can be rendered again
+        print(f"audit scan: warning: the report was not rendered ({type(exc).__name__}: {exc}); "
+              f"run `audit report {out_dir}` to try again", file=sys.stderr, flush=True)

@@ -12,7 +12,6 @@ from audit.review._decisions import (
     current_decisions,
     decision_history,
     describe_decision,
-    paths_by_sha256,
     review_state,
     set_decision,
 )
@@ -30,4 +29,4 @@ def __getattr__(name: str) -> object:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["LIST_HEADER", "MAX_NOTE_CHARS", "ReviewTally", "cleared_under_other_model", "current_decisions", "decision_history", "describe_decision", "import_decisions", "paths_by_sha256", "review_state", "set_decision"]
+__all__ = ["LIST_HEADER", "MAX_NOTE_CHARS", "ReviewTally", "cleared_under_other_model", "current_decisions", "decision_history", "describe_decision", "import_decisions", "review_state", "set_decision"]

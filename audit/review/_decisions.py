@@ -16,7 +16,6 @@ its ``review*`` columns (:class:`ReviewTally`), and the report and ``--fail-on-f
 from __future__ import annotations
 
 import getpass
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,15 +24,22 @@ from typing import Any, Iterable, Sequence
 
 from audit.errors import UsageError
 from audit.rows import REVIEW_DECISIONS, ResultRow
-from audit.store import RunStore, utc_text
+from audit.store import (
+    RunStore,
+    append_decisions,
+    current_decision_rows,
+    decision_history_rows,
+    latest_result,
+    review_cell_rows,
+    stored_results,
+    utc_text,
+)
 from audit.verdicts import VERDICT_AI
 
 CONFIRMED, CLEARED, UNSURE = REVIEW_DECISIONS  # confirmed-ai, false-positive, unsure
 # Bounds on text from a spreadsheet or a page: a note is for a sentence or a paragraph.
 MAX_NOTE_CHARS = 2000
 MAX_NAME_CHARS = 200
-# Lookups per query: under SQLite's old limit of 999 parameters.
-_CHUNK = 500
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 
@@ -80,33 +86,26 @@ def _decision_from(row: Any) -> Decision:
 
 def current_decisions(store: RunStore) -> dict[str, Decision]:
     """Every sha256's current decision (its newest row): read once per run, in one pass over the
-    table in id order, each row replacing the one before. Plain tuples and no ``source`` or
-    ``recorded_at`` (only the history shows them): this is on every nightly run's path."""
-    cursor = store.db.cursor()
-    cursor.row_factory = None
-    cursor.execute("SELECT sha256, decision, decided_by, decided_at, note, model_id, prob_ai, id FROM decisions ORDER BY id")
-    return {row[0]: Decision(*row[:7], id=row[7]) for row in cursor}
+    table in id order, each row replacing the one before. No ``source`` or ``recorded_at`` (only
+    the history shows them): this is on every nightly run's path."""
+    return {row[0]: Decision(*row[:7], id=row[7]) for row in current_decision_rows(store)}
 
 
 def review_cells(store: RunStore) -> tuple[dict[str, tuple[str, str, str, str, str]], int]:
     """What a run writes into each decided file's review columns, by sha256: (review,
     review_note, reviewed_by, reviewed_at, review_model_id) of the current decision; and the id
     of the newest decision among them (0: none). One query, so the two agree even while a
-    reviewer records decisions (`audit review` does not wait for the scan's lock). Tuples
-    straight from SQLite, newest row last so it wins: this is on every nightly run's path."""
-    cursor = store.db.cursor()
-    cursor.row_factory = None
-    cursor.execute("SELECT id, sha256, decision, note, decided_by, decided_at, model_id FROM decisions ORDER BY id")
+    reviewer records decisions (`audit review` does not wait for the scan's lock); newest row
+    last so it wins."""
     cells, newest = {}, 0
-    for row in cursor:
+    for row in review_cell_rows(store):
         newest, cells[row[1]] = row[0], row[2:]
     return cells, newest
 
 
 def decision_history(store: RunStore, sha256: str) -> list[Decision]:
     """Every decision ever recorded for these bytes, oldest first."""
-    rows = store.db.execute("SELECT * FROM decisions WHERE sha256 = ? ORDER BY id", (sha256,)).fetchall()
-    return [_decision_from(row) for row in rows]
+    return [_decision_from(row) for row in decision_history_rows(store, sha256)]
 
 
 def known_sha256s(store: RunStore, sha256s: Iterable[str]) -> set[str]:
@@ -114,43 +113,10 @@ def known_sha256s(store: RunStore, sha256s: Iterable[str]) -> set[str]:
     return set(stored_results(store, sha256s))
 
 
-def stored_results(store: RunStore, sha256s: Iterable[str]) -> dict[str, dict[str, float | None]]:
-    """For each of ``sha256s`` that some run scored into this store: prob_ai by model id, the
-    newest result first (so the first key is the model that judged these bytes last)."""
-    wanted, found = sorted(set(sha256s)), {}
-    for start in range(0, len(wanted), _CHUNK):
-        chunk = wanted[start : start + _CHUNK]
-        marks = ",".join("?" * len(chunk))
-        rows = store.db.execute(f"SELECT sha256, model_id, row_json FROM scores WHERE sha256 IN ({marks}) "
-                                "ORDER BY scored_run DESC", chunk)
-        for sha256, model_id, row_json in rows:
-            found.setdefault(sha256, {}).setdefault(model_id, json.loads(row_json).get("prob_ai"))
-    return found
-
-
-def latest_result(store: RunStore, sha256: str) -> tuple[str, float | None] | None:
-    """(model id, prob_ai) of the newest stored result for these bytes; None: never scanned."""
-    row = store.db.execute("SELECT model_id, row_json FROM scores WHERE sha256 = ? ORDER BY scored_run DESC LIMIT 1",
-                           (sha256,)).fetchone()
-    if row is None:
-        return None
-    return row[0], json.loads(row[1]).get("prob_ai")
-
-
-def paths_by_sha256(store: RunStore) -> dict[str, str]:
-    """One path the last runs saw for each sha256 (to name a decision's file in listings)."""
-    return {row[0]: row[1] for row in store.db.execute("SELECT sha256, path FROM files WHERE sha256 != '' ORDER BY path DESC")}
-
-
 def record_decisions(store: RunStore, decisions: Sequence[Decision]) -> None:
     """Append the decisions in one transaction: all of them reach the store, or none."""
-    recorded_at = utc_text()
-    with store._transaction() as db:  # noqa: SLF001 - the store's one way to write atomically
-        db.executemany(
-            "INSERT INTO decisions (sha256, decision, decided_by, decided_at, recorded_at, note, model_id, prob_ai, source) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(d.sha256, d.decision, d.decided_by, d.decided_at, recorded_at, d.note, d.model_id, d.prob_ai, d.source)
-             for d in decisions])
+    append_decisions(store, [(d.sha256, d.decision, d.decided_by, d.decided_at, d.note, d.model_id, d.prob_ai, d.source)
+                             for d in decisions])
 
 
 def resolve_target(store: RunStore, target: str) -> str:

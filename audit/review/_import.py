@@ -31,7 +31,7 @@ from audit.review._decisions import (
 )
 from audit.review._sheets import csv_rows, xlsx_rows
 from audit.rows import REVIEW_DECISIONS, unneutralise
-from audit.store import RunStore, utc_text
+from audit.store import RunStore, first_recorded_from, utc_text
 
 # Reasons listed by row per kind of problem; the counts are always complete.
 MAX_LISTED_PER_REASON = 10
@@ -152,8 +152,7 @@ def _import_source(store: RunStore, path: Path) -> tuple[str, str]:
     from audit.model import file_sha256
 
     file_hash = file_sha256(path)
-    before = store.db.execute("SELECT min(recorded_at) FROM decisions WHERE source LIKE ?",
-                              (f"import sha256:{file_hash}%",)).fetchone()[0]
+    before = first_recorded_from(store, f"import sha256:{file_hash}")
     return f"import sha256:{file_hash} {path.name[:MAX_NAME_CHARS]}", f"on {before}" if before else ""
 
 

@@ -16,8 +16,10 @@ import sqlite3
 from pathlib import Path
 from typing import Sequence
 
+from audit.errors import UsageError
 from audit.store._lock import StoreError
 from audit.store._store import STORE_FILE_NAME, RunStore
+from audit.summary import read_summary
 
 STATE_DIR_ENV = "AUDIT_STATE_DIR"
 # The default before the store followed the archive: beside the run folders.
@@ -75,8 +77,10 @@ def find_store(store_path: Path | None, archives: Sequence[str], results_file: P
     if archives:
         return default_store_path(archives)
     if results_file is not None:
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            return Path(json.loads((results_file.parent / "summary.json").read_text(encoding="utf-8"))["store"]["path"])
+        with contextlib.suppress(OSError, UsageError):
+            recorded = read_summary(results_file.parent / "summary.json").store
+            if recorded is not None and recorded.path:
+                return Path(recorded.path)
     known = known_stores()
     if only_store_if_one and len(known) == 1:
         return known[0][0]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Changes listed by name in summary.json and the report; the counts are always complete.
-MAX_LISTED_CHANGES = 200
-
+# Changes listed by name in summary.json and the report, per kind; the counts are always complete
+# and the run store keeps every one (`audit runs --changes RUN`).
+MAX_LISTED_CHANGES = 100
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,12 @@ class Changes:
     deleted: int = 0
     newly_flagged: int = 0
     listed: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    listed_limit: int = MAX_LISTED_CHANGES  # files listed per kind
 
     def to_json(self) -> dict[str, Any]:
         return {
             "baseline_run": self.baseline_run,
             "counts": {"new": self.new, "changed": self.changed, "deleted": self.deleted, "newly_flagged": self.newly_flagged},
             "listed": self.listed,
-            "listed_limit": MAX_LISTED_CHANGES,
+            "listed_limit": self.listed_limit,
         }

@@ -18,9 +18,8 @@ sha256), which is what the kept pictures are of.
 And the report's laid-out parts (a section, a page of gallery cards), a PDF each, by the
 fingerprint of what they show (audit.report._pdf): those of the last few renders.
 
-The tables are caches beside the run store's own tables: created when first needed, ignored by
-an audit that does not know them, and never the only copy of anything, so they need no schema
-version of their own (audit.store._store). Maps and pictures take a few KB an image shown at 32x32
+The tables are caches, never the only copy of anything; they are made and migrated with the
+store's other tables (audit.store._schema). Maps and pictures take a few KB an image shown at 32x32
 input, about 200 KB a map at 224 (a model change adds a set of its own); `audit prune` drops
 those of images no file in the store has any more.
 """
@@ -36,39 +35,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from audit.store._store import immediate_transaction
+from audit.store._schema import immediate_transaction
 
-_TABLE = """
-CREATE TABLE IF NOT EXISTS heatmaps (
-    sha256 TEXT NOT NULL,
-    model_id TEXT NOT NULL,
-    layer TEXT NOT NULL,
-    logits BLOB NOT NULL,   -- float32 values of the forward pass that made the map
-    height INTEGER NOT NULL,
-    width INTEGER NOT NULL,
-    cam BLOB NOT NULL,      -- float32 height x width, values in [0, 1]
-    PRIMARY KEY (sha256, model_id, layer)
-)
-"""
-_PICTURES_TABLE = """
-CREATE TABLE IF NOT EXISTS gallery_pictures (
-    sha256 TEXT NOT NULL,
-    model_id TEXT NOT NULL,
-    recipe TEXT NOT NULL,          -- what else shapes the pictures: layer, thumbnail size, input policy
-    original_suffix TEXT NOT NULL, -- png (an enlarged small image) or jpg
-    original BLOB NOT NULL,        -- the thumbnail file's bytes
-    overlay BLOB NOT NULL,         -- the Grad-CAM overlay file's bytes (JPEG)
-    PRIMARY KEY (sha256, model_id, recipe)
-)
-"""
-_PARTS_TABLE = """
-CREATE TABLE IF NOT EXISTS report_parts (
-    fingerprint TEXT PRIMARY KEY,  -- audit.report._pdf.part_fingerprint
-    pdf BLOB NOT NULL,             -- a part of the report (a section, a page of gallery cards) laid out alone
-    bookmarks TEXT NOT NULL,       -- its headings: JSON [[level, label, page], ...]
-    kept_at REAL NOT NULL          -- unix time it was last put or used
-)
-"""
 # Parts kept: as many as the last few renders used (a rerun with other options, a model tried).
 _PARTS_KEPT = 3
 # Keys per query: under SQLite's old limit of 999 parameters.
@@ -90,13 +58,10 @@ class CachedPictures:
 
 class ReportCache:
     """The report's caches in the run store's database (an open sqlite3 connection in autocommit
-    mode, as audit.store._store.RunStore keeps it). ``hits`` and ``computed`` count this render's maps."""
+    mode, as audit.store._store.RunStore keeps it; RunStore.report_cache makes one). ``hits`` and ``computed`` count this render's maps."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
-        self.db.execute(_TABLE)
-        self.db.execute(_PICTURES_TABLE)
-        self.db.execute(_PARTS_TABLE)
         self.hits = 0
         self.computed = 0
 

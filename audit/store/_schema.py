@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from typing import Callable
+from typing import Callable, Iterator
 
 STORE_FILE_NAME = "audit-store.sqlite"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Reviewers' decisions (audit.review._decisions holds the logic). Rows are only ever appended: the newest row
 # (highest id) for a sha256 is its current decision, the others are its history.
@@ -31,6 +32,64 @@ CREATE INDEX decisions_by_sha256 ON decisions (sha256, id)
 _SCORES_BY_RUN = "CREATE INDEX IF NOT EXISTS scores_by_run ON scores (scored_run)"
 
 
+# The report's caches (audit.store._report_cache): Grad-CAM maps, gallery pictures, laid-out PDF parts.
+# IF NOT EXISTS: stores of schema 3 may hold them already (they were made on first use then).
+_REPORT_CACHES = """
+CREATE TABLE IF NOT EXISTS heatmaps (
+    sha256 TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    layer TEXT NOT NULL,
+    logits BLOB NOT NULL,   -- float32 values of the forward pass that made the map
+    height INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    cam BLOB NOT NULL,      -- float32 height x width, values in [0, 1]
+    PRIMARY KEY (sha256, model_id, layer)
+);
+CREATE TABLE IF NOT EXISTS gallery_pictures (
+    sha256 TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    recipe TEXT NOT NULL,          -- what else shapes the pictures: layer, thumbnail size, input policy
+    original_suffix TEXT NOT NULL, -- png (an enlarged small image) or jpg
+    original BLOB NOT NULL,        -- the thumbnail file's bytes
+    overlay BLOB NOT NULL,         -- the Grad-CAM overlay file's bytes (JPEG)
+    PRIMARY KEY (sha256, model_id, recipe)
+);
+CREATE TABLE IF NOT EXISTS report_parts (
+    fingerprint TEXT PRIMARY KEY,  -- audit.report._pdf.part_fingerprint
+    pdf BLOB NOT NULL,             -- a part of the report (a section, a page of gallery cards) laid out alone
+    bookmarks TEXT NOT NULL,       -- its headings: JSON [[level, label, page], ...]
+    kept_at REAL NOT NULL          -- unix time it was last put or used
+)
+"""
+
+# Every file a run found new, changed, deleted or newly flagged since its baseline (summary.json
+# lists only the first few of each kind; `audit runs --changes RUN` lists these).
+_RUN_CHANGES = """
+CREATE TABLE IF NOT EXISTS run_changes (
+    run_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,           -- new | changed | deleted | newly_flagged
+    root TEXT NOT NULL,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    verdict TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS run_changes_by_run ON run_changes (run_id, kind, root, path)
+"""
+
+
+@contextlib.contextmanager
+def immediate_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT on a connection in autocommit mode, or ROLLBACK on any exception
+    (a signal's SystemExit too). The run store's and its report caches' (audit.store._report_cache)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 def run_statements(db: sqlite3.Connection, script: str) -> None:
     for statement in script.split(";"):
         if statement.strip():
@@ -42,6 +101,7 @@ def run_statements(db: sqlite3.Connection, script: str) -> None:
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: lambda db: run_statements(db, _DECISIONS_SCHEMA),  # 1 -> 2: reviewers' decisions
     2: lambda db: run_statements(db, _SCORES_BY_RUN),  # 2 -> 3: the newest stored result at once
+    3: lambda db: run_statements(db, _REPORT_CACHES + ";" + _RUN_CHANGES),  # 3 -> 4: caches migrated, changes kept
 }
 
 _SCHEMA = """
@@ -83,4 +143,4 @@ CREATE TABLE runs (
     partial INTEGER NOT NULL DEFAULT 1,  -- 0 only once the run has completed
     note TEXT NOT NULL DEFAULT ''
 );
-""" + ";" + _DECISIONS_SCHEMA + ";" + _SCORES_BY_RUN
+""" + ";".join(("", _DECISIONS_SCHEMA, _SCORES_BY_RUN, _REPORT_CACHES, _RUN_CHANGES))

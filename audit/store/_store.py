@@ -8,7 +8,9 @@ incremental, resumable and recorded.
   decoding. The scoring key is the model id plus whatever else changes a result (calibration
   temperature, threshold, evidence on/off, trust anchors, --max-pixels, draft decoding).
 * ``runs``: one row per run: start, end, options, counts, exit status, partial flag, out dir.
-* ``decisions``: reviewers' decisions by sha256, appended and never updated (audit.review._decisions).
+* ``decisions``: reviewers' decisions by sha256, appended and never updated (audit.store._decisions).
+* ``run_changes``: every file each run found new, changed, deleted or newly flagged.
+* the report's caches (audit.store._report_cache).
 
 Scored results are committed one transaction per scored batch, so a run killed with SIGKILL
 loses at most the batch in flight: the next run finds the committed ones and reuses them.
@@ -26,12 +28,22 @@ import os
 import shutil
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from audit.store._lock import StoreError, StoreLock, StoreLocked, utc_text  # noqa: F401 - StoreLocked: the store's interface
 from audit.store._records import MAX_LISTED_CHANGES, Changes, FileUpdate, RunCounts, RunRecord, StoredScore
-from audit.store._schema import _SCHEMA, MIGRATIONS, SCHEMA_VERSION, STORE_FILE_NAME, run_statements  # noqa: F401 - STORE_FILE_NAME: the location reads it
+from audit.store._schema import (  # noqa: F401 - STORE_FILE_NAME: the location reads it
+    _SCHEMA,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    STORE_FILE_NAME,
+    immediate_transaction,
+    run_statements,
+)
 from audit.verdicts import VERDICT_AI
+
+if TYPE_CHECKING:
+    from audit.store._report_cache import ReportCache
 
 # --------------------------------------------------------------------------- the store
 
@@ -39,19 +51,6 @@ from audit.verdicts import VERDICT_AI
 @functools.lru_cache(maxsize=256)
 def _resolved_root(root: str) -> str:
     return os.path.realpath(root)
-
-
-@contextlib.contextmanager
-def immediate_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT on a connection in autocommit mode, or ROLLBACK on any exception
-    (a signal's SystemExit too). The run store's and its report caches' (audit.store._report_cache)."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 class RunStore:
@@ -242,25 +241,44 @@ class RunStore:
              update.root, update.path),
         )
 
-    def changes_since(self, run_id: int, roots: Iterable[str], baseline: int | None) -> Changes:
+    def record_changes(self, run_id: int, roots: Iterable[str], baseline: int | None) -> Changes:
         """What this run found different from the last completed run (``baseline``): new files,
         changed content, files under its roots it did not see (deleted), and newly flagged ones.
-        Run ids are compared, not states, so a run resumed after a kill still reports the files
-        that the killed run already recorded as new."""
+        Every such file is kept in ``run_changes`` (:meth:`changes_of`); the returned record has
+        the complete counts and lists the first MAX_LISTED_CHANGES of each kind. Run ids are
+        compared, not states, so a run resumed after a kill still reports the files that the
+        killed run already recorded as new."""
         base = baseline if baseline is not None else 0
-        changes = Changes(baseline_run=baseline)
+        changes = Changes(baseline_run=baseline, listed_limit=MAX_LISTED_CHANGES)
         wheres: dict[str, tuple[str, tuple[Any, ...]]] = {
             "newly_flagged": ("flagged_since_run > ? AND last_seen_run = ?", (base, run_id)),
             "new": ("first_seen_run > ? AND last_seen_run = ?", (base, run_id)),
             "changed": ("changed_run > ? AND first_seen_run <= ? AND last_seen_run = ?", (base, base, run_id)),
             "deleted": _unseen_where(run_id, roots),
         }
-        for kind, (where, params) in wheres.items():
-            setattr(changes, kind, self.db.execute(f"SELECT count(*) FROM files WHERE {where}", params).fetchone()[0])
-            listed = self.db.execute(f"SELECT root, path, sha256, verdict FROM files WHERE {where} ORDER BY root, path LIMIT ?",
-                                     (*params, MAX_LISTED_CHANGES)).fetchall()
-            changes.listed[kind] = [dict(row) for row in listed]
+        with self._transaction() as db:
+            db.execute("DELETE FROM run_changes WHERE run_id = ?", (run_id,))
+            for kind, (where, params) in wheres.items():
+                db.execute(f"INSERT INTO run_changes (run_id, kind, root, path, sha256, verdict) "
+                           f"SELECT ?, ?, root, path, sha256, verdict FROM files WHERE {where}", (run_id, kind, *params))
+        for kind in wheres:
+            setattr(changes, kind, self.db.execute("SELECT count(*) FROM run_changes WHERE run_id = ? AND kind = ?",
+                                                   (run_id, kind)).fetchone()[0])
+            changes.listed[kind] = self.changes_of(run_id, kind, MAX_LISTED_CHANGES)
         return changes
+
+    def changes_of(self, run_id: int, kind: str, limit: int = -1) -> list[dict[str, str]]:
+        """The files of one kind of change (new, changed, deleted, newly_flagged) that a run
+        recorded, by root and path; ``limit`` -1: all of them."""
+        rows = self.db.execute("SELECT root, path, sha256, verdict FROM run_changes WHERE run_id = ? AND kind = ? "
+                               "ORDER BY root, path LIMIT ?", (run_id, kind, limit)).fetchall()
+        return [dict(row) for row in rows]
+
+    def report_cache(self) -> ReportCache:
+        """The report's caches in this store (Grad-CAM maps, gallery pictures, laid-out PDF parts)."""
+        from audit.store._report_cache import ReportCache
+
+        return ReportCache(self.db)
 
     def forget_unseen(self, run_id: int, roots: Iterable[str]) -> None:
         """After a complete run: drop the files under its roots that it did not see (deleted, or
@@ -295,6 +313,7 @@ class RunStore:
             done.append((run, _remove_run_folder(run, kept_dirs)))
             with self._transaction() as db:
                 db.execute("DELETE FROM runs WHERE id = ?", (run.id,))
+                db.execute("DELETE FROM run_changes WHERE run_id = ?", (run.id,))
         return done
 
 
