@@ -1,4 +1,5 @@
-"""Shared test settings."""
+"""Shared test settings and fixtures; the helpers the test files import are in tests/helpers/ and
+tests/scan_fixtures.py, run_fixture.py, synthetic_detector.py."""
 
 import os
 
@@ -8,7 +9,10 @@ import torch
 # the two cores when anything else (a training run, a second test process) is busy.
 torch.set_num_threads(int(os.environ.get("AUDIT_TEST_THREADS", "1")))
 
+from pathlib import Path
+
 import pytest
+from scan_fixtures import make_model
 
 
 @pytest.fixture(autouse=True)
@@ -26,3 +30,14 @@ def _reports_rendered_in_the_test_process(monkeypatch: pytest.MonkeyPatch) -> No
     process (audit.report._process) is tested in test_report_process.py and by every scan run as
     a subprocess."""
     monkeypatch.setattr("audit.pipeline._run.worth_a_process", lambda: False)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def model_path(model_dir: Path) -> Path:
+    """A randomly initialised model, made once for the session."""
+    return make_model(model_dir)

@@ -2,7 +2,7 @@
 
 The run folder holds results.csv and summary.json in the documented format, real image files
 and a real (tiny, trained here) model, so these tests depend neither on the scan nor on the
-default model. The page is checked in headless Chromium, the PDF with poppler's pdftotext.
+default model. The page is checked in headless Chromium (Playwright), the PDF with poppler's pdftotext.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import run_fixture as rf
 import synthetic_detector as sd
-from headless_browser import Browser, find_chromium
+from helpers.browser import ReportPage, find_chromium, open_browser
+from helpers.cli import csv_rows
 from PIL import Image
 
 from audit.report import compute_metrics, read_results, render_report, render_report_files, run_files_fetcher, write_pdf
@@ -51,11 +52,6 @@ def missing_tool(message: str) -> None:
     if os.environ.get("AUDIT_REQUIRE_REPORT_TOOLS") == "1":
         pytest.fail(message)
     pytest.skip(message)
-
-
-def read_csv_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def pdf_text(pdf: Path) -> str:
@@ -96,7 +92,7 @@ def page(run: rf.FixtureRun):
     executable = find_chromium()
     if executable is None:
         missing_tool("chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    with Browser(executable) as browser:
+    with open_browser(executable) as browser:
         browser.open(run.run_dir / "report.html")
         yield browser
 
@@ -134,7 +130,7 @@ def test_csv_cells_are_read_as_the_scan_meant_them(run: rf.FixtureRun) -> None:
 
 
 def test_confusion_matrix_in_the_report_equals_results_csv(run: rf.FixtureRun) -> None:
-    rows = read_csv_rows(run.run_dir / "results.csv")
+    rows = csv_rows(run.run_dir / "results.csv")
     labelled = [r for r in rows if r["status"] == "ok" and r["true_label"] in ("ai-generated", "real")]
     expected = Counter((r["true_label"], r["verdict"]) for r in labelled)
     html = (run.run_dir / "report.html").read_text(encoding="utf-8")
@@ -252,7 +248,7 @@ def test_archive_strings_are_escaped_in_the_html(run: rf.FixtureRun) -> None:
 # --------------------------------------------------------------------------- in a browser
 
 
-def test_page_loads_offline_without_errors(page: Browser, run: rf.FixtureRun) -> None:
+def test_page_loads_offline_without_errors(page: ReportPage, run: rf.FixtureRun) -> None:
     log = page.log
     assert log.console_errors == [] and log.exceptions == [] and log.csp_violations == []
     assert log.dialogs == [], "no script from the archive ran"
@@ -266,12 +262,12 @@ def test_page_loads_offline_without_errors(page: Browser, run: rf.FixtureRun) ->
     assert broken_images == 0
 
 
-def visible_paths(page: Browser) -> list[str]:
+def visible_paths(page: ReportPage) -> list[str]:
     return page.evaluate(
         'Array.from(document.querySelectorAll("#results-table tbody tr")).map(function (tr) { return tr.cells[0].textContent; })')
 
 
-def test_table_filters_and_sorts(page: Browser, run: rf.FixtureRun) -> None:
+def test_table_filters_and_sorts(page: ReportPage, run: rf.FixtureRun) -> None:
     paths = [unneutralise(r["path"]) for r in run.rows]
     assert visible_paths(page) == paths, "all rows, in discovery order"
 
@@ -306,7 +302,7 @@ def test_a_render_lays_out_again_only_the_gallery_pages_whose_cards_changed(run:
     first = render_report_files(run_dir, model=run.model_path, max_gallery=200, report_cache=cache)
     assert first.pdf.gallery_pages >= 2 and first.pdf.body_pages_kept == 0  # nothing kept yet
 
-    rows = read_csv_rows(run_dir / "results.csv")
+    rows = csv_rows(run_dir / "results.csv")
     edited = flagged(run.rows)[7]["path"]  # the 8th card: the gallery's second page
     with open(run_dir / "results.csv", "w", encoding="utf-8-sig", newline="") as handle:
         writer = csv.DictWriter(handle, list(rows[0]))
@@ -325,7 +321,7 @@ def test_a_render_lays_out_again_only_the_gallery_pages_whose_cards_changed(run:
 def test_report_without_labels_or_model_still_renders(run: rf.FixtureRun, tmp_path: Path) -> None:
     run_dir = tmp_path / "unlabelled"
     run_dir.mkdir()
-    rows = read_csv_rows(run.run_dir / "results.csv")
+    rows = csv_rows(run.run_dir / "results.csv")
     with open(run_dir / "results.csv", "w", encoding="utf-8-sig", newline="") as handle:
         # An older results.csv: no evidence columns, no labels.
         columns = [c for c in rows[0] if not c.startswith("evidence")]
@@ -402,7 +398,7 @@ def test_audit_scan_writes_the_report(run: rf.FixtureRun, tmp_path: Path) -> Non
     result = CliRunner().invoke(main, ["scan", str(run.archive), "--model", str(run.model_path), "--labels", "folders",
                                        "--out", str(out), "--workers", "0", "--quiet", "--max-gallery", "5"])
     assert result.exit_code == 0, result.output
-    rows = read_csv_rows(out / "results.csv")
+    rows = csv_rows(out / "results.csv")
     expected = Counter((r["true_label"], r["verdict"]) for r in rows if r["true_label"])
     html = (out / "report.html").read_text(encoding="utf-8")
     cells = {name: int(value) for name, value in re.findall(r'data-cell="(\w+)">(\d+)<', html)}

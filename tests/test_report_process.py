@@ -24,6 +24,8 @@ def write_archive(folder: Path, count: int) -> None:
         (folder / f"{index}.jpg").write_bytes(jpeg_bytes(noise_image(32, 32, seed=index)))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_report_process_renders_then_copies_with_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """As a nightly job runs it: `audit scan photos` from the archive's folder, paths relative,
     in a folder that also holds a package named like ours (the child must not import it)."""
@@ -64,6 +66,7 @@ def test_the_report_process_renders_then_copies_with_relative_paths(tmp_path: Pa
     assert forms is not None and len(forms) == second["report"]["body_pages"]
 
 
+@pytest.mark.subprocess
 def test_a_report_process_that_fails_leaves_the_report_to_the_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = make_model(tmp_path / "models")
     write_archive(tmp_path / "photos", 3)

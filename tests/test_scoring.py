@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from scan_fixtures import jpeg_bytes, model_dir, model_path, noise_image  # noqa: F401 - fixtures
+from scan_fixtures import jpeg_bytes, noise_image
 
 from audit.engines import Scorer, collate_results, score_records
 from audit.intake import LoadOptions, discover, load_image
