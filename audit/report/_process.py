@@ -239,8 +239,8 @@ def child_main(parent_pid: int) -> int:
         if not state.work_once():
             state.take(messages.wait())
     _do(ReportJob(**state.job))
-    # Straight out: the interpreter's orderly exit, with the report's modules loaded, took 0.6 s
-    # the scan would wait for; there is nothing left to flush or close.
+    # Straight out: the scan waits for this exit, an orderly one is slow with the report's modules loaded,
+    # and there is nothing left to flush or close.
     sys.stderr.flush()
     os._exit(0)
 

@@ -118,7 +118,7 @@ def heatmaps_listing_sha256(run_dir: Path) -> str:
 def front_content_of(content: Any) -> dict[str, Any]:
     """The report content without its body's bulk, as JSON-ready data (for a later front page)."""
     # Field by field, leaving the body's out before converting: dataclasses.asdict of the whole
-    # content deep-copied the 20,000-row table only to drop it (about 1 s).
+    # content deep-copies the whole row table only to drop it.
     data = {field.name: _plain(getattr(content, field.name)) for field in dataclasses.fields(content)
             if field.name not in _BODY_FIELDS}
     return json.loads(json.dumps(data, default=str))
@@ -254,9 +254,9 @@ COPY_STAGE_IMPORTS = ("audit.report._reuse", "weasyprint", "pypdf")
 
 def report_stage_imports(labelled: bool) -> list[str]:
     """What rendering a report imports, in the order it needs it: the unchanged copy's first
-    (WeasyPrint 0.6 s here, pypdf), then the renderer's (matplotlib and seaborn 0.6, pandas 0.35),
-    scikit-learn 1.2 when rows have true labels (its metrics and curves), and pytorch-grad-cam
-    2.5 s (it imports torchvision) for the Grad-CAM of images flagged tonight."""
+    (WeasyPrint, pypdf), then the renderer's (matplotlib, seaborn, pandas), scikit-learn when rows
+    have true labels (its metrics and curves), and pytorch-grad-cam (it imports torchvision) for
+    the Grad-CAM of images flagged tonight. Their costs: docs/performance.md, "Imports"."""
     return [*COPY_STAGE_IMPORTS, "audit.report._charts", "audit.report._render", "seaborn",
             *(["sklearn.metrics"] if labelled else []), "audit.report._explain", "pytorch_grad_cam"]
 
