@@ -15,7 +15,7 @@ import pytest
 from helpers.cli import count_in_store, results_rows, summary_of
 from scan_fixtures import jpeg_bytes, noise_image
 
-pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -138,6 +138,7 @@ def test_report_heatmaps_come_from_the_store_for_images_explained_before(
         assert db.execute("SELECT count(*) FROM gallery_pictures").fetchone()[0] == 4
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.slow
 def test_an_unchanged_night_copies_the_report_behind_a_front_page_made_for_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -463,6 +463,7 @@ def test_no_evidence_leaves_the_verdict_to_the_model(archive: Path, tmp_path: Pa
     assert {row["evidence"] + row["evidence_source"] for row in rows.values()} == {""}
 
 
+@pytest.mark.slow
 def test_report_shows_score_and_evidence_escaped_and_fetches_nothing(archive: Path, tmp_path: Path) -> None:
     from audit.report import render_report_files
 

@@ -27,8 +27,8 @@ from scan_fixtures import jpeg_bytes, noise_image, png_bytes
 from audit.config import ScanOptions
 from audit.pipeline import run_scan
 
-# Every test here starts (or shares) a local Ray runtime.
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+# Every test here starts (or shares) a local Ray runtime; starting it takes a minute on a busy 2-core machine.
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[1]
 CRASH_HOOK = Path(__file__).resolve().parent / "crash_hook"

@@ -104,6 +104,7 @@ def flagged(rows: list[dict[str, str]]) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------- files
 
 
+@pytest.mark.slow
 def test_outputs_are_complete_and_small(run: rf.FixtureRun) -> None:
     run_dir = run.run_dir
     assert (run_dir / "report.html").is_file() and (run_dir / "report.pdf").is_file()
@@ -119,6 +120,7 @@ def test_outputs_are_complete_and_small(run: rf.FixtureRun) -> None:
     assert (run_dir / "report.pdf").stat().st_size < 2_000_000
 
 
+@pytest.mark.slow
 def test_csv_cells_are_read_as_the_scan_meant_them(run: rf.FixtureRun) -> None:
     frame = read_results(run.run_dir / "results.csv")
     assert f"FAKE/{rf.FORMULA_NAME}" in set(frame["path"]), "the neutralising quote is removed for display"
@@ -129,6 +131,7 @@ def test_csv_cells_are_read_as_the_scan_meant_them(run: rf.FixtureRun) -> None:
 # --------------------------------------------------------------------------- numbers
 
 
+@pytest.mark.slow
 def test_confusion_matrix_in_the_report_equals_results_csv(run: rf.FixtureRun) -> None:
     rows = csv_rows(run.run_dir / "results.csv")
     labelled = [r for r in rows if r["status"] == "ok" and r["true_label"] in ("ai-generated", "real")]
@@ -149,6 +152,7 @@ def test_confusion_matrix_in_the_report_equals_results_csv(run: rf.FixtureRun) -
     assert float(shown_accuracy) == pytest.approx(correct / len(labelled), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_counts_on_the_front_page(run: rf.FixtureRun) -> None:
     html = (run.run_dir / "report.html").read_text(encoding="utf-8")
     counts = {name: int(value) for name, value in re.findall(r'data-count="([\w-]+)">(\d+)<', html)}
@@ -160,6 +164,7 @@ def test_counts_on_the_front_page(run: rf.FixtureRun) -> None:
 # --------------------------------------------------------------------------- PDF
 
 
+@pytest.mark.slow
 def test_pdf_holds_the_counts_the_names_and_the_page_furniture(run: rf.FixtureRun) -> None:
     pdf = run.run_dir / "report.pdf"
     pages = pdf_pages(pdf)
@@ -180,6 +185,7 @@ def test_pdf_holds_the_counts_the_names_and_the_page_furniture(run: rf.FixtureRu
     assert "595.276 x 841.89 pts (A4)" in size
 
 
+@pytest.mark.slow
 def test_no_gallery_card_is_split_across_pages(run: rf.FixtureRun) -> None:
     """Each card's probability line and its sha256 line land on the same page."""
     from pypdf import PdfReader
@@ -193,6 +199,7 @@ def test_no_gallery_card_is_split_across_pages(run: rf.FixtureRun) -> None:
         assert row["sha256"][:16] in pages[holding[0]]
 
 
+@pytest.mark.slow
 def test_pdf_renderer_fetches_only_the_run_folder(run: rf.FixtureRun, tmp_path: Path, monkeypatch) -> None:
     network = NetworkAttempts(monkeypatch)
     run_dir = tmp_path / "run"
@@ -216,6 +223,7 @@ def test_pdf_renderer_fetches_only_the_run_folder(run: rf.FixtureRun, tmp_path: 
     assert network.attempts == []
 
 
+@pytest.mark.slow
 def test_rendering_makes_no_network_attempt(run: rf.FixtureRun, tmp_path: Path, monkeypatch) -> None:
     """The evidence and a file name hold an external URL; rendering fetches nothing."""
     run_dir = tmp_path / "copy"
@@ -236,6 +244,7 @@ def test_rendering_makes_no_network_attempt(run: rf.FixtureRun, tmp_path: Path, 
 # --------------------------------------------------------------------------- escaping
 
 
+@pytest.mark.slow
 def test_archive_strings_are_escaped_in_the_html(run: rf.FixtureRun) -> None:
     html = (run.run_dir / "report.html").read_text(encoding="utf-8")
     assert "<img src=x" not in html and "<b>" not in html
@@ -248,6 +257,8 @@ def test_archive_strings_are_escaped_in_the_html(run: rf.FixtureRun) -> None:
 # --------------------------------------------------------------------------- in a browser
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_page_loads_offline_without_errors(page: ReportPage, run: rf.FixtureRun) -> None:
     log = page.log
     assert log.console_errors == [] and log.exceptions == [] and log.csp_violations == []
@@ -267,6 +278,8 @@ def visible_paths(page: ReportPage) -> list[str]:
         'Array.from(document.querySelectorAll("#results-table tbody tr")).map(function (tr) { return tr.cells[0].textContent; })')
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_table_filters_and_sorts(page: ReportPage, run: rf.FixtureRun) -> None:
     paths = [unneutralise(r["path"]) for r in run.rows]
     assert visible_paths(page) == paths, "all rows, in discovery order"
@@ -291,6 +304,7 @@ def test_table_filters_and_sorts(page: ReportPage, run: rf.FixtureRun) -> None:
     assert page.log.console_errors == [] and page.log.exceptions == [] and page.log.dialogs == []
 
 
+@pytest.mark.slow
 def test_a_render_lays_out_again_only_the_gallery_pages_whose_cards_changed(run: rf.FixtureRun, tmp_path: Path) -> None:
     import sqlite3
 
@@ -318,6 +332,7 @@ def test_a_render_lays_out_again_only_the_gallery_pages_whose_cards_changed(run:
 # --------------------------------------------------------------------------- degraded runs
 
 
+@pytest.mark.slow
 def test_report_without_labels_or_model_still_renders(run: rf.FixtureRun, tmp_path: Path) -> None:
     run_dir = tmp_path / "unlabelled"
     run_dir.mkdir()
@@ -339,6 +354,7 @@ def test_report_without_labels_or_model_still_renders(run: rf.FixtureRun, tmp_pa
     assert pdf_pages(pdf_path) >= 3
 
 
+@pytest.mark.slow
 def test_a_file_changed_since_the_scan_is_said_so(run: rf.FixtureRun, tmp_path: Path) -> None:
     archive = tmp_path / "archive"
     shutil.copytree(run.archive, archive)
@@ -361,6 +377,7 @@ def test_a_file_changed_since_the_scan_is_said_so(run: rf.FixtureRun, tmp_path: 
     assert sorted(p.name for p in (run_dir / "heatmaps").iterdir()) == ["g0001-gradcam.jpg", "g0001-original.png"]
 
 
+@pytest.mark.slow
 def test_audit_report_command(run: rf.FixtureRun, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
@@ -388,6 +405,7 @@ def test_fetcher_refuses_what_is_not_the_run_folder(tmp_path: Path) -> None:
     assert len(fetcher.refused) == 6
 
 
+@pytest.mark.slow
 def test_audit_scan_writes_the_report(run: rf.FixtureRun, tmp_path: Path) -> None:
     """End to end: a real scan renders the report; its confusion matrix is results.csv's."""
     from click.testing import CliRunner
@@ -434,6 +452,7 @@ def test_an_empty_run_renders_and_a_foreign_csv_is_refused(tmp_path: Path) -> No
         render_report(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_run_of_mostly_errors_lists_the_first_ones_and_counts_all(tmp_path: Path) -> None:
     from audit.report import MAX_ERRORS_LISTED
 

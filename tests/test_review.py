@@ -72,6 +72,7 @@ def night1(tmp_path: Path, flag_all: Path) -> tuple[Path, Path, Path]:
 # --------------------------------------------------------------------------- the round trip
 
 
+@pytest.mark.slow
 def test_decisions_made_in_the_spreadsheet_are_carried_by_the_next_run(night1, flag_all: Path) -> None:
     archive, store, out = night1
     assert summary_of(out)["review"]["flagged_awaiting_review"] == 4
@@ -356,6 +357,8 @@ def test_a_version_1_store_gains_the_decisions_table_and_keeps_its_results(night
 # --------------------------------------------------------------------------- the HTML report
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_decisions_clicked_in_the_html_report_are_exported_and_imported(tmp_path: Path, flag_all: Path) -> None:
     from helpers.browser import find_chromium, open_browser
 

@@ -117,6 +117,7 @@ def test_clean_run_exits_0(tmp_path: Path, model_path: Path) -> None:
     assert summary_of(tmp_path / "o")["exit_code"] == 0
 
 
+@pytest.mark.slow
 def test_fail_on_flagged_exits_4_and_wins_over_errors(tmp_path: Path, model_dir: Path) -> None:
     flag_all = make_model(model_dir, name="flag-all", threshold=0.0)
     # prob_ai >= 1.0 would need a saturated softmax, which this random network never gives
