@@ -1,4 +1,5 @@
-# Quickstart: `make demo` scans the bundled example archive; `make test` runs the tests.
+# Quickstart: `make demo` scans the bundled example archive; `make test` runs the tests;
+# `make test-fast` runs the quick unit tests (no slow, Ray, browser or subprocess test).
 # Both create .venv when it is missing and install the project into it once (a stamp file
 # records the install; it is redone when pyproject.toml changes).
 
@@ -9,7 +10,7 @@ EXTRAS ?= test
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.audit-installed
 
-.PHONY: demo test install
+.PHONY: demo test test-fast install
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,3 +27,8 @@ demo: $(STAMP)
 # pytest's own exit code is make's: 1 failures, 2 interrupted, 5 no tests collected.
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+FAST := not slow and not ray and not browser and not subprocess
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "$(FAST)"

@@ -26,11 +26,6 @@ _requested_signal: int | None = None
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def stop_requested() -> int | None:
-    """The signal that asked the run to stop, or None."""
-    return _requested_signal
-
-
 def raise_if_stop_requested() -> None:
     if _requested_signal is not None:
         raise SystemExit(128 + _requested_signal)

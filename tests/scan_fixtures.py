@@ -12,7 +12,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from audit.model import ModelCard, build_network, save_model
@@ -26,16 +25,6 @@ def make_model(directory: Path, name: str = "test-model", threshold: float = 0.5
     card = ModelCard(name=name, threshold=threshold, temperature=temperature)
     save_model(build_network(card.variant), card, directory / name)
     return directory / f"{name}.json"
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
-
-
-@pytest.fixture(scope="session")
-def model_path(model_dir: Path) -> Path:
-    return make_model(model_dir)
 
 
 def noise_image(width: int, height: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
@@ -182,3 +171,10 @@ def build_bad_archive(root: Path) -> dict[str, tuple[str, str]]:
         # root reads a chmod 000 file anyway; tests/test_loading.py covers the error path.
         expected["unreadable.jpg"] = ("ok", "")
     return expected
+
+
+def write_images(archive: Path, names: list[str], seed: int = 0) -> None:
+    """32x32 noise JPEGs under archive, one a name, each from its own seed."""
+    archive.mkdir(parents=True, exist_ok=True)
+    for index, name in enumerate(names):
+        (archive / name).write_bytes(jpeg_bytes(noise_image(32, 32, seed=seed + index)))

@@ -97,6 +97,7 @@ def test_the_card_round_trips_its_input_policy_and_data_sets(tmp_path):
         ModelCard.from_json(card.to_json().replace('"crops": 5', '"crops": 4'))
 
 
+@pytest.mark.slow
 def test_a_shipped_model_is_found_by_name_and_listed(tmp_path, monkeypatch):
     names = [path.stem for path in shipped_models()]
     assert "cifake-resnet18" in names and shipped_models()[0] == DEFAULT_MODEL_PATH
@@ -114,6 +115,7 @@ def test_a_shipped_model_is_found_by_name_and_listed(tmp_path, monkeypatch):
     assert unknown.exit_code == 2 and "shipped models, by name" in unknown.output
 
 
+@pytest.mark.slow
 def test_the_scan_scores_a_large_image_through_the_crops_of_its_policy(tmp_path):
     """A 256x192 picture with the synthetic 'AI' patch in its top-left corner only: the crops
     policy scores the five 32x32 crops of its 64-pixel rendition and averages their logits."""
@@ -164,6 +166,7 @@ def test_the_per_source_table_matches_a_case_computed_by_hand():
     assert mixed["roc_auc"] == pytest.approx(10 / 12, abs=1e-4) and mixed["count"] == 7
 
 
+@pytest.mark.slow
 def test_grad_cam_of_a_crops_policy_is_placed_where_each_crop_lies(tmp_path):
     card = read_card(save_trained_model(tmp_path / "models"))
     card.preprocessing = Preprocessing(input_size=32, resize_policy="crops", scale_size=64, crops=5)

@@ -6,16 +6,16 @@ descriptor, so every later night was refused."""
 from __future__ import annotations
 
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from scan_fixtures import jpeg_bytes, model_dir, model_path, noise_image  # noqa: F401 - fixtures
+import pytest
+from helpers.cli import count_in_store, results_rows, summary_of
+from scan_fixtures import jpeg_bytes, noise_image
 
-from audit.pipeline import read_results_csv
-from audit.summary import read_summary
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,14 +36,6 @@ def live_processes_in_group(pgid: int) -> list[int]:
     return found
 
 
-def recorded_files(store: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5) as db:
-            return db.execute("SELECT count(*) FROM files").fetchone()[0]
-    except sqlite3.OperationalError:  # not created yet
-        return 0
-
-
 def scan_command(archive: Path, model: Path, out: Path, store: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "audit.cli._app", "scan", str(archive), "--model", str(model), "--out", str(out),
             "--store", str(store), "--workers", "2", "--batch-size", "8", "--no-xlsx", "--quiet", *extra]
@@ -61,14 +53,14 @@ def test_sigkill_with_workers_leaves_no_process_and_the_rerun_takes_over(tmp_pat
     try:
         deadline = time.monotonic() + 180
         # Scoring, with its 2 workers up.
-        while recorded_files(store) < 24 or len(live_processes_in_group(killed.pid)) < 3:
+        while count_in_store(store, "files") < 24 or len(live_processes_in_group(killed.pid)) < 3:
             assert killed.poll() is None, killed.stderr.read().decode()
             assert time.monotonic() < deadline, "the scan did not get going"
             time.sleep(0.02)
     finally:
         killed.send_signal(signal.SIGKILL)  # the main process only, as the OOM killer does
         killed.wait(timeout=60)
-    committed = recorded_files(store)
+    committed = count_in_store(store, "files")
     assert 24 <= committed < count, committed  # killed mid-run
 
     # At once, while any orphan would still be there: the next night must not be locked out.
@@ -86,8 +78,8 @@ def test_sigkill_with_workers_leaves_no_process_and_the_rerun_takes_over(tmp_pat
     assert rerun.returncode == 0, stderr.decode()
     assert f"was left by pid {killed.pid} " in stderr.decode() and "took the store over" in stderr.decode()
 
-    summary = read_summary(tmp_path / "rerun" / "summary.json")
-    rows = read_results_csv(tmp_path / "rerun" / "results.csv")
+    summary = summary_of(tmp_path / "rerun")
+    rows = results_rows(tmp_path / "rerun")
     assert sorted(row["path"] for row in rows) == sorted(f"{index:04d}.jpg" for index in range(count))  # each once
     assert all(row["status"] == "ok" for row in rows)
     assert (summary.files_reused, summary.files_scored) == (committed, count - committed)  # from the store

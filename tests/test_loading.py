@@ -96,6 +96,8 @@ def test_max_pixels_is_configurable(tmp_path: Path) -> None:
     assert refused.error is not None and "100x100 = 10,000 pixels is over the limit of 9,999 (--max-pixels)" in refused.error
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
 def test_refused_bomb_keeps_memory_bounded(tmp_path: Path) -> None:
     """In a fresh process: refusing a 9 MP image (limit 1 MP) must not allocate its pixels,

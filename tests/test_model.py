@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torchvision.models import resnet18
 
@@ -30,12 +31,15 @@ def test_the_network_is_torchvisions_resnet18_key_for_key_and_output_for_output(
         torch.testing.assert_close(s1_stem(images[:, :, :32, :32]), theirs(images[:, :, :32, :32]))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_building_a_network_does_not_import_torchvision():
     code = "import sys; from audit.model._card import build_network; build_network('resnet18-s1stem'); print('torchvision' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_the_gradcam_grid_known_from_the_card_is_the_one_the_network_gives():
     from audit.model import LoadedModel, ModelCard, Preprocessing, gradcam_grid_of
     from audit.report import gradcam_grid

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,29 +13,19 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from scan_fixtures import jpeg_bytes, make_model, model_dir, model_path, noise_image  # noqa: F401 - fixtures
+from helpers.cli import count_in_store, results_rows, scan_archive, summary_of
+from scan_fixtures import make_model, write_images
 
 from audit.cli import main
 from audit.errors import EXIT_LOCKED
-from audit.pipeline import read_results_csv
 from audit.store import RunStore
-from audit.summary import RunSummary, read_summary
+from audit.summary import RunSummary
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def scan(archive: Path, model: Path, out: Path, store: Path, *extra: str):
-    args = ["scan", str(archive), "--model", str(model), "--out", str(out), "--store", str(store),
-            "--workers", "0", "--batch-size", "8", "--quiet", "--no-report", *extra]
-    return CliRunner().invoke(main, args, catch_exceptions=False)
-
-
-def summary_of(out: Path) -> RunSummary:
-    return read_summary(out / "summary.json")
-
-
 def rows_of(out: Path) -> list[tuple[str, str, str]]:
-    return [(row["path"], row["sha256"], row["prob_ai"]) for row in read_results_csv(out / "results.csv")]
+    return [(row["path"], row["sha256"], row["prob_ai"]) for row in results_rows(out)]
 
 
 def since_last_run_section(out: Path, target: str = "html") -> str:
@@ -49,16 +38,11 @@ def since_last_run_section(out: Path, target: str = "html") -> str:
     return page[start: page.index("</div>", start)]
 
 
-def write_images(archive: Path, names: list[str], seed: int = 0) -> None:
-    archive.mkdir(parents=True, exist_ok=True)
-    for index, name in enumerate(names):
-        (archive / name).write_bytes(jpeg_bytes(noise_image(32, 32, seed=seed + index)))
-
-
+@pytest.mark.slow
 def test_rerun_reuses_unchanged_files_and_reports_changes(tmp_path: Path, model_path: Path) -> None:
     archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
     write_images(archive, [f"{i}.jpg" for i in range(6)])
-    first = scan(archive, model_path, tmp_path / "r1", store)
+    first = scan_archive(archive, model_path, tmp_path / "r1", store)
     assert first.exit_code == 0, first.output
     assert (summary_of(tmp_path / "r1").files_scored, summary_of(tmp_path / "r1").files_reused) == (6, 0)
     before = {path: (sha, prob) for path, sha, prob in rows_of(tmp_path / "r1")}
@@ -67,7 +51,7 @@ def test_rerun_reuses_unchanged_files_and_reports_changes(tmp_path: Path, model_
     os.utime(archive / "1.jpg", (1, 1))  # whatever the clock did, its mtime differs
     (archive / "2.jpg").unlink()  # deleted
     write_images(archive, ["9.jpg"], seed=200)  # new
-    second = scan(archive, model_path, tmp_path / "r2", store)
+    second = scan_archive(archive, model_path, tmp_path / "r2", store)
     assert second.exit_code == 0, second.output
     summary = summary_of(tmp_path / "r2")
     assert (summary.files_scored, summary.files_reused) == (2, 4)
@@ -88,7 +72,7 @@ def test_rerun_reuses_unchanged_files_and_reports_changes(tmp_path: Path, model_
     assert 'data-change="new">1<' in page and 'data-change="deleted">1<' in page and 'data-change="changed">1<' in page
     assert page.index("<code>9.jpg</code>") < page.index("<code>1.jpg</code>") < page.index("<code>2.jpg</code>")
 
-    third = scan(archive, model_path, tmp_path / "r3", store)
+    third = scan_archive(archive, model_path, tmp_path / "r3", store)
     assert third.exit_code == 0
     assert summary_of(tmp_path / "r3").changes.counts == {"new": 0, "changed": 0, "deleted": 0, "newly_flagged": 0}
     assert rows_of(tmp_path / "r3") == rows
@@ -107,11 +91,11 @@ def test_duplicates_read_alike_and_an_unchanged_rerun_writes_the_same_csv(
     archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
     write_images(archive, ["a.jpg", "b.jpg"])
     (archive / "c-copy-of-a.jpg").write_bytes((archive / "a.jpg").read_bytes())
-    assert scan(archive, model_path, tmp_path / "r1", store).exit_code == 0
-    rows = {row.pop("path"): row for row in read_results_csv(tmp_path / "r1" / "results.csv")}
+    assert scan_archive(archive, model_path, tmp_path / "r1", store).exit_code == 0
+    rows = {row.pop("path"): row for row in results_rows(tmp_path / "r1")}
     assert rows["c-copy-of-a.jpg"] == rows["a.jpg"] != rows["b.jpg"]  # the same bytes: one result, one scan time
 
-    assert scan(archive, model_path, tmp_path / "r2", store).exit_code == 0
+    assert scan_archive(archive, model_path, tmp_path / "r2", store).exit_code == 0
     assert (tmp_path / "r2" / "results.csv").read_bytes() == (tmp_path / "r1" / "results.csv").read_bytes()
 
 
@@ -121,6 +105,7 @@ def xlsx_rows(out: Path) -> list[tuple]:
     return list(load_workbook(out / "results.xlsx").active.iter_rows(values_only=True))
 
 
+@pytest.mark.slow
 def test_an_unchanged_rerun_copies_the_spreadsheet_and_an_edited_or_outdated_one_is_made_again(
         tmp_path: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import hashlib
@@ -134,8 +119,8 @@ def test_an_unchanged_rerun_copies_the_spreadsheet_and_an_edited_or_outdated_one
     monkeypatch.setattr(audit.pipeline._outputs, "write_xlsx_from_csv", lambda *paths: (made.append(paths), make_xlsx(*paths)))
     archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
     write_images(archive, [f"{i}.jpg" for i in range(4)])
-    assert scan(archive, model_path, tmp_path / "r1", store).exit_code == 0
-    assert scan(archive, model_path, tmp_path / "r2", store).exit_code == 0
+    assert scan_archive(archive, model_path, tmp_path / "r1", store).exit_code == 0
+    assert scan_archive(archive, model_path, tmp_path / "r2", store).exit_code == 0
     assert len(made) == 1  # writing a spreadsheet is most of an unchanged rerun's time
     first, second = (tmp_path / "r1" / "results.xlsx").read_bytes(), (tmp_path / "r2" / "results.xlsx").read_bytes()
     assert second == first  # the same rows: last night's spreadsheet is copied, not written again
@@ -145,33 +130,34 @@ def test_an_unchanged_rerun_copies_the_spreadsheet_and_an_edited_or_outdated_one
     workbook = load_workbook(tmp_path / "r2" / "results.xlsx")
     workbook.active["A2"] = "edited by an analyst"
     workbook.save(tmp_path / "r2" / "results.xlsx")
-    assert scan(archive, model_path, tmp_path / "r3", store).exit_code == 0
+    assert scan_archive(archive, model_path, tmp_path / "r3", store).exit_code == 0
     assert [row[0] for row in xlsx_rows(tmp_path / "r3")] == ["path", "0.jpg", "1.jpg", "2.jpg", "3.jpg"]
     assert len(made) == 2
 
     # A changed file: the spreadsheet holds its new row, with the CSV's values.
     write_images(archive, ["1.jpg"], seed=100)
     os.utime(archive / "1.jpg", (1, 1))
-    assert scan(archive, model_path, tmp_path / "r4", store).exit_code == 0
-    csv_rows = read_results_csv(tmp_path / "r4" / "results.csv")
+    assert scan_archive(archive, model_path, tmp_path / "r4", store).exit_code == 0
+    csv_rows = results_rows(tmp_path / "r4")
     sheet_rows = xlsx_rows(tmp_path / "r4")[1:]
     assert [row[2] for row in sheet_rows] == [row["sha256"] for row in csv_rows]
     assert [row[9] for row in sheet_rows] == [float(row["prob_ai"]) for row in csv_rows]
     assert sheet_rows[1][2] != xlsx_rows(tmp_path / "r3")[2][2]
 
 
+@pytest.mark.slow
 def test_full_and_a_different_model_score_everything_again(tmp_path: Path, model_path: Path) -> None:
     archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
     write_images(archive, [f"{i}.jpg" for i in range(3)])
-    assert scan(archive, model_path, tmp_path / "r1", store).exit_code == 0
-    assert scan(archive, model_path, tmp_path / "r2", store, "--full").exit_code == 0
+    assert scan_archive(archive, model_path, tmp_path / "r1", store).exit_code == 0
+    assert scan_archive(archive, model_path, tmp_path / "r2", store, "--full").exit_code == 0
     assert (summary_of(tmp_path / "r2").files_scored, summary_of(tmp_path / "r2").files_reused) == (3, 0)
     assert summary_of(tmp_path / "r2").store.mode == "full"
     other = make_model(tmp_path / "models", name="other-model")  # another model id
-    assert scan(archive, other, tmp_path / "r3", store).exit_code == 0
+    assert scan_archive(archive, other, tmp_path / "r3", store).exit_code == 0
     assert summary_of(tmp_path / "r3").files_scored == 3
-    assert {row["model_id"].split("@")[0] for row in read_results_csv(tmp_path / "r3" / "results.csv")} == {"other-model"}
-    assert scan(archive, model_path, tmp_path / "r4", store, "--no-xlsx").exit_code == 0
+    assert {row["model_id"].split("@")[0] for row in results_rows(tmp_path / "r3")} == {"other-model"}
+    assert scan_archive(archive, model_path, tmp_path / "r4", store, "--no-xlsx").exit_code == 0
     assert summary_of(tmp_path / "r4").files_reused == 3  # the first model's results are still there
     assert sorted(path.name for path in (tmp_path / "r4").iterdir()) == ["results.csv", "summary.json"]
 
@@ -183,7 +169,7 @@ def test_runs_and_prune_commands(tmp_path: Path, model_path: Path) -> None:
     kept_anyway.mkdir(parents=True)
     (kept_anyway / "notes.txt").write_text("the user's own folder")
     for out in ("r1", "mine", "r3", "r4"):
-        assert scan(archive, model_path, tmp_path / "reports" / out, store).exit_code == 0
+        assert scan_archive(archive, model_path, tmp_path / "reports" / out, store).exit_code == 0
     listing = CliRunner().invoke(main, ["runs", "--store", str(store)])
     assert listing.exit_code == 0, listing.output
     lines = listing.output.splitlines()
@@ -201,14 +187,8 @@ def test_runs_and_prune_commands(tmp_path: Path, model_path: Path) -> None:
         store_db.close()
 
 
-def committed_scores(store: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5) as db:
-            return db.execute("SELECT count(*) FROM scores").fetchone()[0]
-    except sqlite3.OperationalError:  # not created yet
-        return 0
-
-
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sigkill_then_resume_matches_an_uninterrupted_run_and_a_second_run_is_locked_out(tmp_path: Path, model_path: Path) -> None:
     archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
     write_images(archive, [f"{i:03d}.jpg" for i in range(160)])
@@ -217,29 +197,29 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run_and_a_second_run_is_lo
     process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 180
-        while committed_scores(store) < 8:  # at least one batch committed
+        while count_in_store(store, "scores") < 8:  # at least one batch committed
             assert process.poll() is None, process.stderr.read().decode()
             assert time.monotonic() < deadline
             time.sleep(0.05)
         # A second run on the same store while the first holds it: refused at once, nothing written.
-        locked = scan(archive, model_path, tmp_path / "second", store)
+        locked = scan_archive(archive, model_path, tmp_path / "second", store)
         assert locked.exit_code == EXIT_LOCKED
         assert "in use by another run" in locked.output and f"pid {process.pid}" in locked.output
         assert not (tmp_path / "second").exists()
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
-    committed = committed_scores(store)
+    committed = count_in_store(store, "scores")
     assert committed % 8 == 0 and 8 <= committed < 160, committed  # whole batches only
 
-    resumed = scan(archive, model_path, tmp_path / "resumed", store)  # the kernel dropped the dead run's lock
+    resumed = scan_archive(archive, model_path, tmp_path / "resumed", store)  # the kernel dropped the dead run's lock
     assert resumed.exit_code == 0, resumed.output
     summary = summary_of(tmp_path / "resumed")
     # Only what was not committed is scored again: the batch in flight and those after it.
     assert (summary.files_reused, summary.files_scored) == (committed, 160 - committed)
     assert summary.changes.counts["new"] == 160  # the killed run never completed: still new
 
-    reference = scan(archive, model_path, tmp_path / "reference", tmp_path / "other-store.sqlite")
+    reference = scan_archive(archive, model_path, tmp_path / "reference", tmp_path / "other-store.sqlite")
     assert reference.exit_code == 0
     resumed_rows, reference_rows = rows_of(tmp_path / "resumed"), rows_of(tmp_path / "reference")
     assert len({path for path, _, _ in resumed_rows}) == len(resumed_rows) == 160
@@ -291,7 +271,7 @@ def test_sigterm_or_sigint_marks_the_run_partial_in_the_store(tmp_path: Path, mo
         assert (run.files, run.files_scored) == (11, 11)
     finally:
         db.close()
-    resumed = scan(archive, model_path, tmp_path / "again", store)
+    resumed = scan_archive(archive, model_path, tmp_path / "again", store)
     assert resumed.exit_code == 0
     assert (summary_of(tmp_path / "again").files_reused, summary_of(tmp_path / "again").files_scored) == (8, 12)
 
@@ -299,28 +279,29 @@ def test_sigterm_or_sigint_marks_the_run_partial_in_the_store(tmp_path: Path, mo
 def test_a_one_off_or_filtered_scan_does_not_make_the_store_forget_the_archive(tmp_path: Path, model_path: Path) -> None:
     archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
     write_images(archive, [f"{i}.jpg" for i in range(4)])
-    assert scan(archive, model_path, tmp_path / "night1", store).exit_code == 0
+    assert scan_archive(archive, model_path, tmp_path / "night1", store).exit_code == 0
 
-    one_off = scan(archive / "2.jpg", model_path, tmp_path / "check", store)
+    one_off = scan_archive(archive / "2.jpg", model_path, tmp_path / "check", store)
     assert one_off.exit_code == 0, one_off.output
-    filtered = scan(archive, model_path, tmp_path / "subset", store, "--include", "0.jpg")
+    filtered = scan_archive(archive, model_path, tmp_path / "subset", store, "--include", "0.jpg")
     assert filtered.exit_code == 0, filtered.output
     assert summary_of(tmp_path / "check").changes.counts["deleted"] == 0
     assert summary_of(tmp_path / "subset").changes.counts["deleted"] == 0
 
-    night2 = scan(archive, model_path, tmp_path / "night2", store)
+    night2 = scan_archive(archive, model_path, tmp_path / "night2", store)
     assert night2.exit_code == 0, night2.output
     summary = summary_of(tmp_path / "night2")
     assert (summary.files_scored, summary.files_reused) == (0, 4)
     assert summary.changes.counts["new"] == 0 and summary.changes.counts["deleted"] == 0
 
 
+@pytest.mark.subprocess
 def test_an_unchanged_rerun_never_loads_torch_or_the_network(tmp_path: Path, model_path: Path) -> None:
     """What makes a nightly rerun cheap: every row comes from the store, so the process never
     imports torch (seconds of start-up) nor builds the network."""
     archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
     write_images(archive, [f"{i}.jpg" for i in range(3)])
-    assert scan(archive, model_path, tmp_path / "night1", store).exit_code == 0
+    assert scan_archive(archive, model_path, tmp_path / "night1", store).exit_code == 0
     probe = (
         "import sys\n"
         "from audit.cli._app import main\n"
@@ -343,10 +324,10 @@ def test_reused_results_that_flag_again_are_reported_as_newly_flagged(tmp_path: 
     write_images(archive, [f"{i}.jpg" for i in range(3)])
     flag_all = make_model(tmp_path / "flag-all", threshold=0.0)
     flag_none = make_model(tmp_path / "flag-none", threshold=1.0)
-    assert scan(archive, flag_all, tmp_path / "night1", store).exit_code == 0
-    assert scan(archive, flag_none, tmp_path / "night2", store).exit_code == 0
+    assert scan_archive(archive, flag_all, tmp_path / "night1", store).exit_code == 0
+    assert scan_archive(archive, flag_none, tmp_path / "night2", store).exit_code == 0
     assert summary_of(tmp_path / "night2").flagged == 0
-    assert scan(archive, flag_all, tmp_path / "night3", store).exit_code == 0
+    assert scan_archive(archive, flag_all, tmp_path / "night3", store).exit_code == 0
     summary = summary_of(tmp_path / "night3")
     assert (summary.files_reused, summary.flagged) == (3, 3)
     assert summary.changes.counts["newly_flagged"] == 3
@@ -358,7 +339,7 @@ def test_the_same_archive_typed_differently_is_the_same_archive_to_the_store(
     archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
     write_images(archive, [f"{i}.jpg" for i in range(3)])
     (tmp_path / "link").symlink_to(archive)
-    assert scan(archive, model_path, tmp_path / "night1", store).exit_code == 0
+    assert scan_archive(archive, model_path, tmp_path / "night1", store).exit_code == 0
     monkeypatch.chdir(tmp_path)
     for night, typed in (("night2", "archive/"), ("night3", "link")):
         result = CliRunner().invoke(main, ["scan", typed, "--model", str(model_path), "--out", night, "--store", str(store),
@@ -367,7 +348,7 @@ def test_the_same_archive_typed_differently_is_the_same_archive_to_the_store(
         summary = summary_of(tmp_path / night)
         assert (summary.files_scored, summary.files_reused) == (0, 3)
         assert summary.changes.counts["new"] == 0 and summary.changes.counts["deleted"] == 0
-        assert {row["root"] for row in read_results_csv(tmp_path / night / "results.csv")} == {typed}
+        assert {row["root"] for row in results_rows(tmp_path / night)} == {typed}
 
 
 def test_a_reused_output_folder_keeps_nothing_from_the_earlier_run(tmp_path: Path, model_path: Path) -> None:
@@ -378,18 +359,19 @@ def test_a_reused_output_folder_keeps_nothing_from_the_earlier_run(tmp_path: Pat
         (out / name).write_text("from last week's run")
     (out / "heatmaps").mkdir()
     (out / "heatmaps" / "0-overlay.png").write_bytes(b"old")
-    assert scan(archive, model_path, out, tmp_path / "store.sqlite", "--no-xlsx").exit_code == 0
+    assert scan_archive(archive, model_path, out, tmp_path / "store.sqlite", "--no-xlsx").exit_code == 0
     assert sorted(path.name for path in out.iterdir()) == ["results.csv", "summary.json"]
     assert summary_of(out).outputs == ["results.csv", "summary.json"]
 
 
+@pytest.mark.slow
 def test_the_printed_front_page_lists_the_first_50_changes_of_a_kind_and_says_how_many_there_are(
         tmp_path: Path, model_path: Path) -> None:
     archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
     write_images(archive, ["a.jpg"])
-    assert scan(archive, model_path, tmp_path / "r1", store).exit_code == 0
+    assert scan_archive(archive, model_path, tmp_path / "r1", store).exit_code == 0
     write_images(archive, [f"new-{i:02d}.jpg" for i in range(55)], seed=10)
-    assert scan(archive, model_path, tmp_path / "r2", store).exit_code == 0
+    assert scan_archive(archive, model_path, tmp_path / "r2", store).exit_code == 0
     printed = since_last_run_section(tmp_path / "r2", "pdf")
     page = since_last_run_section(tmp_path / "r2")
     assert printed.count("<li><code>new-") == 50 and "the first 50 of 55; <code>audit runs --changes 2</code> lists every one" in printed
@@ -404,7 +386,7 @@ def test_an_unchanged_night_copies_its_rows_and_a_change_to_what_they_are_made_o
     write_images(archive, [f"{i}.jpg" for i in range(5)])
 
     def night(name: str) -> RunSummary:
-        assert scan(archive, model_path, tmp_path / name, store).exit_code == 0
+        assert scan_archive(archive, model_path, tmp_path / name, store).exit_code == 0
         return summary_of(tmp_path / name)
 
     first, second = night("r1"), night("r2")
@@ -416,12 +398,12 @@ def test_an_unchanged_night_copies_its_rows_and_a_change_to_what_they_are_made_o
     assert (second.files_scored, second.files_reused) == (0, 5)
 
     # A reviewer's decision between nights: the rows are made again and carry it.
-    decided = read_results_csv(tmp_path / "r2" / "results.csv")[3]
+    decided = results_rows(tmp_path / "r2")[3]
     assert CliRunner().invoke(main, ["review", "set", decided["sha256"], "false-positive", "--store", str(store),
                                      "--by", "ana"]).exit_code == 0
     third = night("r3")
     assert third.rows_copied_from_run is None
-    assert read_results_csv(tmp_path / "r3" / "results.csv")[3]["review"] == "false-positive"
+    assert results_rows(tmp_path / "r3")[3]["review"] == "false-positive"
     assert night("r4").rows_copied_from_run == third.store.run_id
 
     # Last night's CSV edited by an analyst: tonight's is made, as the scan writes it.
@@ -434,15 +416,15 @@ def test_an_unchanged_night_copies_its_rows_and_a_change_to_what_they_are_made_o
     (archive / "2.jpg").unlink()
     sixth = night("r6")
     assert sixth.rows_copied_from_run is None and sixth.files == 4
-    assert [row["path"] for row in read_results_csv(tmp_path / "r6" / "results.csv")] == ["0.jpg", "1.jpg", "3.jpg", "4.jpg"]
+    assert [row["path"] for row in results_rows(tmp_path / "r6")] == ["0.jpg", "1.jpg", "3.jpg", "4.jpg"]
 
     # Labels asked for: the true_label column changes.
     (tmp_path / "labels.csv").write_text("path,label\n0.jpg,real\n", encoding="utf-8")
-    assert scan(archive, model_path, tmp_path / "r7", store, "--labels", str(tmp_path / "labels.csv")).exit_code == 0
+    assert scan_archive(archive, model_path, tmp_path / "r7", store, "--labels", str(tmp_path / "labels.csv")).exit_code == 0
     assert summary_of(tmp_path / "r7").rows_copied_from_run is None
-    assert read_results_csv(tmp_path / "r7" / "results.csv")[0]["true_label"] == "real"
+    assert results_rows(tmp_path / "r7")[0]["true_label"] == "real"
     labelled = ("--labels", str(tmp_path / "labels.csv"))
-    assert scan(archive, model_path, tmp_path / "r8", store, *labelled).exit_code == 0
+    assert scan_archive(archive, model_path, tmp_path / "r8", store, *labelled).exit_code == 0
     assert summary_of(tmp_path / "r8").rows_copied_from_run == summary_of(tmp_path / "r7").store.run_id
 
     # A result stored since the last run by one that did not complete (a --full night stopped
@@ -451,13 +433,13 @@ def test_an_unchanged_night_copies_its_rows_and_a_change_to_what_they_are_made_o
 
     stored = RunStore(store)
     try:
-        sha256 = read_results_csv(tmp_path / "r8" / "results.csv")[1]["sha256"]
+        sha256 = results_rows(tmp_path / "r8")[1]["sha256"]
         key, model_id, row_json = stored.db.execute("SELECT scoring_key, model_id, row_json FROM scores WHERE sha256 = ?",
                                                      (sha256,)).fetchone()
         stopped_run = stored.start_run("2026-01-01T00:00:00Z", {}, tmp_path / "stopped", True)
         stored.commit_batch(stopped_run, [StoredScore(sha256, key, model_id, {**json.loads(row_json), "prob_ai": 0.123456})], [])
     finally:
         stored.close()
-    assert scan(archive, model_path, tmp_path / "r9", store, *labelled).exit_code == 0
+    assert scan_archive(archive, model_path, tmp_path / "r9", store, *labelled).exit_code == 0
     assert summary_of(tmp_path / "r9").rows_copied_from_run is None
-    assert read_results_csv(tmp_path / "r9" / "results.csv")[1]["prob_ai"] == "0.123456"
+    assert results_rows(tmp_path / "r9")[1]["prob_ai"] == "0.123456"

@@ -12,28 +12,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from scan_fixtures import jpeg_bytes, make_model, model_dir, model_path, noise_image  # noqa: F401 - fixtures
+from helpers.cli import results_rows, scan_archive, summary_of
+from scan_fixtures import make_model, write_images
 
 from audit.cli import main
-from audit.pipeline import read_results_csv
 from audit.store import RunStore
-from audit.summary import RunSummary, read_summary
-
-
-def write_images(archive: Path, names: list[str], seed: int = 0) -> None:
-    archive.mkdir(parents=True, exist_ok=True)
-    for index, name in enumerate(names):
-        (archive / name).write_bytes(jpeg_bytes(noise_image(32, 32, seed=seed + index)))
-
-
-def scan(archive: Path, model: Path, out: Path, *extra: str):
-    args = ["scan", str(archive), "--model", str(model), "--out", str(out), "--workers", "0", "--batch-size", "8",
-            "--no-report", *extra]
-    return CliRunner().invoke(main, args, catch_exceptions=False)
-
-
-def summary_of(out: Path) -> RunSummary:
-    return read_summary(out / "summary.json")
+from audit.summary import RunSummary
 
 
 def test_the_default_store_follows_the_archive_and_never_joins_unrelated_ones(tmp_path: Path, model_path: Path) -> None:
@@ -41,18 +25,18 @@ def test_the_default_store_follows_the_archive_and_never_joins_unrelated_ones(tm
     write_images(photos, ["a.jpg", "b.jpg"])
     write_images(scans, ["c.jpg"], seed=50)
 
-    first = scan(photos, model_path, tmp_path / "tmp" / "a")
+    first = scan_archive(photos, model_path, tmp_path / "tmp" / "a", quiet=False)
     assert first.exit_code == 0, first.output
     store = Path(summary_of(tmp_path / "tmp" / "a").store.path)
     assert f"audit scan: run store {store} (the default for these archives)" in first.stderr  # said at the start
     assert store.is_file() and store.is_relative_to(os.environ["AUDIT_STATE_DIR"])
     # An unrelated archive whose output folder has the same parent: another store, no lock shared.
-    other = scan(scans, model_path, tmp_path / "tmp" / "b", "--quiet")
+    other = scan_archive(scans, model_path, tmp_path / "tmp" / "b")
     assert other.exit_code == 0 and other.stderr == ""
     assert Path(summary_of(tmp_path / "tmp" / "b").store.path) != store
     assert summary_of(tmp_path / "tmp" / "b").changes.baseline_run is None  # it saw none of photos' runs
     # The same archive with its output somewhere else (and typed otherwise): the same store, reused.
-    again = scan(Path(str(photos) + "/"), model_path, tmp_path / "home" / "audit", "--quiet")
+    again = scan_archive(Path(str(photos) + "/"), model_path, tmp_path / "home" / "audit")
     assert again.exit_code == 0
     assert summary_of(tmp_path / "home" / "audit").store.path == str(store)
     assert summary_of(tmp_path / "home" / "audit").files_reused == 2
@@ -70,11 +54,12 @@ def test_the_default_store_follows_the_archive_and_never_joins_unrelated_ones(tm
     assert unnamed.exit_code == 2 and str(store) in unnamed.output and str(photos) in unnamed.output
 
 
+@pytest.mark.slow
 def test_the_report_names_the_run_store(tmp_path: Path, model_path: Path) -> None:
     from audit.report import build_content, read_run, render_page
 
     write_images(tmp_path / "photos", ["a.jpg"])
-    assert scan(tmp_path / "photos", model_path, tmp_path / "out", "--quiet").exit_code == 0
+    assert scan_archive(tmp_path / "photos", model_path, tmp_path / "out", "--quiet").exit_code == 0
     store = summary_of(tmp_path / "out").store.path
     page = render_page(build_content(read_run(tmp_path / "out"), None, None, "not needed", tmp_path / "h", 0), "html")
     assert f"<code>{store}</code> (run 1; default (follows the archives))" in page
@@ -93,13 +78,14 @@ def test_a_first_run_asks_the_store_for_earlier_results_a_batch_at_a_time(
     archive = tmp_path / "archive"
     write_images(archive, [f"{i:02d}.jpg" for i in range(40)])
     (archive / "copy-of-03.jpg").write_bytes((archive / "03.jpg").read_bytes())  # a duplicate, 3 batches later
-    assert scan(archive, model_path, tmp_path / "r1", "--quiet").exit_code == 0
+    assert scan_archive(archive, model_path, tmp_path / "r1").exit_code == 0
     assert queries == [8, 8, 8, 8, 8, 1]  # 41 files: one query per batch of 8, not one per file
-    rows = {row["path"]: row for row in read_results_csv(tmp_path / "r1" / "results.csv")}
+    rows = {row["path"]: row for row in results_rows(tmp_path / "r1")}
     assert {k: v for k, v in rows["copy-of-03.jpg"].items() if k != "path"} == \
         {k: v for k, v in rows["03.jpg"].items() if k != "path"}  # duplicates still read alike
 
 
+@pytest.mark.slow
 def test_report_heatmaps_come_from_the_store_for_images_explained_before(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from audit.report import GradCamExplainer

@@ -15,6 +15,7 @@ from pathlib import Path
 import c2pa  # a hard dependency: a broken install must fail here, not skip the C2PA tests
 import pytest
 from click.testing import CliRunner
+from helpers.cli import results_by_path, results_rows, scan_args
 from PIL import Image, PngImagePlugin
 
 from audit.cli import main
@@ -32,7 +33,7 @@ from audit.evidence import (
 )
 from audit.evidence import _c2pa as provenance_c2pa
 from audit.model import ModelCard, build_network, save_model
-from audit.pipeline import ResultWriter, read_results_csv
+from audit.pipeline import ResultWriter
 from audit.rows import ResultRow
 from audit.verdicts import Decision, decide
 
@@ -366,7 +367,7 @@ def test_evidence_cells_are_neutralised_in_the_csv(tmp_path: Path) -> None:
     writer.write(ResultRow(path="a.png", root="r", evidence="=HYPERLINK(\"http://example.com\")",
                            evidence_source="+x", verdict_reason="@cmd"))
     writer.close()
-    row = read_results_csv(tmp_path / "results.csv")[0]
+    row = results_rows(tmp_path)[0]
     assert row["evidence"].startswith("'=") and row["evidence_source"] == "'+x" and row["verdict_reason"] == "'@cmd"
 
 
@@ -401,11 +402,11 @@ def archive(tmp_path_factory: pytest.TempPathFactory, chain: SigningChain, signe
     return root
 
 
-def scan(*args: str | Path) -> dict[str, dict[str, str]]:
-    result = CliRunner().invoke(main, ["scan", *map(str, args), "--workers", "0", "--quiet"], catch_exceptions=False)
+def scanned_rows(*args: str | Path) -> dict[str, dict[str, str]]:
+    """`audit scan ARGS` (its report only when ARGS ask for it), which must succeed; its rows by path."""
+    result = scan_args(*args, "--workers", "0", "--quiet", report=True)
     assert result.exit_code == 0, result.output
-    out = Path(args[args.index("--out") + 1])
-    return {row["path"]: row for row in read_results_csv(out / "results.csv")}
+    return results_by_path(Path(args[args.index("--out") + 1]))
 
 
 DECLARED = {"a1111.png": "png-text", "comfyui.png": "png-text", "hostile.png": "png-text",
@@ -414,7 +415,7 @@ DECLARED = {"a1111.png": "png-text", "comfyui.png": "png-text", "hostile.png": "
 
 def test_scan_flags_declared_images_whatever_the_model_says(archive: Path, tmp_path: Path) -> None:
     never_flags = make_model(tmp_path, threshold=1.0)  # a probability is never above 1
-    rows = scan(archive, "--model", never_flags, "--out", tmp_path / "out", "--no-report")
+    rows = scanned_rows(archive, "--model", never_flags, "--out", tmp_path / "out", "--no-report")
     assert sorted(rows) == sorted(p.name for p in archive.iterdir()), "one row per file"
     for path, row in rows.items():
         assert row["status"] == "ok" and float(row["prob_ai"]) < 1.0, path
@@ -434,7 +435,7 @@ def test_scan_flags_declared_images_whatever_the_model_says(archive: Path, tmp_p
 
 def test_camera_exif_and_c2pa_capture_do_not_clear_what_the_model_flags(archive: Path, tmp_path: Path) -> None:
     always_flags = make_model(tmp_path, threshold=0.0)
-    rows = scan(archive, "--model", always_flags, "--out", tmp_path / "out", "--no-report")
+    rows = scanned_rows(archive, "--model", always_flags, "--out", tmp_path / "out", "--no-report")
     for path in ("camera.jpg", "capture_c2pa.jpg", "plain.jpg"):
         assert (rows[path]["verdict"], rows[path]["verdict_reason"]) == ("ai-generated", "model"), path
 
@@ -444,7 +445,7 @@ def test_trust_anchors_option_trusts_the_signer_and_refuses_a_file_without_certi
     model = make_model(tmp_path, threshold=1.0)
     anchors = tmp_path / "anchors.pem"
     anchors.write_bytes(chain.ca_pem)
-    rows = scan(archive, "--model", model, "--out", tmp_path / "out", "--no-report", "--include", "signed_ai.jpg",
+    rows = scanned_rows(archive, "--model", model, "--out", tmp_path / "out", "--no-report", "--include", "signed_ai.jpg",
                 "--trust-anchors", anchors)
     assert "signature valid; signer on the configured trust list" in rows["signed_ai.jpg"]["evidence"]
     assert "untrusted" not in rows["signed_ai.jpg"]["evidence"]
@@ -456,17 +457,18 @@ def test_trust_anchors_option_trusts_the_signer_and_refuses_a_file_without_certi
 
 
 def test_no_evidence_leaves_the_verdict_to_the_model(archive: Path, tmp_path: Path) -> None:
-    rows = scan(archive, "--model", make_model(tmp_path, threshold=1.0), "--out", tmp_path / "out",
+    rows = scanned_rows(archive, "--model", make_model(tmp_path, threshold=1.0), "--out", tmp_path / "out",
                 "--no-report", "--no-evidence")
     assert {row["verdict"] for row in rows.values()} == {"real"}
     assert {row["evidence"] + row["evidence_source"] for row in rows.values()} == {""}
 
 
+@pytest.mark.slow
 def test_report_shows_score_and_evidence_escaped_and_fetches_nothing(archive: Path, tmp_path: Path) -> None:
     from audit.report import render_report_files
 
     model = make_model(tmp_path, threshold=1.0)
-    scan(archive, "--model", model, "--out", tmp_path / "out", "--no-report", "--include", "*.png",
+    scanned_rows(archive, "--model", model, "--out", tmp_path / "out", "--no-report", "--include", "*.png",
          "--include", "signed_ai.jpg")
     rendered = render_report_files(tmp_path / "out", model=model)
     assert rendered.refused_urls == (), "the renderer did not even ask for the URL in the metadata"

@@ -21,11 +21,14 @@ from pathlib import Path
 
 import pytest
 from crash_hook.crash_marker import CRASH_MARKER, crash_on_marker
-from scan_fixtures import jpeg_bytes, model_dir, model_path, noise_image, png_bytes  # noqa: F401 - fixtures
+from helpers.cli import results_rows, summary_of
+from scan_fixtures import jpeg_bytes, noise_image, png_bytes
 
 from audit.config import ScanOptions
-from audit.pipeline import read_results_csv, run_scan
-from audit.summary import RunSummary, read_summary
+from audit.pipeline import run_scan
+
+# Every test here starts (or shares) a local Ray runtime; starting it takes a minute on a busy 2-core machine.
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[1]
 CRASH_HOOK = Path(__file__).resolve().parent / "crash_hook"
@@ -98,10 +101,6 @@ def csv_without(path: Path, ignored: tuple[str, ...] = ("scanned_at",)) -> list[
         return [{key: value for key, value in row.items() if key not in ignored} for row in csv.DictReader(handle)]
 
 
-def summary_of(out: Path) -> RunSummary:
-    return read_summary(out / "summary.json")
-
-
 @pytest.fixture(scope="module")
 def both_engines(ray_cluster, model_path: Path, tmp_path_factory: pytest.TempPathFactory):
     """The crash-prone archive scanned by the local engine and by the Ray engine."""
@@ -149,6 +148,7 @@ def test_the_summary_names_the_engine_the_cluster_and_the_batch_rescored_locally
     assert summary_of(base / "ray").compute["device"] == "cpu"
 
 
+@pytest.mark.subprocess
 def test_an_unchanged_rerun_starts_no_ray_work(both_engines, model_path: Path) -> None:
     """Nothing to score: no Ray import and no connection; an address where nothing listens proves it.
 
@@ -192,6 +192,7 @@ def committed_files(store: Path) -> int:
         return 0
 
 
+@pytest.mark.subprocess
 def test_sigkill_of_the_driver_then_a_rerun_loses_and_duplicates_nothing(ray_cluster, model_path: Path,
                                                                          tmp_path: Path) -> None:
     """Also a batch lost mid-run: one file crashes the Ray workers that decode it (their
@@ -225,7 +226,7 @@ def test_sigkill_of_the_driver_then_a_rerun_loses_and_duplicates_nothing(ray_clu
     summary = resumed.summary
     assert (summary.files_reused, summary.files_scored) == (committed, total - committed)
     assert summary.engine["lost_batches_rescored_locally"] == 1
-    rows = read_results_csv(tmp_path / "resumed" / "results.csv")
+    rows = results_rows(tmp_path / "resumed")
     assert [row["path"] for row in rows] == sorted(path.name for path in archive.iterdir())  # each once, in order
 
     reference = run_scan(options(archive, model_path, tmp_path / "reference", tmp_path / "other.sqlite"))
@@ -233,6 +234,7 @@ def test_sigkill_of_the_driver_then_a_rerun_loses_and_duplicates_nothing(ray_clu
     assert csv_without(tmp_path / "resumed" / "results.csv") == csv_without(tmp_path / "reference" / "results.csv")
 
 
+@pytest.mark.subprocess
 def test_without_ray_the_engine_exits_2_and_names_the_install_command(tmp_path: Path, model_path: Path) -> None:
     """Ray made unimportable in a fresh process (sys.modules['ray'] = None), as on an install without it."""
     archive = tmp_path / "archive"

@@ -2,7 +2,7 @@
 
 The run folder holds results.csv and summary.json in the documented format, real image files
 and a real (tiny, trained here) model, so these tests depend neither on the scan nor on the
-default model. The page is checked in headless Chromium, the PDF with poppler's pdftotext.
+default model. The page is checked in headless Chromium (Playwright), the PDF with poppler's pdftotext.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import run_fixture as rf
 import synthetic_detector as sd
-from headless_browser import Browser, find_chromium
+from helpers.browser import ReportPage, find_chromium, open_browser
+from helpers.cli import csv_rows
 from PIL import Image
 
 from audit.report import compute_metrics, read_results, render_report, render_report_files, run_files_fetcher, write_pdf
@@ -51,11 +52,6 @@ def missing_tool(message: str) -> None:
     if os.environ.get("AUDIT_REQUIRE_REPORT_TOOLS") == "1":
         pytest.fail(message)
     pytest.skip(message)
-
-
-def read_csv_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def pdf_text(pdf: Path) -> str:
@@ -96,7 +92,7 @@ def page(run: rf.FixtureRun):
     executable = find_chromium()
     if executable is None:
         missing_tool("chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    with Browser(executable) as browser:
+    with open_browser(executable) as browser:
         browser.open(run.run_dir / "report.html")
         yield browser
 
@@ -108,6 +104,7 @@ def flagged(rows: list[dict[str, str]]) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------- files
 
 
+@pytest.mark.slow
 def test_outputs_are_complete_and_small(run: rf.FixtureRun) -> None:
     run_dir = run.run_dir
     assert (run_dir / "report.html").is_file() and (run_dir / "report.pdf").is_file()
@@ -123,6 +120,7 @@ def test_outputs_are_complete_and_small(run: rf.FixtureRun) -> None:
     assert (run_dir / "report.pdf").stat().st_size < 2_000_000
 
 
+@pytest.mark.slow
 def test_csv_cells_are_read_as_the_scan_meant_them(run: rf.FixtureRun) -> None:
     frame = read_results(run.run_dir / "results.csv")
     assert f"FAKE/{rf.FORMULA_NAME}" in set(frame["path"]), "the neutralising quote is removed for display"
@@ -133,8 +131,9 @@ def test_csv_cells_are_read_as_the_scan_meant_them(run: rf.FixtureRun) -> None:
 # --------------------------------------------------------------------------- numbers
 
 
+@pytest.mark.slow
 def test_confusion_matrix_in_the_report_equals_results_csv(run: rf.FixtureRun) -> None:
-    rows = read_csv_rows(run.run_dir / "results.csv")
+    rows = csv_rows(run.run_dir / "results.csv")
     labelled = [r for r in rows if r["status"] == "ok" and r["true_label"] in ("ai-generated", "real")]
     expected = Counter((r["true_label"], r["verdict"]) for r in labelled)
     html = (run.run_dir / "report.html").read_text(encoding="utf-8")
@@ -153,6 +152,7 @@ def test_confusion_matrix_in_the_report_equals_results_csv(run: rf.FixtureRun) -
     assert float(shown_accuracy) == pytest.approx(correct / len(labelled), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_counts_on_the_front_page(run: rf.FixtureRun) -> None:
     html = (run.run_dir / "report.html").read_text(encoding="utf-8")
     counts = {name: int(value) for name, value in re.findall(r'data-count="([\w-]+)">(\d+)<', html)}
@@ -164,6 +164,7 @@ def test_counts_on_the_front_page(run: rf.FixtureRun) -> None:
 # --------------------------------------------------------------------------- PDF
 
 
+@pytest.mark.slow
 def test_pdf_holds_the_counts_the_names_and_the_page_furniture(run: rf.FixtureRun) -> None:
     pdf = run.run_dir / "report.pdf"
     pages = pdf_pages(pdf)
@@ -184,6 +185,7 @@ def test_pdf_holds_the_counts_the_names_and_the_page_furniture(run: rf.FixtureRu
     assert "595.276 x 841.89 pts (A4)" in size
 
 
+@pytest.mark.slow
 def test_no_gallery_card_is_split_across_pages(run: rf.FixtureRun) -> None:
     """Each card's probability line and its sha256 line land on the same page."""
     from pypdf import PdfReader
@@ -197,6 +199,7 @@ def test_no_gallery_card_is_split_across_pages(run: rf.FixtureRun) -> None:
         assert row["sha256"][:16] in pages[holding[0]]
 
 
+@pytest.mark.slow
 def test_pdf_renderer_fetches_only_the_run_folder(run: rf.FixtureRun, tmp_path: Path, monkeypatch) -> None:
     network = NetworkAttempts(monkeypatch)
     run_dir = tmp_path / "run"
@@ -220,6 +223,7 @@ def test_pdf_renderer_fetches_only_the_run_folder(run: rf.FixtureRun, tmp_path: 
     assert network.attempts == []
 
 
+@pytest.mark.slow
 def test_rendering_makes_no_network_attempt(run: rf.FixtureRun, tmp_path: Path, monkeypatch) -> None:
     """The evidence and a file name hold an external URL; rendering fetches nothing."""
     run_dir = tmp_path / "copy"
@@ -240,6 +244,7 @@ def test_rendering_makes_no_network_attempt(run: rf.FixtureRun, tmp_path: Path, 
 # --------------------------------------------------------------------------- escaping
 
 
+@pytest.mark.slow
 def test_archive_strings_are_escaped_in_the_html(run: rf.FixtureRun) -> None:
     html = (run.run_dir / "report.html").read_text(encoding="utf-8")
     assert "<img src=x" not in html and "<b>" not in html
@@ -252,7 +257,9 @@ def test_archive_strings_are_escaped_in_the_html(run: rf.FixtureRun) -> None:
 # --------------------------------------------------------------------------- in a browser
 
 
-def test_page_loads_offline_without_errors(page: Browser, run: rf.FixtureRun) -> None:
+@pytest.mark.slow
+@pytest.mark.browser
+def test_page_loads_offline_without_errors(page: ReportPage, run: rf.FixtureRun) -> None:
     log = page.log
     assert log.console_errors == [] and log.exceptions == [] and log.csp_violations == []
     assert log.dialogs == [], "no script from the archive ran"
@@ -266,12 +273,14 @@ def test_page_loads_offline_without_errors(page: Browser, run: rf.FixtureRun) ->
     assert broken_images == 0
 
 
-def visible_paths(page: Browser) -> list[str]:
+def visible_paths(page: ReportPage) -> list[str]:
     return page.evaluate(
         'Array.from(document.querySelectorAll("#results-table tbody tr")).map(function (tr) { return tr.cells[0].textContent; })')
 
 
-def test_table_filters_and_sorts(page: Browser, run: rf.FixtureRun) -> None:
+@pytest.mark.slow
+@pytest.mark.browser
+def test_table_filters_and_sorts(page: ReportPage, run: rf.FixtureRun) -> None:
     paths = [unneutralise(r["path"]) for r in run.rows]
     assert visible_paths(page) == paths, "all rows, in discovery order"
 
@@ -295,6 +304,7 @@ def test_table_filters_and_sorts(page: Browser, run: rf.FixtureRun) -> None:
     assert page.log.console_errors == [] and page.log.exceptions == [] and page.log.dialogs == []
 
 
+@pytest.mark.slow
 def test_a_render_lays_out_again_only_the_gallery_pages_whose_cards_changed(run: rf.FixtureRun, tmp_path: Path) -> None:
     from audit.store import RunStore
 
@@ -304,7 +314,7 @@ def test_a_render_lays_out_again_only_the_gallery_pages_whose_cards_changed(run:
     first = render_report_files(run_dir, model=run.model_path, max_gallery=200, report_cache=cache)
     assert first.pdf.gallery_pages >= 2 and first.pdf.body_pages_kept == 0  # nothing kept yet
 
-    rows = read_csv_rows(run_dir / "results.csv")
+    rows = csv_rows(run_dir / "results.csv")
     edited = flagged(run.rows)[7]["path"]  # the 8th card: the gallery's second page
     with open(run_dir / "results.csv", "w", encoding="utf-8-sig", newline="") as handle:
         writer = csv.DictWriter(handle, list(rows[0]))
@@ -343,10 +353,11 @@ def test_compose_draws_each_part_page_over_its_blank_page_and_keeps_the_page_fur
 # --------------------------------------------------------------------------- degraded runs
 
 
+@pytest.mark.slow
 def test_report_without_labels_or_model_still_renders(run: rf.FixtureRun, tmp_path: Path) -> None:
     run_dir = tmp_path / "unlabelled"
     run_dir.mkdir()
-    rows = read_csv_rows(run.run_dir / "results.csv")
+    rows = csv_rows(run.run_dir / "results.csv")
     with open(run_dir / "results.csv", "w", encoding="utf-8-sig", newline="") as handle:
         # An older results.csv: no evidence columns, no labels.
         columns = [c for c in rows[0] if not c.startswith("evidence")]
@@ -364,6 +375,7 @@ def test_report_without_labels_or_model_still_renders(run: rf.FixtureRun, tmp_pa
     assert pdf_pages(pdf_path) >= 3
 
 
+@pytest.mark.slow
 def test_a_file_changed_since_the_scan_is_said_so(run: rf.FixtureRun, tmp_path: Path) -> None:
     archive = tmp_path / "archive"
     shutil.copytree(run.archive, archive)
@@ -386,6 +398,7 @@ def test_a_file_changed_since_the_scan_is_said_so(run: rf.FixtureRun, tmp_path: 
     assert sorted(p.name for p in (run_dir / "heatmaps").iterdir()) == ["g0001-gradcam.jpg", "g0001-original.png"]
 
 
+@pytest.mark.slow
 def test_audit_report_command(run: rf.FixtureRun, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
@@ -413,6 +426,7 @@ def test_fetcher_refuses_what_is_not_the_run_folder(tmp_path: Path) -> None:
     assert len(fetcher.refused) == 6
 
 
+@pytest.mark.slow
 def test_audit_scan_writes_the_report(run: rf.FixtureRun, tmp_path: Path) -> None:
     """End to end: a real scan renders the report; its confusion matrix is results.csv's."""
     from click.testing import CliRunner
@@ -423,7 +437,7 @@ def test_audit_scan_writes_the_report(run: rf.FixtureRun, tmp_path: Path) -> Non
     result = CliRunner().invoke(main, ["scan", str(run.archive), "--model", str(run.model_path), "--labels", "folders",
                                        "--out", str(out), "--workers", "0", "--quiet", "--max-gallery", "5"])
     assert result.exit_code == 0, result.output
-    rows = read_csv_rows(out / "results.csv")
+    rows = csv_rows(out / "results.csv")
     expected = Counter((r["true_label"], r["verdict"]) for r in rows if r["true_label"])
     html = (out / "report.html").read_text(encoding="utf-8")
     cells = {name: int(value) for name, value in re.findall(r'data-cell="(\w+)">(\d+)<', html)}
@@ -459,6 +473,7 @@ def test_an_empty_run_renders_and_a_foreign_csv_is_refused(tmp_path: Path) -> No
         render_report(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_run_of_mostly_errors_lists_the_first_ones_and_counts_all(tmp_path: Path) -> None:
     from audit.report import MAX_ERRORS_LISTED
 

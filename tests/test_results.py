@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers.cli import results_rows
 
-from audit.pipeline import ResultWriter, read_results_csv
+from audit.pipeline import ResultWriter
 from audit.rows import RESULT_COLUMNS, ResultRow, neutralise
 
 EXPECTED_COLUMNS = (
@@ -52,7 +53,7 @@ def test_csv_has_bom_quotes_newlines_and_neutralises(tmp_path: Path) -> None:
     write_rows(tmp_path, ROWS)
     raw = (tmp_path / "results.csv").read_bytes()
     assert raw.startswith(b"\xef\xbb\xbfpath,root,sha256,")
-    rows = read_results_csv(tmp_path / "results.csv")
+    rows = results_rows(tmp_path)
     assert [r["path"] for r in rows] == ["'=cmd.jpg", 'new\nline, "quoted".jpg', "ünïcødé 画像.jpg"]
     assert rows[0]["prob_ai"] == "0.750000" and rows[0]["bytes"] == "10" and rows[0]["width"] == ""
     assert rows[1]["error"] == "'-bad"

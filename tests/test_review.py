@@ -13,14 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from scan_fixtures import jpeg_bytes, make_model, noise_image
+from helpers.cli import invoke, results_by_path, scan_archive, summary_of
+from scan_fixtures import make_model, write_images
 
-from audit.cli import main
-from audit.pipeline import read_results_csv
 from audit.review import MAX_NOTE_CHARS, decision_history, import_decisions
 from audit.store import RunStore
-from audit.summary import RunSummary, read_summary
 
 NAMES = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
 
@@ -31,29 +28,8 @@ def flag_all(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model(tmp_path_factory.mktemp("flag-all"), name="flag-all", threshold=0.0)
 
 
-def write_images(archive: Path, names: list[str], seed: int = 0) -> None:
-    archive.mkdir(parents=True, exist_ok=True)
-    for index, name in enumerate(names):
-        (archive / name).write_bytes(jpeg_bytes(noise_image(32, 32, seed=seed + index)))
-
-
-def scan(archive: Path, model: Path, out: Path, store: Path, *extra: str):
-    args = ["scan", str(archive), "--model", str(model), "--out", str(out), "--store", str(store),
-            "--workers", "0", "--quiet", *(() if "--report" in extra else ("--no-report",)),
-            *(e for e in extra if e != "--report")]
-    return CliRunner().invoke(main, args, catch_exceptions=False)
-
-
 def review(*args: str):
-    return CliRunner().invoke(main, ["review", *args], catch_exceptions=False)
-
-
-def rows_by_path(out: Path) -> dict[str, dict[str, str]]:
-    return {row["path"]: row for row in read_results_csv(out / "results.csv")}
-
-
-def summary_of(out: Path) -> RunSummary:
-    return read_summary(out / "summary.json")
+    return invoke("review", *args)
 
 
 def front_page(out: Path):
@@ -89,13 +65,14 @@ def decisions_in(store: Path) -> list[tuple]:
 def night1(tmp_path: Path, flag_all: Path) -> tuple[Path, Path, Path]:
     archive, store, out = tmp_path / "archive", tmp_path / "store.sqlite", tmp_path / "night1"
     write_images(archive, NAMES)
-    assert scan(archive, flag_all, out, store).exit_code == 0
+    assert scan_archive(archive, flag_all, out, store).exit_code == 0
     return archive, store, out
 
 
 # --------------------------------------------------------------------------- the round trip
 
 
+@pytest.mark.slow
 def test_decisions_made_in_the_spreadsheet_are_carried_by_the_next_run(night1, flag_all: Path) -> None:
     archive, store, out = night1
     assert summary_of(out).review["flagged_awaiting_review"] == 4
@@ -106,13 +83,13 @@ def test_decisions_made_in_the_spreadsheet_are_carried_by_the_next_run(night1, f
     assert "2 new decisions, 0 changed, 0 unchanged, 0 ignored, 2 without a decision" in imported.output
 
     night2 = out.parent / "night2"
-    assert scan(archive, flag_all, night2, store, "--report").exit_code == 0
-    rows = rows_by_path(night2)
+    assert scan_archive(archive, flag_all, night2, store, report=True).exit_code == 0
+    rows = results_by_path(night2)
     assert (rows["a.jpg"]["review"], rows["a.jpg"]["reviewed_by"], rows["a.jpg"]["review_note"]) == \
         ("false-positive", "ana", "a holiday photo, I took it")
     assert rows["b.jpg"]["review"] == "confirmed-ai" and rows["b.jpg"]["reviewed_at"].endswith("Z")
     assert rows["c.jpg"]["review"] == rows["c.jpg"]["reviewed_by"] == ""
-    assert rows["a.jpg"]["prob_ai"] == rows_by_path(out)["a.jpg"]["prob_ai"], "the edited prob_ai cell changed nothing"
+    assert rows["a.jpg"]["prob_ai"] == results_by_path(out)["a.jpg"]["prob_ai"], "the edited prob_ai cell changed nothing"
     with sqlite3.connect(store) as db:  # the decision records the stored result the reviewer saw
         assert db.execute("SELECT model_id, prob_ai FROM decisions WHERE sha256 = ?", (rows["a.jpg"]["sha256"],)).fetchone() \
             == (rows["a.jpg"]["model_id"], pytest.approx(float(rows["a.jpg"]["prob_ai"]), abs=1e-6))
@@ -147,11 +124,11 @@ def test_fail_on_flagged_ignores_what_reviewers_cleared(night1, flag_all: Path) 
     archive, store, out = night1
     for name in NAMES[:3]:
         assert review("set", str(archive / name), "false-positive", "--store", str(store)).exit_code == 0
-    assert scan(archive, flag_all, out.parent / "n2", store, "--fail-on-flagged").exit_code == 4  # d.jpg awaits
+    assert scan_archive(archive, flag_all, out.parent / "n2", store, "--fail-on-flagged").exit_code == 4  # d.jpg awaits
     assert review("set", str(archive / "d.jpg"), "confirmed-ai", "--store", str(store)).exit_code == 0
-    assert scan(archive, flag_all, out.parent / "n3", store, "--fail-on-flagged").exit_code == 4  # confirmed AI counts
+    assert scan_archive(archive, flag_all, out.parent / "n3", store, "--fail-on-flagged").exit_code == 4  # confirmed AI counts
     assert review("set", str(archive / "d.jpg"), "false-positive", "--store", str(store)).exit_code == 0
-    assert scan(archive, flag_all, out.parent / "n4", store, "--fail-on-flagged").exit_code == 0
+    assert scan_archive(archive, flag_all, out.parent / "n4", store, "--fail-on-flagged").exit_code == 0
     assert summary_of(out.parent / "n4").flagged == 4, "the verdicts stay the model's"
 
 
@@ -162,8 +139,8 @@ def test_a_renamed_file_keeps_its_decision_and_an_edited_one_loses_it(night1, fl
     (archive / "a.jpg").rename(archive / "moved-a.jpg")
     write_images(archive, ["b.jpg"], seed=50)  # new bytes under the old name
     os.utime(archive / "b.jpg", (1, 1))
-    assert scan(archive, flag_all, out.parent / "n2", store).exit_code == 0
-    rows = rows_by_path(out.parent / "n2")
+    assert scan_archive(archive, flag_all, out.parent / "n2", store).exit_code == 0
+    rows = results_by_path(out.parent / "n2")
     assert (rows["moved-a.jpg"]["review"], rows["moved-a.jpg"]["review_note"]) == ("false-positive", "checked")
     assert rows["b.jpg"]["review"] == ""
     assert summary_of(out.parent / "n2").review["flagged_awaiting_review"] == 3
@@ -171,12 +148,12 @@ def test_a_renamed_file_keeps_its_decision_and_an_edited_one_loses_it(night1, fl
 
 def test_a_new_model_shows_again_what_it_still_flags_marked_as_cleared_under_the_old_one(night1, flag_all, tmp_path) -> None:
     archive, store, out = night1
-    old_model_id = rows_by_path(out)["a.jpg"]["model_id"]
+    old_model_id = results_by_path(out)["a.jpg"]["model_id"]
     assert review("set", str(archive / "a.jpg"), "false-positive", "--store", str(store)).exit_code == 0
     assert review("set", str(archive / "b.jpg"), "confirmed-ai", "--store", str(store)).exit_code == 0
     newer = make_model(tmp_path / "newer", name="newer-model", threshold=0.0)
     night2 = out.parent / "n2"
-    assert scan(archive, newer, night2, store, "--fail-on-flagged").exit_code == 4
+    assert scan_archive(archive, newer, night2, store, "--fail-on-flagged").exit_code == 4
     assert summary_of(night2).review["cleared_under_another_model"] == 1
     assert summary_of(night2).review["flagged_awaiting_review"] == 3  # a.jpg is back, b.jpg stays confirmed
     content, page = front_page(night2)
@@ -187,19 +164,19 @@ def test_a_new_model_shows_again_what_it_still_flags_marked_as_cleared_under_the
     untouched = review("import", str(night2 / "results.xlsx"), "--store", str(store))
     assert "0 new decisions, 0 changed, 2 unchanged" in untouched.output, untouched.output
     # Cleared again under the new model (the report's button, exported): settled.
-    a_row = rows_by_path(night2)["a.jpg"]
+    a_row = results_by_path(night2)["a.jpg"]
     export = write_csv(tmp_path / "decisions.csv", ["sha256", "path", "model_id", "review", "review_note", "decided_by"],
                        [[a_row["sha256"], "a.jpg", a_row["model_id"], "false-positive", "", "bo"]])
     again = review("import", str(export), "--store", str(store))
     assert "0 new decisions, 1 changed" in again.output, again.output
-    assert scan(archive, newer, out.parent / "n3", store).exit_code == 0
+    assert scan_archive(archive, newer, out.parent / "n3", store).exit_code == 0
     assert summary_of(out.parent / "n3").review["flagged_cleared"] == 1
-    assert rows_by_path(out.parent / "n3")["a.jpg"]["review_model_id"] == a_row["model_id"] != old_model_id
+    assert results_by_path(out.parent / "n3")["a.jpg"]["review_model_id"] == a_row["model_id"] != old_model_id
 
 
 def test_decisions_are_appended_and_the_history_shows_them_all(night1) -> None:
     archive, store, out = night1
-    sha256 = rows_by_path(out)["c.jpg"]["sha256"]
+    sha256 = results_by_path(out)["c.jpg"]["sha256"]
     assert review("set", sha256, "unsure", "--note", "ask Bo", "--by", "ana", "--store", str(store)).exit_code == 0
     assert review("set", str(archive / "c.jpg"), "confirmed-ai", "--by", "bo", "--store", str(store)).exit_code == 0
     listing = review("list", "--store", str(store))
@@ -248,7 +225,7 @@ def test_a_file_from_another_tool_or_another_store_is_refused_whole(night1, flag
 
     other_archive, other_store = tmp_path / "other", tmp_path / "other.sqlite"
     write_images(other_archive, ["x.jpg"], seed=90)
-    assert scan(other_archive, flag_all, tmp_path / "other-run", other_store).exit_code == 0
+    assert scan_archive(other_archive, flag_all, tmp_path / "other-run", other_store).exit_code == 0
     fill_in_xlsx(tmp_path / "other-run" / "results.xlsx", {"x.jpg": ("false-positive", "")})
     refused = review("import", str(tmp_path / "other-run" / "results.xlsx"), "--store", str(store))
     assert refused.exit_code == 2 and "another run store or another tool" in refused.output
@@ -264,7 +241,7 @@ def test_a_file_from_another_tool_or_another_store_is_refused_whole(night1, flag
 
 def test_bad_rows_are_ignored_with_their_reason_and_the_good_ones_taken(night1, tmp_path: Path) -> None:
     archive, store, out = night1
-    rows = rows_by_path(out)
+    rows = results_by_path(out)
     sha = {name: rows[name]["sha256"] for name in NAMES}
     header = ["sha256", "path", "review", "review_note"]
     file = write_csv(tmp_path / "decisions.csv", header, [
@@ -290,7 +267,7 @@ def test_bad_rows_are_ignored_with_their_reason_and_the_good_ones_taken(night1, 
 
     # The next run writes the note as text: neutralised in the CSV, never a formula in the XLSX.
     flag_all = Path(summary_of(out).model.path).with_suffix(".json")
-    assert scan(archive, flag_all, out.parent / "n2", store).exit_code == 0
+    assert scan_archive(archive, flag_all, out.parent / "n2", store).exit_code == 0
     raw = (out.parent / "n2" / "results.csv").read_text(encoding="utf-8-sig")
     assert "'=HYPERLINK(" in raw and ",'-1 looks fake," in raw
     from openpyxl import load_workbook
@@ -324,7 +301,7 @@ def test_importing_the_same_file_twice_records_nothing_the_second_time(night1) -
 def test_an_old_spreadsheet_does_not_undo_a_newer_decision(night1, flag_all: Path) -> None:
     archive, store, out = night1
     assert review("set", str(archive / "a.jpg"), "unsure", "--by", "ana", "--store", str(store)).exit_code == 0
-    assert scan(archive, flag_all, out.parent / "n2", store).exit_code == 0  # its XLSX shows "unsure by ana"
+    assert scan_archive(archive, flag_all, out.parent / "n2", store).exit_code == 0  # its XLSX shows "unsure by ana"
     time.sleep(1.1)  # decisions are timed to the second
     assert review("set", str(archive / "a.jpg"), "confirmed-ai", "--by", "bo", "--store", str(store)).exit_code == 0
     stale = review("import", str(out.parent / "n2" / "results.xlsx"), "--store", str(store))
@@ -336,7 +313,7 @@ def test_an_old_spreadsheet_does_not_undo_a_newer_decision(night1, flag_all: Pat
 
 def test_copies_of_one_image_given_different_decisions_are_not_guessed(night1, tmp_path: Path) -> None:
     archive, store, out = night1
-    sha = rows_by_path(out)["a.jpg"]["sha256"]
+    sha = results_by_path(out)["a.jpg"]["sha256"]
     file = write_csv(tmp_path / "d.csv", ["sha256", "path", "review"],
                      [[sha, "a.jpg", "false-positive"], [sha, "copy-of-a.jpg", "confirmed-ai"]])
     result = review("import", str(file), "--store", str(store))
@@ -352,7 +329,7 @@ def test_copies_of_one_image_given_different_decisions_are_not_guessed(night1, t
 def test_an_import_is_one_transaction(night1, tmp_path: Path) -> None:
     """A failure while writing (here a trigger standing for a full disk) leaves no decision behind."""
     archive, store, out = night1
-    rows = rows_by_path(out)
+    rows = results_by_path(out)
     file = write_csv(tmp_path / "d.csv", ["sha256", "review", "review_note"],
                      [[rows["a.jpg"]["sha256"], "false-positive", ""], [rows["b.jpg"]["sha256"], "unsure", "boom"]])
     with sqlite3.connect(store) as db:
@@ -372,7 +349,7 @@ def test_a_version_1_store_gains_the_decisions_table_and_keeps_its_results(night
     with sqlite3.connect(store) as db:
         db.execute("DROP TABLE decisions")
         db.execute("PRAGMA user_version = 1")
-    assert scan(archive, flag_all, out.parent / "n2", store).exit_code == 0
+    assert scan_archive(archive, flag_all, out.parent / "n2", store).exit_code == 0
     assert summary_of(out.parent / "n2").files_reused == 4
     assert review("set", str(archive / "a.jpg"), "unsure", "--store", str(store)).exit_code == 0
 
@@ -380,8 +357,10 @@ def test_a_version_1_store_gains_the_decisions_table_and_keeps_its_results(night
 # --------------------------------------------------------------------------- the HTML report
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_decisions_clicked_in_the_html_report_are_exported_and_imported(tmp_path: Path, flag_all: Path) -> None:
-    from headless_browser import Browser, find_chromium
+    from helpers.browser import find_chromium, open_browser
 
     executable = find_chromium()
     if executable is None:
@@ -390,12 +369,11 @@ def test_decisions_clicked_in_the_html_report_are_exported_and_imported(tmp_path
         pytest.skip("chromium is not installed")
     archive, store, out = tmp_path / "archive", tmp_path / "store.sqlite", tmp_path / "night1"
     write_images(archive, NAMES[:3])
-    assert scan(archive, flag_all, out, store, "--report").exit_code == 0
-    rows = rows_by_path(out)
+    assert scan_archive(archive, flag_all, out, store, report=True).exit_code == 0
+    rows = results_by_path(out)
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    with Browser(executable) as page:
-        page.call("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    with open_browser(executable) as page:
         page.open(out / "report.html")
         assert page.evaluate('document.getElementById("export-decisions").disabled') is True
 
@@ -413,12 +391,8 @@ def test_decisions_clicked_in_the_html_report_are_exported_and_imported(tmp_path
         pressed = page.evaluate('Array.from(document.querySelectorAll(".card[data-path=\'b.jpg\'] button[aria-pressed=true]"))'
                                 '.map(function (b) { return b.getAttribute("data-decision"); })')
         assert pressed == ["unsure"]
-        page.evaluate('document.getElementById("export-decisions").click();')
-        deadline = time.monotonic() + 30
-        exported = downloads / "decisions-night1.csv"
-        while not exported.is_file():
-            assert time.monotonic() < deadline, list(downloads.iterdir())
-            time.sleep(0.1)
+        exported = page.download('document.getElementById("export-decisions").click();', downloads)
+        assert exported == downloads / "decisions-night1.csv" and exported.is_file(), list(downloads.iterdir())
         assert page.log.console_errors == [] and page.log.exceptions == [] and page.log.csp_violations == []
         run_uri = out.resolve().as_uri()
         assert all(url.startswith(("data:", run_uri, "blob:")) for url in page.log.requests), page.log.requests
@@ -428,11 +402,11 @@ def test_decisions_clicked_in_the_html_report_are_exported_and_imported(tmp_path
     assert "2 new decisions" in imported.output and "1 note(s) start like a spreadsheet formula" in imported.output
     assert decisions_in(store) == [(rows["a.jpg"]["sha256"], "false-positive", "ana", "=my own photo"),
                                    (rows["b.jpg"]["sha256"], "unsure", "ana", "ask Bo")]
-    assert scan(archive, flag_all, tmp_path / "night2", store, "--report").exit_code == 0
+    assert scan_archive(archive, flag_all, tmp_path / "night2", store, report=True).exit_code == 0
     content, _ = front_page(tmp_path / "night2")
     assert sorted(item.path for item in content.gallery) == ["b.jpg", "c.jpg"]  # unsure still awaits a decision
     assert [(item.path, item.review.decision, item.review.by) for item in content.decided] == [("a.jpg", "false-positive", "ana")]
-    assert rows_by_path(tmp_path / "night2")["a.jpg"]["review_model_id"] == rows["a.jpg"]["model_id"]
+    assert results_by_path(tmp_path / "night2")["a.jpg"]["review_model_id"] == rows["a.jpg"]["model_id"]
 
 
 def test_the_review_commands_find_the_run_store_by_the_scans_rule(night1) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from scan_fixtures import jpeg_bytes, model_dir, model_path, noise_image  # noqa: F401 - fixtures
+from scan_fixtures import jpeg_bytes, noise_image
 
 from audit.cli import main
 from audit.store import SCHEMA_VERSION, RunStore

@@ -8,22 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
-from scan_fixtures import build_bad_archive, jpeg_bytes, make_model, model_dir, model_path, noise_image  # noqa: F401
+from helpers.cli import results_rows, scan_args, summary_of
+from scan_fixtures import build_bad_archive, jpeg_bytes, make_model, noise_image
 
 import audit
-from audit.cli import main
-from audit.pipeline import read_results_csv
 from audit.rows import RESULT_COLUMNS
-from audit.summary import read_summary
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
-
-
-def scan(*args: str | Path, report: bool = False):
-    """Run `audit scan`; without the report stage unless asked (tests/test_report.py covers it)."""
-    extra = [] if report else ["--no-report"]
-    return CliRunner().invoke(main, ["scan", *map(str, args), *extra], catch_exceptions=False)
 
 
 def good_archive(root: Path, n: int = 3) -> Path:
@@ -38,14 +29,14 @@ def good_archive(root: Path, n: int = 3) -> Path:
 def bad_run(tmp_path_factory: pytest.TempPathFactory, model_path: Path):
     base = tmp_path_factory.mktemp("bad")
     expected = build_bad_archive(base / "archive")
-    result = scan(base / "archive", "--model", model_path, "--out", base / "out", "--workers", "0", report=True)
+    result = scan_args(base / "archive", "--model", model_path, "--out", base / "out", "--workers", "0", report=True)
     return result, expected, base / "out"
 
 
 def test_bad_archive_gives_one_clear_row_per_file_and_exit_3(bad_run) -> None:
     result, expected, out = bad_run
     assert result.exit_code == 3, result.output
-    rows = read_results_csv(out / "results.csv")
+    rows = results_rows(out)
     paths = [row["path"].removeprefix("'") for row in rows]
     assert paths == sorted(expected)  # exactly one row each, in sorted order, nothing hidden
     for row, path in zip(rows, paths, strict=True):
@@ -61,7 +52,7 @@ def test_bad_archive_gives_one_clear_row_per_file_and_exit_3(bad_run) -> None:
 
 def test_bad_archive_rows_keep_what_was_learnt(bad_run) -> None:
     _, _, out = bad_run
-    rows = {row["path"]: row for row in read_results_csv(out / "results.csv")}
+    rows = {row["path"]: row for row in results_rows(out)}
     assert rows["'=cmd.jpg"]["format"] == "JPEG"  # neutralised, and scored
     assert rows["new\nline.jpg"]["status"] == "ok" and rows["ünïcødé 画像.jpg"]["status"] == "ok"
     assert rows["animated.gif"]["note"] == "animated: first of 3 frames scored"
@@ -76,7 +67,7 @@ def test_bad_archive_rows_keep_what_was_learnt(bad_run) -> None:
 
 def test_bad_archive_summary(bad_run) -> None:
     _, expected, out = bad_run
-    summary = read_summary(out / "summary.json")
+    summary = summary_of(out)
     errors = sum(1 for status, _ in expected.values() if status == "error")
     assert summary.files == len(expected)
     assert summary.counts["by_status"] == {"ok": len(expected) - errors, "error": errors}
@@ -110,10 +101,10 @@ def test_outputs_are_complete_and_no_temporary_files_remain(bad_run) -> None:
 def test_same_archive_same_order(bad_run, model_path: Path, tmp_path: Path) -> None:
     _, _, out = bad_run
     archive = out.parent / "archive"
-    again = scan(archive, "--model", model_path, "--out", tmp_path, "--workers", "0", "--quiet")
+    again = scan_args(archive, "--model", model_path, "--out", tmp_path, "--workers", "0", "--quiet")
     assert again.exit_code == 3
-    first = [(r["path"], r["sha256"], r["prob_ai"]) for r in read_results_csv(out / "results.csv")]
-    second = [(r["path"], r["sha256"], r["prob_ai"]) for r in read_results_csv(tmp_path / "results.csv")]
+    first = [(r["path"], r["sha256"], r["prob_ai"]) for r in results_rows(out)]
+    second = [(r["path"], r["sha256"], r["prob_ai"]) for r in results_rows(tmp_path)]
     assert first == second
 
 
@@ -121,27 +112,28 @@ def test_same_archive_same_order(bad_run, model_path: Path, tmp_path: Path) -> N
 
 
 def test_clean_run_exits_0(tmp_path: Path, model_path: Path) -> None:
-    result = scan(good_archive(tmp_path / "a"), "--model", model_path, "--out", tmp_path / "o", "--workers", "0")
+    result = scan_args(good_archive(tmp_path / "a"), "--model", model_path, "--out", tmp_path / "o", "--workers", "0")
     assert result.exit_code == 0, result.output
-    assert read_summary(tmp_path / "o" / "summary.json").exit_code == 0
+    assert summary_of(tmp_path / "o").exit_code == 0
 
 
+@pytest.mark.slow
 def test_fail_on_flagged_exits_4_and_wins_over_errors(tmp_path: Path, model_dir: Path) -> None:
     flag_all = make_model(model_dir, name="flag-all", threshold=0.0)
     # prob_ai >= 1.0 would need a saturated softmax, which this random network never gives
     flag_none = make_model(model_dir, name="flag-none", threshold=1.0)
     archive = good_archive(tmp_path / "a")
     common = ["--out", tmp_path / "o", "--workers", "0", "--quiet"]
-    assert scan(archive, "--model", flag_all, *common).exit_code == 0  # flagged, but not asked to fail
-    assert scan(archive, "--model", flag_all, "--fail-on-flagged", *common).exit_code == 4
-    assert scan(archive, "--model", flag_none, "--fail-on-flagged", *common).exit_code == 0
+    assert scan_args(archive, "--model", flag_all, *common).exit_code == 0  # flagged, but not asked to fail
+    assert scan_args(archive, "--model", flag_all, "--fail-on-flagged", *common).exit_code == 4
+    assert scan_args(archive, "--model", flag_none, "--fail-on-flagged", *common).exit_code == 0
     (archive / "broken.jpg").write_bytes(b"")
-    assert scan(archive, "--model", flag_none, "--fail-on-flagged", *common).exit_code == 3
-    assert scan(archive, "--model", flag_all, "--fail-on-flagged", *common).exit_code == 4
+    assert scan_args(archive, "--model", flag_none, "--fail-on-flagged", *common).exit_code == 3
+    assert scan_args(archive, "--model", flag_all, "--fail-on-flagged", *common).exit_code == 4
 
 
 def test_missing_model_is_a_usage_error_with_one_clear_line(tmp_path: Path) -> None:
-    result = scan(good_archive(tmp_path / "a"), "--model", tmp_path / "nope.json", "--out", tmp_path / "o")
+    result = scan_args(good_archive(tmp_path / "a"), "--model", tmp_path / "nope.json", "--out", tmp_path / "o")
     assert result.exit_code == 2
     message = result.stderr.strip()
     assert message.startswith(f"audit: error: model weights not found: {tmp_path / 'nope.safetensors'} (shipped models, by name: ")
@@ -151,14 +143,14 @@ def test_missing_model_is_a_usage_error_with_one_clear_line(tmp_path: Path) -> N
 
 def test_missing_default_model_says_how_to_proceed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("audit.model._card.DEFAULT_MODEL_PATH", tmp_path / "weights" / "cifake-resnet18.json")
-    result = scan(good_archive(tmp_path / "a"), "--out", tmp_path / "o")
+    result = scan_args(good_archive(tmp_path / "a"), "--out", tmp_path / "o")
     assert result.exit_code == 2
     assert "model weights not found" in result.stderr and "pass --model PATH" in result.stderr
 
 
 def test_pickle_model_is_refused(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(1)}, tmp_path / "model.pt")
-    result = scan(good_archive(tmp_path / "a"), "--model", tmp_path / "model.pt", "--out", tmp_path / "o")
+    result = scan_args(good_archive(tmp_path / "a"), "--model", tmp_path / "model.pt", "--out", tmp_path / "o")
     assert result.exit_code == 2 and "pickle" in result.stderr and "refused" in result.stderr
 
 
@@ -167,26 +159,26 @@ def test_pickle_model_is_refused(tmp_path: Path) -> None:
     [["--batch-size", "0"], ["--device", "tpu"], ["--workers", "-1"], ["--labels", "missing.csv"]],
 )
 def test_bad_options_are_usage_errors(tmp_path: Path, model_path: Path, args: list[str]) -> None:
-    result = scan(good_archive(tmp_path / "a"), "--model", model_path, "--out", tmp_path / "o", *args)
+    result = scan_args(good_archive(tmp_path / "a"), "--model", model_path, "--out", tmp_path / "o", *args)
     assert result.exit_code == 2, result.output
 
 
 def test_missing_archive_is_a_usage_error(tmp_path: Path, model_path: Path) -> None:
-    assert scan(tmp_path / "not-there", "--model", model_path).exit_code == 2
+    assert scan_args(tmp_path / "not-there", "--model", model_path).exit_code == 2
 
 
 # --------------------------------------------------------------------------- options
 
 
 def test_labels_from_folders_fill_true_label_and_the_summary(tmp_path: Path, model_path: Path) -> None:
-    result = scan(good_archive(tmp_path / "a", n=4), "--model", model_path, "--out", tmp_path / "o",
+    result = scan_args(good_archive(tmp_path / "a", n=4), "--model", model_path, "--out", tmp_path / "o",
                   "--workers", "0", "--labels", "folders")
     assert result.exit_code == 0
-    rows = read_results_csv(tmp_path / "o" / "results.csv")
+    rows = results_rows(tmp_path / "o")
     assert [(r["path"], r["true_label"]) for r in rows] == [
         ("FAKE/0.jpg", "ai-generated"), ("FAKE/2.jpg", "ai-generated"), ("REAL/1.jpg", "real"), ("REAL/3.jpg", "real"),
     ]
-    labels = read_summary(tmp_path / "o" / "summary.json").labels
+    labels = summary_of(tmp_path / "o").labels
     assert labels["files"] == 4 and labels["scored"] == 4
     correct = sum(r["true_label"] == r["verdict"] for r in rows)
     assert labels["correct"] == correct and labels["accuracy"] == correct / 4
@@ -195,10 +187,10 @@ def test_labels_from_folders_fill_true_label_and_the_summary(tmp_path: Path, mod
 def test_labels_from_csv(tmp_path: Path, model_path: Path) -> None:
     archive = good_archive(tmp_path / "a", n=2)
     (tmp_path / "labels.csv").write_text("path,label\nFAKE/0.jpg,real\nREAL/1.jpg,1\n", encoding="utf-8")
-    result = scan(archive, "--model", model_path, "--out", tmp_path / "o", "--workers", "0",
+    result = scan_args(archive, "--model", model_path, "--out", tmp_path / "o", "--workers", "0",
                   "--labels", tmp_path / "labels.csv")
     assert result.exit_code == 0
-    rows = read_results_csv(tmp_path / "o" / "results.csv")
+    rows = results_rows(tmp_path / "o")
     assert [r["true_label"] for r in rows] == ["real", "ai-generated"]
 
 
@@ -209,8 +201,8 @@ def test_include_exclude_and_hidden_through_the_cli(tmp_path: Path, model_path: 
     out = tmp_path / "o"
 
     def paths(*args: str) -> list[str]:
-        assert scan(archive, "--model", model_path, "--out", out, "--workers", "0", "--quiet", *args).exit_code == 0
-        return [r["path"] for r in read_results_csv(out / "results.csv")]
+        assert scan_args(archive, "--model", model_path, "--out", out, "--workers", "0", "--quiet", *args).exit_code == 0
+        return [r["path"] for r in results_rows(out)]
 
     assert paths() == ["FAKE/0.jpg", "FAKE/2.jpg", "REAL/1.jpg", "REAL/3.jpg"]
     assert paths("--include", "REAL/*") == ["REAL/1.jpg", "REAL/3.jpg"]
@@ -220,26 +212,26 @@ def test_include_exclude_and_hidden_through_the_cli(tmp_path: Path, model_path: 
 
 def test_progress_lines_when_not_a_terminal_and_silence_with_quiet(tmp_path: Path, model_path: Path) -> None:
     archive = good_archive(tmp_path / "a")
-    loud = scan(archive, "--model", model_path, "--out", tmp_path / "o", "--workers", "0")
+    loud = scan_args(archive, "--model", model_path, "--out", tmp_path / "o", "--workers", "0")
     assert "audit scan: 3/3 files" in loud.stderr and "3 files:" in loud.stderr
-    quiet = scan(archive, "--model", model_path, "--out", tmp_path / "o", "--workers", "0", "--quiet")
+    quiet = scan_args(archive, "--model", model_path, "--out", tmp_path / "o", "--workers", "0", "--quiet")
     assert quiet.stderr == "" and quiet.stdout == ""
 
 
 def test_default_out_dir_is_reports_run_id(tmp_path: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = good_archive(tmp_path / "a")
     monkeypatch.chdir(tmp_path)
-    assert scan(archive, "--model", model_path, "--workers", "0", "--quiet").exit_code == 0
+    assert scan_args(archive, "--model", model_path, "--workers", "0", "--quiet").exit_code == 0
     (run_dir,) = [path for path in (tmp_path / "reports").iterdir() if path.is_dir()]
     # The run store follows the archive (audit.store._store.default_store_path), not the run folders.
     assert sorted(path.name for path in (tmp_path / "reports").iterdir()) == [run_dir.name]
-    store = Path(read_summary(run_dir / "summary.json").store.path)
+    store = Path(summary_of(run_dir).store.path)
     assert store.is_file() and store.is_relative_to(os.environ["AUDIT_STATE_DIR"])
     assert re.fullmatch(r"\d{8}T\d{6}Z", run_dir.name) and (run_dir / "summary.json").is_file()
 
 
 def test_empty_archive_is_a_clean_run_with_a_warning(tmp_path: Path, model_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    result = scan(tmp_path / "empty", "--model", model_path, "--out", tmp_path / "o", "--workers", "0")
+    result = scan_args(tmp_path / "empty", "--model", model_path, "--out", tmp_path / "o", "--workers", "0")
     assert result.exit_code == 0 and "no image files found" in result.stderr
-    assert read_results_csv(tmp_path / "o" / "results.csv") == []
+    assert results_rows(tmp_path / "o") == []

@@ -9,13 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-from scan_fixtures import jpeg_bytes, model_dir, model_path, noise_image  # noqa: F401 - fixtures
+import pytest
+from scan_fixtures import jpeg_bytes, noise_image
+
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-import pytest
-
 
 # Workers and the whole process group too: `systemctl stop` signals every process of the unit.
 @pytest.mark.parametrize("workers, whole_group", [(0, False), (2, True)])

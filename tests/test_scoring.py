@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from scan_fixtures import jpeg_bytes, model_dir, model_path, noise_image  # noqa: F401 - fixtures
+from scan_fixtures import jpeg_bytes, noise_image
 
 from audit.engines import Scorer, collate_results, score_records
 from audit.intake import LoadOptions, discover, load_image
@@ -96,6 +96,7 @@ def test_scores_stream_in_discovery_order_with_errors_in_place(tmp_path: Path, m
     assert scored[1].prob_ai == pytest.approx(alone.item(), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_a_decoder_crash_in_a_worker_is_one_error_row_and_the_run_goes_on(
     tmp_path: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -166,6 +167,7 @@ BF16_MAX_ABS_TOLERANCE = 0.15
 BF16_MEAN_ABS_TOLERANCE = 0.03
 
 
+@pytest.mark.slow
 def test_bf16_probabilities_match_fp32_within_the_stated_tolerance(realistic_model, sample_images) -> None:
     model, images = realistic_model, sample_images
     fp32 = Scorer(model, plan_compute("cpu", "fp32")).probabilities(images)
@@ -175,6 +177,7 @@ def test_bf16_probabilities_match_fp32_within_the_stated_tolerance(realistic_mod
     assert difference.max() <= BF16_MAX_ABS_TOLERANCE and difference.mean() <= BF16_MEAN_ABS_TOLERANCE
 
 
+@pytest.mark.slow
 def test_channels_last_fp32_matches_the_plain_network(realistic_model, sample_images) -> None:
     model, images = realistic_model, sample_images[:32]
     with torch.no_grad():

@@ -38,6 +38,7 @@ def test_the_default_model_was_measured_beyond_cifake() -> None:
     assert "real images flagged" in card.threshold_method
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["general-resnet18", "cifake-resnet18"])
 def test_each_shipped_model_separates_the_example_archive(name: str) -> None:
     model = load_model(name)

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from audit.stopping import raise_if_stop_requested, stop_on_signals, stop_requested
+from audit import stopping
+from audit.stopping import raise_if_stop_requested, stop_on_signals
 
 
 class _SignalsInFinalizer:
@@ -36,7 +37,7 @@ def test_a_signal_whose_exception_was_dropped_still_stops_the_run() -> None:
         with stop_on_signals():
             _SignalsInFinalizer()
             gc.collect()
-            assert stop_requested() == signal.SIGTERM  # the run goes on until it polls
+            assert stopping._requested_signal == signal.SIGTERM  # the run goes on until it polls
             for _ in range(3):
                 raise_if_stop_requested()
                 rows_after_signal += 1
@@ -59,4 +60,4 @@ def test_handlers_are_restored_and_a_clean_block_passes() -> None:
     with stop_on_signals():
         pass
     assert signal.getsignal(signal.SIGTERM) is before
-    assert stop_requested() is None
+    assert stopping._requested_signal is None

@@ -84,6 +84,7 @@ def test_the_lock_refuses_a_second_holder_and_names_the_first(tmp_path: Path) ->
     again.release()
 
 
+@pytest.mark.subprocess
 def test_a_lock_left_by_a_dead_process_is_stale(tmp_path: Path) -> None:
     """A process that took the lock and died (without releasing) does not block the next run."""
     code = ("import sys, os; sys.path.insert(0, sys.argv[2]); from audit.store._store import StoreLock; "

@@ -84,6 +84,7 @@ def dataset_zip(tmp_path_factory) -> Path:
     return make_zip(root / "data.zip", files)
 
 
+@pytest.mark.slow
 def test_fit_from_zip_trains_exports_and_loads(dataset_zip, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="training")
     card_path = train.main(fit_args(dataset_zip, tmp_path / "run"))
@@ -108,6 +109,7 @@ def test_fit_from_zip_trains_exports_and_loads(dataset_zip, tmp_path, caplog):
     assert probs.shape == (2,) and bool(((probs >= 0) & (probs <= 1)).all())
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_an_exported_model_records_what_it_started_from(dataset_zip, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="training")
     first = train.main(fit_args(dataset_zip, tmp_path / "first", epochs=1))
@@ -145,6 +147,7 @@ def test_validation_split_is_stratified_seeded_and_keeps_duplicates_together():
     assert not {hashes[i] for i in train_a} & {hashes[i] for i in val_a}
 
 
+@pytest.mark.slow
 def test_resume_continues_where_the_last_run_stopped(dataset_zip, tmp_path):
     straight = train.main(fit_args(dataset_zip, tmp_path / "straight"))
     train.main(fit_args(dataset_zip, tmp_path / "split", stop_after_epochs=1))
@@ -164,6 +167,8 @@ def test_resume_continues_where_the_last_run_stopped(dataset_zip, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run (with workers) must end with the same weights as a straight one"
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_an_fp16_run_keeps_its_loss_scale_across_a_resume(dataset_zip, tmp_path):
     small = {"precision": "fp16", "limit_per_class": 12, "batch_size": 8}
     straight = train.main(fit_args(dataset_zip, tmp_path / "straight", **small))
@@ -302,6 +307,7 @@ def test_evaluate_reproduces_the_hand_computed_case_on_official_and_deduplicated
     assert dedup["roc_auc"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_evaluate_command_writes_metrics_plots_and_card(dataset_zip, tmp_path):
     card_path = train.main(fit_args(dataset_zip, tmp_path / "run", epochs=1))
     args = evaluate.get_args_parser().parse_args([str(card_path), "--data", str(dataset_zip), "--update-card"])

@@ -10,9 +10,9 @@ Compute paths (chosen by :func:`plan_compute`):
 * CUDA: pinned host memory, ``non_blocking`` copies of uint8 batches (4x less to copy than
   floats; normalisation runs on the GPU) and fp16 autocast (``--precision bf16`` on request;
   fp16 keeps 3 more mantissa bits than bf16).
-* CPU: channels_last (measured 1.4-2x faster than NCHW for this ResNet18) and
+* CPU: channels_last (faster than NCHW for this ResNet18: docs/performance.md, "CPU compute") and
   ``torch.inference_mode``, in fp32 by default. bf16 autocast (oneDNN, on a CPU with avx512_bf16
-  or amx_bf16) was about 1.8x faster per core but moved probabilities by up to 0.11 on the test
+  or amx_bf16) is faster per core but moved probabilities by up to 0.11 on the test
   model (README, "CPU and GPU"), so ``--precision auto`` uses it only when the model card says
   the model was validated in bf16 (``compute_dtype: "bfloat16"``); ``--precision bf16`` forces it.
 """

@@ -66,8 +66,8 @@ class FileRecord:
 
     A scan holds one record per file for its whole length. The absolute path is not kept when
     it is the absolute root joined with ``rel_path`` (almost always): the root's absolute form is
-    one string shared by its records, so a million records take about 80 MB less than with a
-    path string each (measured with tracemalloc: 310 -> 230 bytes a record). Immutable, compared
+    one string shared by its records, so a million records take much less memory than with a
+    path string each (docs/performance.md, "Memory"). Immutable, compared
     and hashed by value, like the frozen dataclass it replaces.
     """
 

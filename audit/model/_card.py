@@ -75,7 +75,7 @@ ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {
 
 
 # Stride-2 steps (each ceil(n / 2)) before a layer's output, by variant: the Grad-CAM grid of a
-# card is known without building the network (and importing torch, 2.5 s of a report).
+# card is known without building the network (and without importing torch).
 _HALVINGS_BEFORE = {
     "resnet18": {"layer1": 2, "layer2": 3, "layer3": 4, "layer4": 5},  # 7x7 stride-2 stem, max-pool
     "resnet18-s1stem": {"layer1": 1, "layer2": 2, "layer3": 3, "layer4": 4},  # max-pool only

@@ -2,10 +2,10 @@
 importing torchvision.
 
 Why not ``torchvision.models.resnet18``: importing torchvision imports ``torchvision.ops``, whose
-``roi_align`` imports ``torch._dynamo`` (sympy, inductor, distributed): 2.5 s of a nightly rerun
-that scores a few hundred files in 0.6 s (``python -X importtime -m audit.cli._app scan ...`` on this
-machine). The state dict is key for key torchvision's, so the shipped weights, training's
-``--pretrained imagenet`` and any torchvision ResNet-18 checkpoint load unchanged;
+``roi_align`` imports ``torch._dynamo`` (sympy, inductor, distributed), which costs a small nightly
+rerun more than its scoring does (docs/performance.md, "Imports"). The state dict is key for key
+torchvision's, so the shipped weights, training's ``--pretrained imagenet`` and any torchvision
+ResNet-18 checkpoint load unchanged;
 ``tests/test_model.py`` checks the keys and the outputs against torchvision's network.
 """
 

@@ -6,7 +6,7 @@ then summary.json, written last as the completion marker.
 from __future__ import annotations
 
 from audit.pipeline._labels import Labeller, LabelsError
-from audit.pipeline._outputs import ResultWriter, commit, read_results_csv, write_json_tmp, write_xlsx_from_csv
+from audit.pipeline._outputs import ResultWriter, commit, write_json_tmp, write_xlsx_from_csv
 from audit.pipeline._run import run_scan
 
-__all__ = ["Labeller", "LabelsError", "ResultWriter", "commit", "read_results_csv", "run_scan", "write_json_tmp", "write_xlsx_from_csv"]
+__all__ = ["Labeller", "LabelsError", "ResultWriter", "commit", "run_scan", "write_json_tmp", "write_xlsx_from_csv"]

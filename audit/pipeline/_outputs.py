@@ -70,7 +70,7 @@ class ResultWriter:
 
     Memory stays bounded: the CSV goes straight to disk, and XlsxWriter's constant-memory mode
     streams the sheet to a temporary file. The XLSX is made from the finished CSV rather than row
-    by row because writing it is much of a nightly rerun's time (about 160 us a row here): when the
+    by row because writing it is much of a nightly rerun's time (docs/performance.md, "Results files"): when the
     CSV comes out byte for byte the same as the one an earlier run's XLSX was made from, and that
     XLSX is unchanged on disk, it is copied instead. The XLSX therefore holds
     the CSV's values, probabilities to six decimals. Both files are written under temporary names;
@@ -105,8 +105,8 @@ class ResultWriter:
     def take_rows_from(self, earlier: EarlierOutputs) -> bool:
         """results.csv as the earlier run's, byte for byte, when that file is still as that run
         wrote it; False (the CSV left as it was, its header only) otherwise. For a caller that
-        has proved tonight's rows would come out the same (audit.pipeline._reuse.RowsFingerprint): writing
-        20,000 of them took 0.4-0.5 s of an unchanged night here, copying them milliseconds."""
+        has proved tonight's rows would come out the same (audit.pipeline._reuse.RowsFingerprint): copying
+        is far cheaper than writing them again (docs/performance.md, "Results files")."""
         self._csv_file.close()
         self.rows_taken = copy_verified(earlier.csv_path, earlier.csv_sha256, self.csv_tmp)
         if not self.rows_taken:
@@ -170,8 +170,8 @@ def write_xlsx_from_csv(csv_path: Path, xlsx_path: Path) -> None:
     column, numbers as numbers, and text neutralised the same way (see :func:`neutralise`).
 
     XlsxWriter in constant-memory mode: rows go to disk as they are written (inline strings, no
-    shared-string table kept in memory), in about 60% of openpyxl's write-only time (20,000 rows:
-    3.3 s against 5.4 s of CPU here).
+    shared-string table kept in memory), faster than openpyxl's write-only mode (docs/performance.md,
+    "Results files").
     Its conversions of text that looks like a number, formula or URL are off: a cell holds
     exactly the CSV's text.
     """
@@ -245,10 +245,3 @@ def write_json_tmp(path: Path, data: dict[str, Any]) -> tuple[Path, Path]:
     tmp = temporary_sibling(path)
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return tmp, path
-
-
-def read_results_csv(path: Path) -> list[dict[str, str]]:
-    """Read results.csv back (for tests and the report stage); cells stay as written."""
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        return list(csv.DictReader(handle))
-

@@ -18,7 +18,6 @@ _LAZY = {
     "GradCamExplainer": "audit.report._explain",
     "explain_images": "audit.report._explain",
     "gradcam_grid": "audit.report._explain",
-    "heatmap_mass_by_cell": "audit.report._explain",
     "THUMBNAIL_SIZE": "audit.report._pictures",
     "make_thumbnail": "audit.report._pictures",
     "safe_stem": "audit.report._pictures",
@@ -39,4 +38,4 @@ def __getattr__(name: str) -> object:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["ExplainFailure", "Explanation", "GradCamExplainer", "MAX_ERRORS_LISTED", "ReportError", "THUMBNAIL_SIZE", "build_content", "compute_metrics", "expected_calibration_error", "explain_images", "gradcam_grid", "heatmap_mass_by_cell", "make_thumbnail", "read_results", "read_run", "render_page", "render_report", "render_report_files", "run_files_fetcher", "safe_stem", "save_png", "write_pdf", "write_report"]
+__all__ = ["ExplainFailure", "Explanation", "GradCamExplainer", "MAX_ERRORS_LISTED", "ReportError", "THUMBNAIL_SIZE", "build_content", "compute_metrics", "expected_calibration_error", "explain_images", "gradcam_grid", "make_thumbnail", "read_results", "read_run", "render_page", "render_report", "render_report_files", "run_files_fetcher", "safe_stem", "save_png", "write_pdf", "write_report"]

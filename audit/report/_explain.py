@@ -17,7 +17,6 @@ is in audit.cli._app.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,8 +105,7 @@ class GradCamExplainer:
         # Grad-CAM needs the gradient at this layer's output only. Making that output a fresh
         # leaf of the autograd graph stops backpropagation there: the layers below (most of
         # the compute at 32x32) are never differentiated, and the map still exists when the
-        # caller froze the weights. With the weights frozen during the call (explain_batch)
-        # this halved the time per image (0.16 -> 0.08 s on the busy 2-core dev machine).
+        # caller froze the weights (docs/performance.md, "Grad-CAM").
         # Prepended, so pytorch-grad-cam's own hooks on the layer see this leaf.
         self._graph_start = layer.register_forward_hook(_start_autograd_here, prepend=True)
         self._cam = GradCAM(model=model.network, target_layers=[layer])
@@ -123,28 +121,22 @@ class GradCamExplainer:
         self._graph_start.remove()
         self._cam.outputs = None
 
-    def explain_batch(self, batch_uint8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 NCHW model inputs -> (prob_ai (N,), maps (N, H, W) in [0, 1] at input size).
-
-        The probability comes from the same forward pass as the map, so it cannot disagree
-        with the picture it explains.
-        """
-        logits, maps = self.explain_batch_logits(batch_uint8)
-        return self.probabilities(logits), maps
-
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated prob_ai (N,) from the network's logits (N, classes), with the card's temperature."""
         return self.model.probabilities(torch.from_numpy(logits)).cpu().numpy().astype(np.float64)
 
     def explain_batch_logits(self, batch_uint8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """As :meth:`explain_batch`, with the raw logits (N, classes) float32 instead of prob_ai:
-        what the heatmap cache keeps (the temperature may change without the weights)."""
+        """uint8 NCHW model inputs -> (logits (N, classes) float32, maps (N, H, W) in [0, 1] at input size).
+
+        The logits come from the same forward pass as the maps, so a score cannot disagree with
+        the picture it explains; the heatmap cache keeps logits (the temperature may change
+        without the weights)."""
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         inputs = normalize(batch_uint8.to(self.device), self.model.card.preprocessing)
         targets = [ClassifierOutputTarget(AI_CLASS_INDEX)] * inputs.shape[0]
         # No weight needs a gradient: freezing them for the call spares the forward pass the
-        # autograd bookkeeping (about 40% of its time here); the graph starts at the layer.
+        # autograd bookkeeping (docs/performance.md, "Grad-CAM"); the graph starts at the layer.
         trainable = [p for p in self.model.network.parameters() if p.requires_grad]
         # A caller scoring under inference_mode must not make Grad-CAM silently empty.
         with torch.inference_mode(False), torch.enable_grad():
@@ -287,16 +279,3 @@ def gradcam_grid(model: LoadedModel) -> tuple[int, int]:
     finally:
         handle.remove()
     return shapes[0][-2], shapes[0][-1]
-
-
-def heatmap_mass_by_cell(heatmap: np.ndarray, cells: int = 4) -> np.ndarray:
-    """Share of the map's total in each cell of a cells x cells grid (sums to 1; uniform if empty).
-
-    Used to state where a map points, independent of the thumbnail size.
-    """
-    height, width = heatmap.shape
-    rows = np.array_split(np.arange(height), cells)
-    cols = np.array_split(np.arange(width), cells)
-    mass = np.array([[heatmap[np.ix_(r, c)].sum() for c in cols] for r in rows], dtype=np.float64)
-    total = mass.sum()
-    return mass / total if total > 0 and math.isfinite(total) else np.full((cells, cells), 1.0 / cells**2)

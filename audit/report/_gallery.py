@@ -26,7 +26,7 @@ from audit.report._pictures import OVERLAY_ALPHA, THUMBNAIL_SIZE, save_image
 from audit.review import cleared_under_other_model
 from audit.store import CachedPictures, ReportCache
 
-if TYPE_CHECKING:  # audit.report._explain imports torch (2.8 s): only a card with no kept pictures needs it
+if TYPE_CHECKING:  # audit.report._explain imports torch (slow): only a card with no kept pictures needs it
     from audit.report._explain import Explanation
 
 DEFAULT_MAX_GALLERY = 200

@@ -80,7 +80,7 @@ def labelled_rows(frame: pd.DataFrame) -> pd.DataFrame:
 def compute_metrics(frame: pd.DataFrame) -> LabelledMetrics | None:
     """From results.csv's own columns: true_label against the scan's verdict (and prob_ai)."""
     rows = labelled_rows(frame)
-    if rows.empty:  # before importing scikit-learn (1.2 s here): most archives have no labels
+    if rows.empty:  # before importing scikit-learn (slow to import): most archives have no labels
         return None
     from sklearn.metrics import (
         average_precision_score,

@@ -17,7 +17,7 @@ from typing import Any
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "templates"
 # Files listed per kind of change on the printed front page (summary.json and the HTML page list
-# up to 200): a 1% + 1% night on 20,000 files printed nine pages of names, 1.4 s of the PDF.
+# up to 200): a 1% + 1% night on 20,000 files would print nine pages of names.
 CHANGES_PRINTED = 50
 # Gallery cards a printed page holds (three rows of two at their usual height): the unit in which
 # the gallery's pages are laid out and kept (audit.report._pdf).

@@ -1,10 +1,9 @@
 """The report's PDF: every page after the front laid out in parts, each part kept while it stays
 the same, and drawn onto blank pages that carry tonight's headers and footers.
 
-Laying out the PDF is most of a report's time (200 gallery cards: 34 of 48 pages and 8 of 12 s
-on a 20,000-file rerun, 2 cores), and from one night to the next most of it is the same: the
-most confident flagged images change little, and the method does not change at all. So the
-print page is rendered in pieces:
+Laying out the PDF is most of a report's time (docs/performance.md, "Report"), and from one
+night to the next most of it is the same: the most confident flagged images change little, and
+the method does not change at all. So the print page is rendered in pieces:
 
 - the parts: each section after the front (charts, gallery, decided images, errors, method)
   between the print page's ``<!-- report-part -->`` markers, the gallery cut further at its

@@ -21,10 +21,10 @@ def xlsx_rows(path: Path, columns: set[str]) -> list[tuple[int, list[str]]]:
     """The sheet's rows (the header whole, then only the cells under ``columns``), streamed from
     its XML with lxml, which hands over one element per row.
 
-    openpyxl takes about 0.5 ms to read a row of results.xlsx, most of it on cells an import does
-    not need; this is what keeps an import of 20,000 decisions within seconds. A cell holding a
-    formula is read as its text (``=...``), never as a value: a note typed as a formula stays
-    what was typed.
+    openpyxl is slow to read a row of results.xlsx, most of it on cells an import does not need
+    (docs/performance.md, "Reviewer decisions"); this is what keeps an import of 20,000 decisions
+    within seconds. A cell holding a formula is read as its text (``=...``), never as a value: a
+    note typed as a formula stays what was typed.
     """
     import zipfile
 

@@ -10,8 +10,8 @@ temperature, so a cached map gives the very pictures a computed one would.
 
 The gallery's pictures are kept too, by (image sha256, model id, recipe: the layer, thumbnail
 size and input policy): the thumbnail and overlay as the report wrote them. Making them again
-meant reading, decoding, hashing and encoding every card's file each night, 3.4 s of a 20,000-file
-rerun's report for 200 cards; with them kept, a card the gallery showed before costs two file
+meant reading, decoding, hashing and encoding every card's file each night (docs/performance.md,
+"Report"); with them kept, a card the gallery showed before costs two file
 writes and the flagged files are not read at all. A card shows the bytes the scan judged (its
 sha256), which is what the kept pictures are of.
 

@@ -71,8 +71,8 @@ class RaySettings:
 
 
 def ray_installed() -> bool:
-    """Whether Ray and Ray Data's pyarrow can be imported, without importing them (seconds of
-    start-up); a submodule's find_spec would import its package, so only top-level names."""
+    """Whether Ray and Ray Data's pyarrow can be imported, without importing them (slow to
+    import); a submodule's find_spec would import its package, so only top-level names."""
     try:
         return importlib.util.find_spec("ray") is not None and importlib.util.find_spec("pyarrow") is not None
     except (ImportError, ValueError):  # a parent package that is not importable / a module set to None
