@@ -135,7 +135,10 @@ def scan(args: argparse.Namespace) -> None:
         commit = head_commit(git_dir)
         rules = [(re.compile(pattern), labeller) for pattern, labeller in source["rules"]]
         count = 0
-        for path, size in ls_tree(git_dir, commit):
+        entries = [(commit, path, size) for path, size in ls_tree(git_dir, commit)]
+        if source.get("history"):
+            entries = history_entries(git_dir, entries)
+        for commit, path, size in entries:
             if not IMAGE_EXT.search(path) or size < 8_000 or size >= 4 * 1024 * 1024:
                 continue
             for pattern, labeller in rules:
@@ -153,6 +156,29 @@ def scan(args: argparse.Namespace) -> None:
     rows.sort(key=lambda row: (row["source_repo"], row["source_path"]))
     write_tsv(data_dir / "candidates-fake.tsv", CANDIDATE_COLUMNS, rows)
     print(f"{len(rows)} FAKE candidates; {dict(skipped)}")
+
+
+def history_entries(git_dir: Path, head: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """Every version of every image path in the history (the HEAD version first): (commit, path, size), one per blob."""
+    log = subprocess.run(["git", f"--git-dir={git_dir}", "log", "--all", "--no-renames", "--diff-filter=AM", "--name-only",
+                          "--format=C %H", "-z"], capture_output=True, check=True).stdout.decode("utf-8", "surrogateescape")
+    pairs = [(commit, path) for commit, path, _size in head]
+    commit = ""
+    for token in log.replace("\n", "\0").split("\0"):
+        if token.startswith("C ") and len(token) == 42:
+            commit = token[2:]
+        elif token and IMAGE_EXT.search(token):
+            pairs.append((commit, token))
+    check = subprocess.run(["git", f"--git-dir={git_dir}", "cat-file", "--batch-check=%(objectname) %(objecttype) %(objectsize)"],
+                           input="".join(f"{c}:{p}\n" for c, p in pairs).encode("utf-8", "surrogateescape"), capture_output=True).stdout.decode()
+    seen, out = set(), []
+    for (commit, path), line in zip(pairs, check.splitlines()):
+        parts = line.split()
+        if len(parts) != 3 or parts[1] != "blob" or parts[0] in seen:
+            continue
+        seen.add(parts[0])
+        out.append((commit, path, int(parts[2])))
+    return out
 
 
 def wild_phashes(path: Path) -> list[tuple[str, imagehash.ImageHash]]:
@@ -182,100 +208,85 @@ def merge(args: argparse.Namespace) -> None:
     known_sha = {row["sha256"] for row in wild} | {row["sha256"] for row in read_tsv(Path(args.cifake_manifest))}
     held_out = {"ML72/AI-Image-Classifier-Playground", "Selvamaribose/CIFAKE-AI-Synthetic-Image-Classification", "cszn/FFDNet",
                 "kennymckormick/DrawBench-Glance", "PicoTrex/Awesome-Nano-Banana-images", "jamez-bondos/awesome-gpt4o-images"}
-    readers: dict[str, BlobReader] = {}
-    kept = []
-    for row in sorted(candidates, key=lambda r: (r["source_repo"], r["source_path"])):
-        repo = row["source_repo"]
-        if repo in held_out:
-            removed["held-out repository"] += 1
-            continue
-        if (repo, row["source_path"]) in wild_pairs:
-            removed["already in wild (same repository and path)"] += 1
-            continue
-        if repo not in readers:
-            git_dir = snapshot_git_dir(Path(args.snapshots), repo)
-            if git_dir is None:
-                removed["no snapshot"] += 1
-                continue
-            readers[repo] = BlobReader(git_dir)
-        info = cache.get(readers[repo], row["commit"], row["source_path"])
-        if info is None:
-            removed["not in the snapshot at that commit"] += 1
-            continue
-        if info.get("error"):
-            removed["unreadable image"] += 1
-            continue
-        if int(info.get("frames") or 1) > 1:
-            removed["animated"] += 1
-            continue
-        if min(int(info["orig_width"]), int(info["orig_height"])) < MIN_SHORT_SIDE:
-            removed[f"short side < {MIN_SHORT_SIDE} px"] += 1
-            continue
-        row = {**row, **info}
-        kept.append(row)
-    for reader in readers.values():
-        reader.close()
-    cache.save()
-    # exact duplicates: against wild/cifake, then within the set (first by repo, path wins)
-    seen_sha = set()
-    exact = []
-    for row in kept:
-        if row["sha256"] in known_sha or row["copy_sha256"] in known_sha:
-            removed["sha256 also in wild or cifake"] += 1
-            continue
-        if row["sha256"] in seen_sha:
-            removed["sha256 duplicate within the set"] += 1
-            continue
-        seen_sha.add(row["sha256"])
-        exact.append(row)
-    # perceptual duplicates (phash Hamming distance <= 4): against wild.zip, then within the set
-    wild_hashes = load_wild_phash(work, Path(args.wild_zip))
-    near = []
-    bands: dict[tuple[int, str], list[int]] = defaultdict(list)  # 5 bands of the 64-bit hash: two hashes within distance 4 share one
+    # wild.zip's perceptual hashes; 5 bands of the 64-bit hash: two hashes within distance 4 share one
+    bands: dict[tuple[int, str], list[int]] = defaultdict(list)
     hashes: list[int] = []
-    for value in wild_hashes:
-        index = len(hashes)
-        hashes.append(value)
+
+    def add_hash(value: int) -> None:
         for band, key in enumerate(_bands(value)):
-            bands[(band, key)].append(index)
+            bands[(band, key)].append(len(hashes))
+        hashes.append(value)
+
+    for value in load_wild_phash(work, Path(args.wild_zip)):
+        add_hash(value)
     wild_count = len(hashes)
-    for row in exact:
-        value = int(row["phash"], 16)
-        matches = {i for band, key in enumerate(_bands(value)) for i in bands.get((band, key), [])}
-        hit = [i for i in matches if bin(hashes[i] ^ value).count("1") <= 4]
-        if any(i < wild_count for i in hit):
-            removed["phash near-duplicate of a wild.zip image"] += 1
-            continue
-        if hit:
-            removed["phash near-duplicate within the set"] += 1
-            continue
-        index = len(hashes)
-        hashes.append(value)
-        for band, key in enumerate(_bands(value)):
-            bands[(band, key)].append(index)
-        near.append(row)
-    # caps: at most PER_GENERATOR a generator (per label), PER_REPO a repository; seeded draws
-    rng = random.Random(SEED)
-    by_generator = defaultdict(list)
-    for row in near:
-        by_generator[(row["label"], row["generator"])].append(row)
-    capped = []
-    for key in sorted(by_generator):
-        group = by_generator[key]
-        if len(group) > PER_GENERATOR:
-            removed[f"over {PER_GENERATOR} for one generator"] += len(group) - PER_GENERATOR
-            group = sorted(rng.sample(group, PER_GENERATOR), key=lambda r: (r["source_repo"], r["source_path"]))
-        capped.extend(group)
-    by_repo = defaultdict(list)
-    for row in capped:
-        by_repo[row["source_repo"]].append(row)
+    seen_sha: set[str] = set()
+    per_generator: Counter = Counter()
     final = []
+    by_repo = defaultdict(list)
+    for row in candidates:
+        by_repo[row["source_repo"]].append(row)
+    # Repositories in sorted order, each one's files in a seeded random order, until its cap (or
+    # its generators' caps) is reached: the caps draw a seeded sample without decoding every file.
     for repo in sorted(by_repo):
-        group = by_repo[repo]
-        if len(group) > PER_REPO:
-            removed[f"over {PER_REPO} for one repository"] += len(group) - PER_REPO
-            group = sorted(rng.sample(group, PER_REPO), key=lambda r: (r["source_repo"], r["source_path"]))
-        final.extend(group)
+        rows = sorted(by_repo[repo], key=lambda r: r["source_path"])
+        random.Random(f"{SEED}:{repo}").shuffle(rows)
+        if repo in held_out:
+            removed["held-out repository"] += len(rows)
+            continue
+        git_dir = snapshot_git_dir(Path(args.snapshots), repo)
+        if git_dir is None:
+            removed["no snapshot"] += len(rows)
+            continue
+        reader = BlobReader(git_dir)
+        repo_cap = PER_REPO if rows[0]["label"] == "FAKE" else args.real_per_repo
+        taken = 0
+        for position, row in enumerate(rows):
+            if taken >= repo_cap:
+                removed[f"over the cap for one repository ({'FAKE' if row['label'] == 'FAKE' else 'REAL'} {repo_cap})"] += len(rows) - position
+                break
+            if (repo, row["source_path"]) in wild_pairs:
+                removed["already in wild (same repository and path)"] += 1
+                continue
+            if per_generator[(row["label"], row["generator"])] >= PER_GENERATOR:
+                removed[f"over {PER_GENERATOR} for one generator"] += 1
+                continue
+            info = cache.get(reader, row["commit"], row["source_path"])
+            if info is None:
+                removed["not in the snapshot at that commit"] += 1
+                continue
+            if info.get("error"):
+                removed["unreadable image"] += 1
+                continue
+            if int(info.get("frames") or 1) > 1:
+                removed["animated"] += 1
+                continue
+            if min(int(info["orig_width"]), int(info["orig_height"])) < MIN_SHORT_SIDE:
+                removed[f"short side < {MIN_SHORT_SIDE} px"] += 1
+                continue
+            if info["sha256"] in known_sha or info["copy_sha256"] in known_sha:
+                removed["sha256 also in wild or cifake"] += 1
+                continue
+            if info["sha256"] in seen_sha:
+                removed["sha256 duplicate within the set"] += 1
+                continue
+            seen_sha.add(info["sha256"])
+            value = int(info["phash"], 16)
+            candidates_near = {i for band, key in enumerate(_bands(value)) for i in bands.get((band, key), [])}
+            hit = [i for i in candidates_near if bin(hashes[i] ^ value).count("1") <= 4]
+            if any(i < wild_count for i in hit):
+                removed["phash near-duplicate of a wild.zip image (distance <= 4)"] += 1
+                continue
+            if hit:
+                removed["phash near-duplicate within the set (distance <= 4)"] += 1
+                continue
+            add_hash(value)
+            final.append({**row, **info})
+            per_generator[(row["label"], row["generator"])] += 1
+            taken += 1
+        reader.close()
+        cache.save()
+        print(f"{repo}: {taken} kept of {len(rows)}", file=sys.stderr)
     splits = choose_split(final, args)
     for row in final:
         row["split"] = splits[row["source_repo"]]
@@ -323,6 +334,7 @@ def main() -> None:
     parser.add_argument("--wild-manifest", default="/work/shared/data/WILD-MANIFEST.tsv")
     parser.add_argument("--cifake-manifest", default="/work/shared/data/MANIFEST.tsv")
     parser.add_argument("--wild-zip", default="/work/shared/data/wild.zip")
+    parser.add_argument("--real-per-repo", type=int, default=500, help="cap for one repository of real photos")
     parser.add_argument("--val-repos", default=(HERE / "val-repos.txt").read_text().replace("\n", ",") if (HERE / "val-repos.txt").exists() else "")
     args = parser.parse_args()
     {"scan": scan, "merge": merge}[args.command](args)
