@@ -11,8 +11,8 @@ writes:
 
 The repositories come from ``git clone`` (https://github.com/OWNER/NAME, cached in
 ``OUT/.git-cache``), or, with ``--snapshots DIR``, from a folder of bare repositories laid out as
-the session tool ``fetch`` lays them out (``DIR/OWNER+NAME/repo``; ``DIR/OWNER+NAME`` and
-``DIR/OWNER/NAME[.git]`` work too).
+the session tool ``fetch`` lays them out (``DIR/OWNER+NAME/repo``, or ``DIR/OWNER+NAME/repo/.git`` for a snapshot
+with a work tree; ``DIR/OWNER+NAME`` and ``DIR/OWNER/NAME[.git]`` work too).
 
 The training copy (``training_copy``): EXIF orientation applied, alpha composited on white, RGB,
 Lanczos downscale so that the longer side is a value drawn from [192, 512] (never upscaled), JPEG
@@ -97,7 +97,7 @@ def training_copy(data: bytes, sha256: str | None = None) -> tuple[bytes, int, i
 def snapshot_git_dir(snapshots: Path, repo: str) -> Path | None:
     """The bare git dir for OWNER/NAME in a folder of snapshots, or None."""
     owner, name = repo.split("/", 1)
-    for candidate in (snapshots / f"{owner}+{name}" / "repo", snapshots / f"{owner}+{name}",
+    for candidate in (snapshots / f"{owner}+{name}" / "repo", snapshots / f"{owner}+{name}" / "repo" / ".git", snapshots / f"{owner}+{name}",
                       snapshots / owner / name, snapshots / owner / f"{name}.git"):
         if (candidate / "HEAD").is_file() and (candidate / "objects").is_dir():
             return candidate

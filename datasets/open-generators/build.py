@@ -133,7 +133,7 @@ def scan(args: argparse.Namespace) -> None:
             print(f"{repo}: no snapshot", file=sys.stderr)
             continue
         commit = head_commit(git_dir)
-        rules = [(re.compile(pattern), labeller) for pattern, labeller in source["rules"]]
+        rules = [(re.compile(pattern, re.IGNORECASE), labeller) for pattern, labeller in source["rules"]]
         count = 0
         entries = [(commit, path, size) for path, size in ls_tree(git_dir, commit)]
         if source.get("history"):
@@ -334,7 +334,7 @@ def main() -> None:
     parser.add_argument("--wild-manifest", default="/work/shared/data/WILD-MANIFEST.tsv")
     parser.add_argument("--cifake-manifest", default="/work/shared/data/MANIFEST.tsv")
     parser.add_argument("--wild-zip", default="/work/shared/data/wild.zip")
-    parser.add_argument("--real-per-repo", type=int, default=500, help="cap for one repository of real photos")
+    parser.add_argument("--real-per-repo", type=int, default=300, help="cap for one repository of real photos")
     parser.add_argument("--val-repos", default=(HERE / "val-repos.txt").read_text().replace("\n", ",") if (HERE / "val-repos.txt").exists() else "")
     args = parser.parse_args()
     {"scan": scan, "merge": merge}[args.command](args)

@@ -20,8 +20,19 @@ MODEL_NAMES: list[tuple[str, str, str, int | None]] = [
     (r"kontext", "flux.1-kontext-dev", "flux", 2025),
     (r"flux\.1-krea|krea-dev", "flux.1-krea-dev", "flux", 2025),
     (r"krea-2|krea2", "krea-2", "krea", 2026),
+    (r"flux-1\.1-pro-ultra", "flux-1.1-pro-ultra", "flux", 2024),
+    (r"nano-banana-pro", "gemini-3-pro-image", "gemini-image", 2025),
+    (r"nano-banana", "gemini-2.5-flash-image", "gemini-image", 2025),
+    (r"flux-2-pro", "flux.2-pro", "flux2", 2025),
+    (r"/flux-2\.png$", "flux.2", "flux2", 2025),
+    (r"imagen-?4", "imagen-4", "imagen", 2025),
+    (r"recraft-v3", "recraft-v3", "recraft", 2024),
+    (r"ideogram-v2", "ideogram-v2", "ideogram", 2024),
+    (r"wan-2-5", "wan2.5-t2i", "wan", 2025),
+    (r"sd-3-5-large", "sd3.5-large", "sd3", 2024),
     (r"flux\.?1?-?schnell|flux1-schnell|flux_schnell", "flux.1-schnell", "flux", 2024),
-    (r"flux\.?1?-?dev|flux1-dev|flux_dev|flux-dev", "flux.1-dev", "flux", 2024),
+    (r"flux\.?1?-?dev|flux1-dev|flux_dev|flux-dev|flux1d", "flux.1-dev", "flux", 2024),
+    (r"flux🚀", "flux.1-fast-preset", "flux", 2024),
     (r"flex\.1", "flex.1-alpha", "flux", 2025),
     (r"flex\.2", "flex.2-preview", "flux", 2025),
     (r"chroma1-radiance", "chroma1-radiance", "chroma", 2025),
@@ -46,31 +57,36 @@ MODEL_NAMES: list[tuple[str, str, str, int | None]] = [
     (r"sana", "sana-1.0", "sana", 2024),
     (r"pixart-sigma", "pixart-sigma", "pixart", 2024),
     (r"pixart", "pixart-alpha", "pixart", 2023),
-    (r"playground-v2\.5", "playground-v2.5", "playground", 2024),
+    (r"playground-v2\.5|playground_v2\.5|samples/playground", "playground-v2.5", "playground", 2024),
     (r"playground-v2", "playground-v2", "playground", 2023),
     (r"playground-v1", "playground-v1", "playground", 2023),
+    (r"kolorst|kolors🚀", "kolors-turbo", "kolors", 2024),
     (r"kolors", "kolors", "kolors", 2024),
     (r"hunyuanimage-?3|hunyuanimage3", "hunyuanimage-3.0", "hunyuan", 2025),
     (r"hunyuanimage-2\.1", "hunyuanimage-2.1", "hunyuan", 2025),
-    (r"hunyuan_dit|hunyuandit", "hunyuan-dit", "hunyuan", 2024),
+    (r"hunyuan_dit|hunyuandit|hydit", "hunyuan-dit", "hunyuan", 2024),
     (r"lumina-dimoo", "lumina-dimoo", "lumina", 2025),
     (r"lumina-image-2|lumina2", "lumina-image-2.0", "lumina", 2025),
     (r"lumina-next", "lumina-next", "lumina", 2024),
     (r"aura_?flow.?v?0\.1", "auraflow-v0.1", "auraflow", 2024),
     (r"aura_?flow.?v?0\.2", "auraflow-v0.2", "auraflow", 2024),
     (r"aura_?flow.?v?0\.3", "auraflow-v0.3", "auraflow", 2024),
+    (r"aura-flow", "auraflow", "auraflow", 2024),
     (r"stable-cascade-lite", "stable-cascade-lite", "stable-cascade", 2024),
     (r"stable.cascade", "stable-cascade", "stable-cascade", 2024),
     (r"3_5-large-turbo|3\.5-large-turbo", "sd3.5-large-turbo", "sd3", 2024),
     (r"3_5-medium|3\.5-medium", "sd3.5-medium", "sd3", 2024),
     (r"3_5-large|3\.5_large|sd3\.5", "sd3.5-large", "sd3", 2024),
-    (r"stable-diffusion-3|sd3_|sd3/|sycl_sd3", "sd3-medium", "sd3", 2024),
+    (r"sd3x", "sd3.5-large", "sd3", 2024),
+    (r"stable-diffusion-3|sd3_|sd3/|sycl_sd3|sd3m", "sd3-medium", "sd3", 2024),
     (r"sdxl-turbo|sdxlturbo", "sdxl-turbo", "sdxl", 2023),
     (r"juggernautxl", "sdxl-juggernaut-xl", "sdxl", 2024),
     (r"juggernaut_reborn", "sd1.5-juggernaut-reborn", "sd1", 2023),
     (r"noobai", "sdxl-noobai-xl", "sdxl", 2024),
     (r"pony-v7", "pony-v7", "auraflow", 2025),
     (r"ponyrealism", "sdxl-pony-realism", "sdxl", 2024),
+    (r"samples/pony", "sdxl-pony-diffusion", "sdxl", 2024),
+    (r"animapencil", "sdxl-animapencil", "sdxl", 2024),
     (r"ssd-1b", "segmind-ssd-1b", "sdxl", 2023),
     (r"segmind-vega", "segmind-vega", "sdxl", 2023),
     (r"sdxl-flash", "sdxl-flash", "sdxl", 2024),
@@ -87,7 +103,7 @@ MODEL_NAMES: list[tuple[str, str, str, int | None]] = [
     (r"omnigen", "omnigen", "omnigen", 2024),
     (r"gemini-3\.1-flash-lite", "gemini-3.1-flash-lite-image", "gemini-image", 2026),
     (r"gemini-3\.1-flash", "gemini-3.1-flash-image", "gemini-image", 2026),
-    (r"gemini-3-pro", "gemini-3-pro-image", "gemini-image", 2025),
+    (r"gemini-3-pro|good-gemini", "gemini-3-pro-image", "gemini-image", 2025),
     (r"gemini-2\.5-flash", "gemini-2.5-flash-image", "gemini-image", 2025),
     (r"z-image|z_image|zimage", "z-image-turbo", "z-image", 2025),
     (r"wan2\.2|wan22", "wan2.2-t2i", "wan", 2025),
@@ -141,6 +157,45 @@ def by_name(path: str):
     return classify(path)
 
 
+def _horde_baselines() -> dict[str, str]:
+    """AI Horde showcase folder -> its model's baseline, from stable_diffusion.json in the snapshot."""
+    import json
+    import subprocess
+    try:
+        text = subprocess.run(["git", "--git-dir=/work/.mirror/Haidra-Org+AI-Horde-image-model-reference/repo", "show",
+                               "HEAD:stable_diffusion.json"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    out = {}
+    for model in json.loads(text).values():
+        for url in model.get("showcases") or []:
+            match = re.search(r"/showcase/([^/]+)/", url)
+            if match:
+                out[match.group(1)] = model.get("baseline") or ""
+    return out
+
+
+_HORDE: dict[str, str] | None = None
+
+
+def horde(path: str):
+    global _HORDE
+    if _HORDE is None:
+        _HORDE = _horde_baselines()
+    folder = path.split("/")[1]
+    baseline = _HORDE.get(folder, "stable diffusion 1")
+    name = re.sub(r"[^a-z0-9.]+", "-", folder.lower()).strip("-")
+    if "xl" in baseline:
+        return f"sdxl-ft-{name}", "sdxl", 2023
+    if baseline.endswith("2"):
+        return f"sd2-ft-{name}", "sd2", 2022
+    if "cascade" in baseline:
+        return "stable-cascade", "stable-cascade", 2024
+    if "flux" in baseline:
+        return f"flux.1-{name}", "flux", 2024
+    return f"sd1.5-ft-{name}", "sd1", 2022
+
+
 # Each source: repo, licence (SPDX or stated terms), use, rules [(path regex, labeller)], note.
 # labeller(path) -> (generator, family, year) or None (left out).
 SOURCES: list[dict] = [
@@ -182,7 +237,6 @@ SOURCES: list[dict] = [
          rules=[(r"^ipadapter/asset/output/.+\.(png|jpg)$", fixed("hunyuan-dit-ip-adapter", "hunyuan", 2024)),
                 (r"^controlnet/asset/output/.+\.jpg$", fixed("hunyuan-dit-controlnet", "hunyuan", 2024)),
                 (r"^lora/asset/porcelain/inference/.+\.(png|jpg)$", fixed("hunyuan-dit-lora", "hunyuan", 2024)),
-                (r"^kohya_ss-hydit/img/.*(output|sample|result|demo).*\.(png|jpg)$", fixed("hunyuan-dit", "hunyuan", 2024)),
                 (r"^app/default\.png$", fixed("hunyuan-dit", "hunyuan", 2024)),
                 (r"^comfyui/hunyuan_dit_1\.2_example\.png$", fixed("hunyuan-dit", "hunyuan", 2024))],
          note="HunyuanDiT repository output; folder names say output/inference"),
@@ -233,24 +287,12 @@ SOURCES: list[dict] = [
     dict(repo="apple/ml-stable-diffusion", licence="MIT", use="train",
          rules=[(r"^assets/a_high_quality_photo_of_an_astronaut_riding_a_(horse|dragon)_in_space/.+\.png$", fixed("sd-coreml", "sd1", 2022))],
          note="Core ML Stable Diffusion sample (per model version)"),
-    dict(repo="tencent-ailab/IP-Adapter", licence="Apache-2.0", use="train",
-         rules=[(r"^assets/demo/.+\.(png|jpg)$", fixed("ip-adapter-sd", "sd1", 2023))], note="IP-Adapter demo (README)"),
     dict(repo="Yuanshi9815/OminiControl", licence="Apache-2.0", use="train",
          rules=[(r"^assets/(demo|ominicontrol_art)/.+\.(png|jpg|webp)$", fixed("ominicontrol-flux", "flux", 2024))], note="OminiControl (FLUX.1) demo output"),
     dict(repo="bytedance/UNO", licence="Apache-2.0", use="train",
          rules=[(r"^assets/.+\.(png|jpg|webp)$", fixed("uno-flux", "flux", 2025))], note="UNO (FLUX.1-based) README sample"),
-    dict(repo="lllyasviel/ControlNet", licence="Apache-2.0", use="train",
-         rules=[(r"^github_page/p\d+\.png$", fixed("controlnet-sd1.5", "sd1", 2023))], note="ControlNet results page (panels)"),
-    dict(repo="lllyasviel/ControlNet-v1-1-nightly", licence="none stated", use="eval-only",
-         rules=[(r"^github_docs/imgs/.+\.(png|jpg)$", fixed("controlnet-1.1-sd1.5", "sd1", 2023))], note="ControlNet 1.1 docs image (panels)"),
-    dict(repo="AUTOMATIC1111/stable-diffusion-webui-feature-showcase", licence="none stated", use="eval-only",
-         rules=[(r"^images/.+\.(png|jpg)$", fixed("sd1.x-webui", "sd1", 2022))], note="A1111 feature showcase image (some panels)"),
-    dict(repo="luosiallen/latent-consistency-model", licence="MIT", use="train",
-         rules=[(r"^[^/]+\.(png|jpg)$", fixed("lcm-dreamshaper-v7", "sd1", 2023))], note="LCM README sample"),
-    dict(repo="ali-vilab/In-Context-LoRA", licence="none stated", use="eval-only",
-         rules=[(r"^static/.+\.(png|jpg|webp)$", fixed("in-context-lora-flux", "flux", 2024))], note="In-Context LoRA (FLUX.1) sample"),
     dict(repo="Alpha-VLLM/Lumina-T2X", licence="MIT", use="train",
-         rules=[(r"^assets/images/(demo_image\.png|resolution_extrapolation_2\.jpg)$", fixed("lumina-t2i", "lumina", 2024))], note="Lumina-T2X README sample"),
+         rules=[(r"^assets/images/demo_image\.png$", fixed("lumina-t2i", "lumina", 2024))], note="Lumina-T2X README sample"),
     dict(repo="Alpha-VLLM/Lumina-mGPT", licence="none stated", use="eval-only",
          rules=[(r"^assets/demos\.png$", fixed("lumina-mgpt", "lumina", 2024))], note="Lumina-mGPT demo collage"),
     dict(repo="mit-han-lab/hart", licence="MIT", use="train",
@@ -260,22 +302,100 @@ SOURCES: list[dict] = [
     dict(repo="Stability-AI/generative-models", licence="MIT", use="train",
          rules=[(r"^assets/(000\.jpg|turbo_tile\.png)$", fixed("sdxl-1.0", "sdxl", 2023))], note="generative-models README sample (SDXL / SDXL-Turbo)"),
     dict(repo="PixArt-alpha/PixArt-alpha", licence="Apache-2.0", use="train",
-         rules=[(r"^asset/images/(sample\.png|controlnet/0_\d\.png)$", fixed("pixart-alpha", "pixart", 2023))], note="PixArt-alpha README sample"),
+         rules=[(r"^asset/images/sample\.png$", fixed("pixart-alpha", "pixart", 2023))], note="PixArt-alpha README sample"),
     dict(repo="PixArt-alpha/PixArt-sigma", licence="Apache-2.0", use="train",
          rules=[(r"^asset/imgs/(dmd|lora_512)\.png$", fixed("pixart-sigma", "pixart", 2024))], note="PixArt-sigma README sample"),
-    dict(repo="HVision-NKU/StoryDiffusion", licence="Apache-2.0", use="train",
-         rules=[(r"^images/.+\.(png|jpg)$", fixed("storydiffusion-sdxl", "sdxl", 2024))], note="StoryDiffusion sample"),
     dict(repo="invoke-ai/InvokeAI", history=True, licence="Apache-2.0", use="train",
          rules=[(r"^docs/assets/preflight-checks/outputs/.+\.png$", fixed("sd1.5-invokeai", "sd1", 2022)),
                 (r"^docs-old/assets/(prompt_syntax|img2img|variation_walkthru|prompt-blending|concepts|negative_prompt_walkthru|stable-samples/(txt2img|img2img))/(?!.*steps).+\.png$", fixed("sd1.x-invokeai", "sd1", 2022)),
                 (r"^docs/assets/(prompt-blending|cross-attention_control)/.+\.png$", fixed("sd1.x-invokeai", "sd1", 2022)),
                 (r"style_preset_images/.+\.png$", fixed("sdxl-invokeai-style-preset", "sdxl", 2024))],
          note="InvokeAI docs example output (history included); SD 1.x era docs, style-preset previews"),
-    dict(repo="Mikubill/sd-webui-controlnet", history=True, licence="GPL-3.0", use="train",
-         rules=[(r"^samples/.+\.(png|jpg)$", fixed("controlnet-sd1.5-webui", "sd1", 2023))], note="sd-webui-controlnet sample output"),
     dict(repo="lllyasviel/IC-Light", licence="Apache-2.0", use="train",
          rules=[(r"^imgs/(?!bgs/)(?!alter/).*\.(png|jpg|webp)$", fixed("ic-light-sd1.5", "sd1", 2024)), (r"^imgs/alter/.+\.(png|jpg|webp)$", fixed("ic-light-sd1.5", "sd1", 2024))],
          note="IC-Light relighting result (README)"),
     dict(repo="Schneegans/ai-wallpapers", history=True, licence="CC-BY-4.0", use="train",
          rules=[(r"\.(jpg|png)$", fixed("midjourney-2023", "midjourney", 2023))], note="README: all wallpapers generated with Midjourney and upscaled"),
+    dict(repo="kandinskylab/kandinsky-5", licence="MIT", use="train",
+         rules=[(r"^assets/generation_examples/images/\d+\.jpg$", fixed("kandinsky-5.0-image", "kandinsky", 2025)), (r"^assets/cat_in_hat\.png$", fixed("kandinsky-5.0-image", "kandinsky", 2025))],
+         note="Kandinsky 5 README generation example"),
+    dict(repo="HiDream-ai/HiDream-E1", licence="MIT", use="train",
+         rules=[(r"^assets/demo\.jpg$", fixed("hidream-e1", "hidream", 2025))], note="HiDream-E1 README demo (a collage)"),
+    dict(repo="FoundationVision/Liquid", licence="MIT", use="train",
+         rules=[(r"^assets/samples_multiratio\.jpg$", fixed("liquid", "liquid", 2024)), (r"^evaluation/samples/t2i/sample_\d+\.jpg$", fixed("liquid", "liquid", 2024))],
+         note="Liquid sample output"),
+    dict(repo="willisma/SiT", licence="MIT", use="train",
+         rules=[(r"^visuals/visual(_2)?\.png$", fixed("sit-xl", "dit", 2024))], note="SiT sample grid (ImageNet classes)"),
+    dict(repo="hustvl/LightningDiT", licence="MIT", use="train",
+         rules=[(r"^images/demo_samples(_64ep)?\.png$", fixed("lightningdit", "dit", 2025))], note="LightningDiT sample grid (ImageNet classes)"),
+    dict(repo="tyxsspa/AnyText", licence="Apache-2.0", use="train",
+         rules=[(r"^docs/(gallery\.png|sample\.jpg|demo\.jpg)$", fixed("anytext", "sd1", 2023))], note="AnyText gallery (a collage)"),
+    dict(repo="AIDC-AI/Ovis-U1", licence="Apache-2.0", use="train",
+         rules=[(r"^docs/imgs/(cat|yak)\.png$", fixed("ovis-u1", "ovis-image", 2025))], note="Ovis-U1 README generation example"),
+    dict(repo="bytedance/USO", licence="Apache-2.0", use="train",
+         rules=[(r"^assets/gradio_examples/.+_result\.(png|webp)$", fixed("uso-flux", "flux", 2025))], note="USO (FLUX.1-based) result example"),
+    dict(repo="baaivision/Emu3.5", licence="Apache-2.0", use="train",
+         rules=[(r"^assets/co\.png$", fixed("emu3.5", "emu", 2025))], note="Emu3.5 README showcase (a collage)"),
+    dict(repo="Alpha-VLLM/Lumina-DiMOO", licence="Apache-2.0", use="train",
+         rules=[(r"^assets/demo_t2i\.png$", fixed("lumina-dimoo", "lumina", 2025))], note="Lumina-DiMOO text-to-image demo (a collage)"),
+    dict(repo="baaivision/Emu3", licence="Apache-2.0", use="train",
+         rules=[(r"^assets/demo\.png$", fixed("emu3", "emu", 2024))], note="Emu3 README demo"),
+    dict(repo="deepseek-ai/Janus", licence="MIT", use="train",
+         rules=[(r"^images/(teaser_januspro|teaser_janusflow)\.png$", fixed("janus-pro", "janus", 2025))], note="Janus-Pro / JanusFlow README teaser (generation samples)"),
+    dict(repo="DavidDragonsage/FooocusPlus", history=True, licence="GPL-3.0", use="train",
+         rules=[(r"^masters/master_styles/samples/.+\.(jpg|png|webp)$", fixed("sdxl-fooocus-style-preview", "sdxl", 2024)),
+                (r"^presets/samples/(flux1d|flux🚀|playground|playground_v2\.5|pony|sd3x|sd3m|hydit|kolors|kolorst|kolors🚀|animapencil)\.jpg$", by_name),
+                (r"^presets/samples/(default|realistic|realisticphoto|anime|tile)\.jpg$", fixed("sdxl-fooocusplus-preset", "sdxl", 2024)),
+                (r"^(masters/master_welcome_images|enhanced/attached)/[^/]+\.(jpg|png)$", fixed("sdxl-fooocusplus-welcome", "sdxl", 2024)),
+                (r"^masters/master_welcome_images/[^/]+/.+\.(jpg|png)$", fixed("sdxl-fooocusplus-welcome", "sdxl", 2024))],
+         note="FooocusPlus style/preset/welcome image (history included); preset previews named by model"),
+    dict(repo="shaitanzx/Fooocus_extend", history=True, licence="GPL-3.0", use="train",
+         rules=[(r"^sdxl_styles/samples/.+\.(jpg|png|webp)$", fixed("sdxl-fooocus-style-preview", "sdxl", 2023))],
+         note="Fooocus SDXL style preview (fork of Fooocus; duplicates of wild's removed by phash)"),
+    dict(repo="Haidra-Org/AI-Horde-image-model-reference", history=True, licence="AGPL-3.0", use="train",
+         rules=[(r"^showcase/[^/]+/(?!.*grid).+\.(webp|png|jpg)$", horde)],
+         note="AI Horde model showcase image; the folder is the model, its baseline from stable_diffusion.json"),
+    dict(repo="EnragedAntelope/Artists-SD35L", licence="MIT", use="train",
+         rules=[(r"^gallery-assets/.+\.(png|jpg|webp)$", fixed("sd3.5-large", "sd3", 2024))],
+         note="README: all images generated with Stable Diffusion 3.5 Large (artist study); files already in wild left out"),
+    dict(repo="kuprel/min-dalle", history=True, licence="MIT", use="train",
+         rules=[(r"^examples/.+\.(png|jpg)$", fixed("dall-e-mega-min-dalle", "dalle-mini", 2022))],
+         note="min-dalle (DALL-E Mega) README example output (history included)"),
+    dict(repo="eudoxia0/eudoxia0.github.io", licence="none stated", use="eval-only",
+         rules=[(r"^assets/content/dall-e-explorations/.+\.(jpg|png|webp)$", fixed("dall-e-2", "dall-e", 2022))],
+         note="blog post 'DALL-E Explorations' (images added 2023-03-05, before DALL-E 3: DALL-E 2); prompts in _data/dalle.json"),
+    dict(repo="jcraigk/blog", history=True, licence="none stated", use="eval-only",
+         rules=[(r"^assets/images/posts/(2023-08-18|2023-09-14)/midjourney-\d+\.(jpg|png)$", fixed("midjourney-v5.2", "midjourney", 2023)),
+                (r"^assets/images/posts/(2023-08-18|2023-09-14)-header\.(jpg|png)$", fixed("midjourney-v5.2", "midjourney", 2023))],
+         note="blog posts 'Midjourneying #0/#1' (Aug/Sep 2023, Midjourney default then v5.2)"),
+    dict(repo="frederikstroem/stable-diffusion", history=True, licence="none stated", use="eval-only",
+         rules=[(r"^assets/img/.+\.(png|jpg|webp)$", fixed("sd2.x", "sd2", 2022))],
+         note="README: results of Stable Diffusion 2, all images in assets/img"),
+    dict(repo="EvoLinkAI/awesome-gpt-image-2-prompts", history=True, licence="CC-BY-4.0", use="train",
+         rules=[(r"^images/[^/]+/output\d*\.(jpg|png)$", fixed("gpt-image-2", "gpt-image", 2026))],
+         note="README: GPT-Image-2 prompt cases (curated from X/Twitter and demos); only the case output files"),
+    dict(repo="EvoLinkAI/awesome-ideogram-4.0-prompts", history=True, licence="CC-BY-4.0", use="train",
+         rules=[(r"^images/(?!comparison)[^/]+/output\d*\.(jpg|png)$", fixed("ideogram-4.0", "ideogram", 2026))],
+         note="README: Ideogram 4.0 prompt cases; output files only, side-by-side comparison cases left out"),
+    dict(repo="EvoLinkAI/gpt-image-2-for-e-commerce", history=True, licence="CC-BY-4.0", use="train",
+         rules=[(r"^e-commerce/.+/output[^/]*\.(png|jpg|webp)$", fixed("gpt-image-2", "gpt-image", 2026))],
+         note="README: GPT-Image-2 e-commerce cases; output files only (the input product photos left out)"),
+    dict(repo="ecomimagelab/ecommerce-gpt-image-prompts", history=True, licence="CC-BY-4.0", use="train",
+         rules=[(r"^assets/prompts/[^/]+/preview-\d+\.(png|jpg|webp)$", fixed("gpt-image-2", "gpt-image", 2026))],
+         note="README: GPT Image 2 e-commerce prompt library; preview images (contact sheets left out)"),
+    dict(repo="velokey-ai/awesome-seedream-5.0-pro-prompts", licence="CC-BY-4.0 (README)", use="train",
+         rules=[(r"^images/\d+-\d+\.(jpg|png|webp)$", fixed("seedream-5.0-pro", "seedream", 2026))],
+         note="README: community prompts for ByteDance Seedream 5.0 Pro with their images"),
+    dict(repo="Evolink-AI/awesome-seedream-5-pro-guide-and-prompt", licence="CC-BY-4.0", use="train",
+         rules=[(r"^assets/media/0(17|19|2\d)-[^/]+\.png$", fixed("seedream-5.0-pro", "seedream", 2026))],
+         note="Seedream 5 Pro guide: generated examples (edit inputs and 'before' images left out)"),
+    dict(repo="Pixmind-io/awesome-midjourney-v7-example-prompts", licence="CC0-1.0", use="train",
+         rules=[(r"^docs/x-twitter-images/.+\.(jpg|png|webp)$", fixed("midjourney-v7", "midjourney", 2025))],
+         note="README: Midjourney V7 prompt examples with generated images (from X/Twitter posts)"),
+    dict(repo="preangelleo/illustration-style-samples", licence="none stated", use="eval-only",
+         rules=[(r"^output/[^/]+/(qwen-image|nano-banana|flux-dev|flux-1\.1-pro-ultra)/.+\.(jpg|png|webp)$", by_name)],
+         note="README: 4 models x 17 illustration styles, same prompt; the folder names the model"),
+    dict(repo="danielrosehill/Hebrew-Image-Generation-Eval", licence="none stated", use="eval-only",
+         rules=[(r"^(outputs|outputs-series2)/[^/]+/[^/]+\.png$", by_name)],
+         note="Hebrew text-rendering eval via fal.ai (models.md); the file name is the model"),
 ]
