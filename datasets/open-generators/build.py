@@ -42,6 +42,10 @@ IMAGE_EXT = re.compile(r"\.(png|jpe?g|webp|bmp|tiff?)$", re.I)
 MIN_SHORT_SIDE = 128
 PER_GENERATOR, PER_REPO = 1500, 2000
 SEED = 20261207
+# Repositories left out after looking at their images, with the reason (recorded in removed.tsv).
+EXCLUDED = {
+    "google/libultrahdr": "REAL candidates that are emulator test images, not photographs",
+}
 
 
 def read_tsv(path: Path) -> list[dict[str, str]]:
@@ -233,6 +237,9 @@ def merge(args: argparse.Namespace) -> None:
         random.Random(f"{SEED}:{repo}").shuffle(rows)
         if repo in held_out:
             removed["held-out repository"] += len(rows)
+            continue
+        if repo in EXCLUDED:
+            removed[f"{repo}: {EXCLUDED[repo]}"] += len(rows)
             continue
         git_dir = snapshot_git_dir(Path(args.snapshots), repo)
         if git_dir is None:

@@ -398,4 +398,10 @@ SOURCES: list[dict] = [
     dict(repo="danielrosehill/Hebrew-Image-Generation-Eval", licence="none stated", use="eval-only",
          rules=[(r"^(outputs|outputs-series2)/[^/]+/[^/]+\.png$", by_name)],
          note="Hebrew text-rendering eval via fal.ai (models.md); the file name is the model"),
+    dict(repo="sofvanh/fan-gogh", licence="README: art free to use, credit appreciated", use="train",
+         rules=[(r"^src/assets/paintings/.+\.(jpg|png|webp)$", fixed("midjourney-v3", "midjourney", 2022))],
+         note="README: all paintings created with Midjourney (August 2022, when v3 was the default)"),
+    dict(repo="dagny099/dagny099.github.io", licence="none stated for the images (site LICENSE covers the template)", use="eval-only",
+         rules=[(r"^assets/images/midjourney/.+\.(jpg|png|webp)$", fixed("midjourney-v6.1", "midjourney", 2024))],
+         note="site gallery page: 'AI-generated artwork created with Midjourney' (images added Feb 2025, when v6.1 was the default)"),
 ]
