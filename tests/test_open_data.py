@@ -49,9 +49,10 @@ def _image(kind: str, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture()
-def source(tmp_path: Path) -> dict:
-    """A repository owner/name with three images; the manifest points at its first commit."""
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A repository owner/name with three images; the manifest points at its first commit (made once a module)."""
+    tmp_path = tmp_path_factory.mktemp("source")
     work = tmp_path / "remote" / "owner" / "name"
     work.mkdir(parents=True)
     _git("init", "-q", "-b", "main", cwd=work)
