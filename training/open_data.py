@@ -213,7 +213,12 @@ def rebuild(args: argparse.Namespace) -> int:
                     _write(_inside(originals_dir, f"{repo}/{row['source_path']}"), data)
                     counts["originals"] += 1
                 if not args.originals_only:
-                    copy, _w, _h, _q = training_copy(data, row["sha256"])
+                    try:
+                        copy, _w, _h, _q = training_copy(data, row["sha256"])
+                    except Exception as exc:  # an image Pillow cannot decode here: reported, never fatal
+                        counts["copy_failed"] += 1
+                        problems.append(f"training copy failed ({type(exc).__name__}: {exc}): {where}")
+                        continue
                     _write(_inside(copy_dir, row["file"]), copy)
                     counts["copies"] += 1
                     if row.get("copy_sha256") and hashlib.sha256(copy).hexdigest() != row["copy_sha256"]:
@@ -230,8 +235,8 @@ def rebuild(args: argparse.Namespace) -> int:
     print(f"{len(rows)} rows from {len(by_repo)} repositories: {counts['ok']} verified, "
           f"{counts['originals']} originals and {counts['copies']} training copies written, "
           f"{counts['missing']} missing, {counts['mismatch']} sha256 mismatches, "
-          f"{counts['copy_mismatch']} copy mismatches; {seconds:.1f} s")
-    return 1 if counts["missing"] or counts["mismatch"] or counts["copy_mismatch"] else 0
+          f"{counts['copy_mismatch']} copy mismatches, {counts['copy_failed']} copies failed; {seconds:.1f} s")
+    return 1 if counts["missing"] or counts["mismatch"] or counts["copy_mismatch"] or counts["copy_failed"] else 0
 
 
 def main(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ MANIFEST_COLUMNS = ["split", "label", "generator", "family", "year", "use", "fil
                     "jpeg_quality", "licence", "note"]
 IMAGE_EXT = re.compile(r"\.(png|jpe?g|webp|bmp|tiff?)$", re.I)
 MIN_SHORT_SIDE = 128
+MAX_PIXELS = 50_000_000
 PER_GENERATOR, PER_REPO = 1500, 2000
 SEED = 20261207
 # Repositories left out after looking at their images, with the reason (recorded in removed.tsv).
@@ -267,6 +268,9 @@ def merge(args: argparse.Namespace) -> None:
                 continue
             if int(info.get("frames") or 1) > 1:
                 removed["animated"] += 1
+                continue
+            if int(info["orig_width"]) * int(info["orig_height"]) > MAX_PIXELS:
+                removed[f"over {MAX_PIXELS // 1_000_000} megapixels (a giant collage)"] += 1
                 continue
             if min(int(info["orig_width"]), int(info["orig_height"])) < MIN_SHORT_SIDE:
                 removed[f"short side < {MIN_SHORT_SIDE} px"] += 1
