@@ -48,7 +48,7 @@ def link(args: argparse.Namespace) -> None:
 
 def table(args: argparse.Namespace) -> None:
     rows = {Path(r["file"]).name: r for r in read_tsv(Path(args.manifest)) if r["split"] == "val"}
-    with open(Path(args.scan) / "results.csv", newline="", encoding="utf-8") as handle:
+    with open(Path(args.scan) / "results.csv", newline="", encoding="utf-8-sig") as handle:  # the CSV starts with a BOM
         results = [r for r in csv.DictReader(handle) if r["status"] == "ok"]
     names, probs, labels, flagged = [], [], [], []
     for result in results:
@@ -70,7 +70,7 @@ def table(args: argparse.Namespace) -> None:
         groups = defaultdict(list)
         for index, k in enumerate(keys):
             groups[k].append(index)
-        out.extend([f"#### {title}", "", "| " + title.split(" ")[-1] + " | images | AI | real | ROC AUC | AI caught | real flagged |",
+        out.extend([f"#### {title}", "", "| set | images | AI | real | ROC AUC | AI caught | real flagged |",
                     "|---|---:|---:|---:|---:|---:|---:|"])
         aucs = []
         for k in sorted(groups):
@@ -94,7 +94,7 @@ def table(args: argparse.Namespace) -> None:
             groups[key(r)].append(index)
         out.extend([f"#### {title}", "", "(AI groups: ROC AUC against all val real photos; real groups: against all val AI images)", "",
                     "| key | label | images | ROC AUC | AI caught / real flagged |", "|---|---|---:|---:|---:|"])
-        macro = []
+        macro, macro10 = [], []
         for k in sorted(groups):
             idx = np.array(groups[k])
             label = "FAKE" if labels_a[idx[0]] == 1 else "REAL"
@@ -105,9 +105,12 @@ def table(args: argparse.Namespace) -> None:
             out.append(f"| {k} | {label} | {len(idx)} | {'' if auc is None else f'{auc:.3f}'} | {rate:.1%} |")
             if label == "FAKE" and auc is not None:
                 macro.append(auc)
+                if len(idx) >= 10:
+                    macro10.append(auc)
         out.append("")
         if title.startswith("Per family"):
-            out.append(f"**Macro mean ROC AUC over the {len(macro)} AI families: {np.mean(macro):.3f}**")
+            out.append(f"**Macro mean ROC AUC over the {len(macro)} AI families: {np.mean(macro):.3f}** "
+                       f"(over the {len(macro10)} families with 10 or more images: {np.mean(macro10):.3f})")
             out.append("")
 
     against_reals("Per family", lambda r: r["family"] if r["label"] == "FAKE" else f"photo: {r['generator']}")
