@@ -1,4 +1,4 @@
-"""``python -m training fit|evaluate ...``"""
+"""``python -m training fit|evaluate|export|resize-set|data ...``"""
 
 from __future__ import annotations
 
