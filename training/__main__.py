@@ -1,4 +1,4 @@
-"""``python -m training fit|evaluate ...``"""
+"""``python -m training fit|evaluate|export|resize-set|data ...``"""
 
 from __future__ import annotations
 
@@ -10,20 +10,21 @@ from audit.errors import UsageError
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"fit": "training.train", "evaluate": "training.evaluate", "export": "training.export",
-                "resize-set": "training.resize_set", "route": "training.route"}
+                "resize-set": "training.resize_set", "route": "training.route", "data": "training.open_data"}
     if not argv or argv[0] not in commands:
-        print("usage: python -m training {fit,evaluate,export,resize-set,route} [options]  (add --help after a command)", file=sys.stderr)
+        print("usage: python -m training {fit,evaluate,export,resize-set,route,data} [options]  (add --help after a command)",
+              file=sys.stderr)
         return 2
     import importlib
 
     module = importlib.import_module(commands[argv[0]])
     args = module.get_args_parser().parse_args(argv[1:])
     try:
-        module.main(args)
+        outcome = module.main(args)
     except UsageError as exc:  # a bad model, data set, option or device: the user's to fix
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    return 0
+    return outcome if type(outcome) is int else 0  # `data rebuild` says whether every file was found and matched
 
 
 if __name__ == "__main__":
