@@ -1,9 +1,5 @@
-"""The record stage: result rows -> results.csv, results.xlsx and summary.json.
-
-The row schema is defined once, by :class:`ResultRow`; :data:`RESULT_COLUMNS` is derived from it.
-New columns (the evidence stage's ``evidence``, ``evidence_source`` and ``verdict_reason``) are
-appended as new fields with defaults at the end, so existing readers that go by column name keep
-working. Every text cell, evidence included, goes through :func:`neutralise`.
+"""The record stage's files: result rows -> results.csv and results.xlsx, then every output
+renamed into place together.
 
 Everything is written to ``NAME.tmp`` beside the final name and renamed when complete, so a
 killed run leaves either a complete file or none under the final name.

@@ -4,6 +4,7 @@ and ``report.html`` / ``report.pdf``, re-renderable without rescoring.
 
 from __future__ import annotations
 
+from audit import lazy_exports
 from audit.report._metrics import compute_metrics, expected_calibration_error
 from audit.report._page import render_page
 
@@ -30,12 +31,6 @@ _LAZY = {
     "write_report": "audit.report._render",
 }
 
-
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = ["ExplainFailure", "Explanation", "GradCamExplainer", "MAX_ERRORS_LISTED", "ReportError", "THUMBNAIL_SIZE", "build_content", "compute_metrics", "expected_calibration_error", "explain_images", "gradcam_grid", "make_thumbnail", "read_results", "read_run", "render_page", "render_report", "render_report_files", "run_files_fetcher", "safe_stem", "save_png", "write_pdf", "write_report"]

@@ -4,6 +4,7 @@ results.xlsx / results.csv or the report's export.
 
 from __future__ import annotations
 
+from audit import lazy_exports
 from audit.review._decisions import (
     LIST_HEADER,
     MAX_NOTE_CHARS,
@@ -21,12 +22,6 @@ _LAZY = {
     "import_decisions": "audit.review._import",
 }
 
-
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = ["LIST_HEADER", "MAX_NOTE_CHARS", "ReviewTally", "cleared_under_other_model", "current_decisions", "decision_history", "describe_decision", "import_decisions", "review_state", "set_decision"]

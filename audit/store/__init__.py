@@ -4,6 +4,7 @@ the lock that keeps one run at a time, where it lives, and the report's caches.
 
 from __future__ import annotations
 
+from audit import lazy_exports
 from audit.store._decisions import (
     append_decisions,
     current_decision_rows,
@@ -37,12 +38,6 @@ _LAZY = {
     "ReportCache": "audit.store._report_cache",
 }
 
-
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = ["append_decisions", "current_decision_rows", "decision_history_rows", "first_recorded_from", "latest_result", "paths_by_sha256", "review_cell_rows", "reviewed_sha256s_starting", "stored_results", "CachedMap", "CachedPictures", "Changes", "FileUpdate", "LEGACY_STORE_FILE_NAME", "ReportCache", "RunCounts", "RunStore", "SCHEMA_VERSION", "StoreError", "StoreLock", "StoreLocked", "StoredScore", "default_store_path", "find_store", "open_existing_store", "open_locked", "utc_text"]

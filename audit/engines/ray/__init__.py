@@ -4,6 +4,8 @@ the head watchdog that turns a lost cluster into :class:`audit.errors.EngineLost
 
 from __future__ import annotations
 
+from audit import lazy_exports
+
 # Imported when first asked for: these pull in torch, pandas or OpenCV.
 _LAZY = {
     "RayUnavailable": "audit.engines.ray._cluster",
@@ -13,12 +15,6 @@ _LAZY = {
     "engine_settings": "audit.engines.ray._engine",
 }
 
-
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = ["RayEngine", "RaySettings", "RayUnavailable", "check_settings", "engine_settings"]
