@@ -1,4 +1,4 @@
-"""The score stage: file records -> (load result, calibrated probability of "AI-generated").
+"""The score stage: file records -> (load result, calibrated probability of "AI-generated", novelty).
 
 Images are decoded in DataLoader worker processes and batched; the collate keeps failed items
 as data (their rows still have to be written), and only the images that decoded go to the model.
@@ -33,6 +33,7 @@ from audit.model import (
     LoadedModel,
     combine_views,
     default_workers,
+    features_and_logits,
     flatten_views,
     normalize,
 )
@@ -75,6 +76,7 @@ class Batch:
     images: torch.Tensor  # uint8 N_ok x C x H x W (a crops policy: all items' views, concatenated)
     ok_positions: list[int]
     view_counts: list[int] | None = None  # a crops policy: each item's number of views, in order
+    degraded: int = 0  # images after the decoded items': their degraded copies, in the same order
 
     def pin_memory(self) -> "Batch":
         # Called by the DataLoader's pin-memory thread when pin_memory=True (CUDA).
@@ -87,13 +89,15 @@ def collate_results(items: list[LoadResult]) -> Batch:
 
     ok_positions = [i for i, item in enumerate(items) if item.tensor is not None]
     tensors = [items[i].tensor for i in ok_positions]
+    degraded = [items[i].degraded_tensor for i in ok_positions if items[i].degraded_tensor is not None]
+    tensors += degraded  # scored in the same forward pass as the originals
     for item in items:
-        item.tensor = None
+        item.tensor = item.degraded_tensor = None
     if tensors and tensors[0].ndim == 4:  # a crops policy: K views an item, K may differ
         return Batch(results=items, images=torch.cat(tensors), ok_positions=ok_positions,
-                     view_counts=[len(tensor) for tensor in tensors])
+                     view_counts=[len(tensor) for tensor in tensors], degraded=len(degraded))
     images = torch.stack(tensors) if tensors else torch.empty(0, dtype=torch.uint8)
-    return Batch(results=items, images=images, ok_positions=ok_positions)
+    return Batch(results=items, images=images, ok_positions=ok_positions, degraded=len(degraded))
 
 
 # The parent's pid as a decode worker saw it at start; None in the main process.
@@ -142,8 +146,19 @@ def make_loader(records: Sequence[FileRecord], options: LoadOptions, batch_size:
 # --------------------------------------------------------------------------- model
 
 
+@dataclass
+class BatchScores:
+    """What the network says of a batch's images, in order: calibrated prob_ai, novelty (None when
+    the card has no novelty statistics), and the degraded copies' prob_ai (None when not asked)."""
+
+    probs: list[float]
+    novelty: list[float] | None = None
+    prob_degraded: list[float] | None = None
+
+
 class Scorer:
-    """Runs the network on uint8 batches and returns calibrated probabilities (float32, CPU)."""
+    """Runs the network on uint8 batches and returns calibrated probabilities (float32, CPU), and
+    the novelty of each image where the card has novelty statistics."""
 
     def __init__(self, model: LoadedModel, plan: ComputePlan) -> None:
         import torch
@@ -154,13 +169,22 @@ class Scorer:
         if plan.channels_last:
             network = network.to(memory_format=torch.channels_last)
         self.network = network
+        rules = model.card.uncertainty
+        self.novelty = rules.novelty if rules is not None else None
 
     def probabilities(self, images_uint8: torch.Tensor, view_counts: list[int] | None = None) -> torch.Tensor:
         """Calibrated prob_ai per image; ``view_counts`` when images holds several crops an image."""
         import torch
 
+        return torch.tensor(self.scores(images_uint8, view_counts).probs, dtype=torch.float32)
+
+    def scores(self, images_uint8: torch.Tensor, view_counts: list[int] | None = None, degraded: int = 0) -> BatchScores:
+        """prob_ai and novelty per image; the last ``degraded`` images are degraded copies of the
+        last ``degraded`` originals, whose prob_ai comes back as ``prob_degraded``."""
+        import torch
+
         if images_uint8.shape[0] == 0:
-            return torch.empty(0)
+            return BatchScores([], [] if self.novelty is not None else None, [] if degraded else None)
         with torch.inference_mode():
             batch = images_uint8.to(self.plan.device, non_blocking=self.plan.pin_memory)
             inputs, views = flatten_views(normalize(batch, self.model.card.preprocessing))
@@ -169,8 +193,15 @@ class Scorer:
             if self.plan.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with self.plan.autocast():
-                logits = combine_views(self.network(inputs).float(), views)
-            return self.model.probabilities(logits).float().cpu()
+                features, logits = features_and_logits(self.network, inputs)
+            logits = combine_views(logits.float(), views)
+            probs = self.model.probabilities(logits).float().cpu().tolist()
+            originals = len(probs) - degraded
+            novelty = None
+            if self.novelty is not None:
+                pooled = combine_views(features.float(), views)[:originals]
+                novelty = self.novelty.score(pooled).cpu().tolist()
+        return BatchScores(probs[:originals], novelty, probs[originals:] if degraded else None)
 
 
 def score_records(
@@ -208,10 +239,21 @@ def score_records(
 
 
 def _score_batch(scorer: Scorer, batch: Batch) -> Iterator[Scored]:
-    probs = scorer.probabilities(batch.images, batch.view_counts).tolist()
-    prob_at = dict(zip(batch.ok_positions, probs, strict=True))
-    for position, result in enumerate(batch.results):
-        yield Scored(result=result, prob_ai=prob_at.get(position))
+    yield from scored_in_order(batch.results, batch.ok_positions,
+                               scorer.scores(batch.images, batch.view_counts, batch.degraded))
+
+
+def scored_in_order(results: list[LoadResult], ok_positions: list[int], scores: BatchScores) -> Iterator[Scored]:
+    """One Scored per result, the decoded ones with their scores (both engines' last step)."""
+    at = {position: index for index, position in enumerate(ok_positions)}
+    for position, result in enumerate(results):
+        index = at.get(position)
+        if index is None:
+            yield Scored(result=result, prob_ai=None)
+        else:
+            yield Scored(result=result, prob_ai=scores.probs[index],
+                         novelty=scores.novelty[index] if scores.novelty is not None else None,
+                         prob_degraded=scores.prob_degraded[index] if scores.prob_degraded is not None else None)
 
 
 def _iterate(loader: DataLoader) -> Iterator[Batch]:

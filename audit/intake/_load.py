@@ -32,7 +32,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from audit.evidence import EvidenceOptions, Finding, read_evidence
 from audit.intake._discover import SNIFF_BYTES, SUPPORTED_FORMATS, FileRecord, sniff_format
-from audit.model import Preprocessing, to_model_input
+from audit.model import Preprocessing, degraded_copy, to_model_input
 
 if TYPE_CHECKING:  # the tensor comes from input_policy.to_model_input; importing torch here would slow a rerun that decodes nothing
     import torch
@@ -56,6 +56,8 @@ class LoadOptions:
     evidence: EvidenceOptions | None = field(default_factory=EvidenceOptions)
     # A crops policy: each distinct crop once (the scan), or always K so images stack (training).
     distinct_views: bool = True
+    # Also make the input of a degraded copy (audit.model.degraded_copy), for the uncertain verdict.
+    check_degraded: bool = False
 
 
 @dataclass
@@ -72,6 +74,7 @@ class LoadResult:
     error: str | None = None
     note: str = ""
     evidence: list[Finding] = field(default_factory=list)  # audit.evidence._metadata findings, strongest first
+    degraded_tensor: torch.Tensor | None = None  # with check_degraded: the degraded copy's input, as ``tensor``
 
     @property
     def ok(self) -> bool:
@@ -258,6 +261,9 @@ def load_bytes(data: bytes, options: LoadOptions, result: LoadResult) -> LoadRes
         rgb = _decode(data, image_format, options, result)
         del data  # the encoded bytes are no longer needed; keep the worker's memory small
         result.tensor = to_model_input(rgb, options.preprocessing, distinct_views=options.distinct_views)
+        if options.check_degraded:
+            result.degraded_tensor = to_model_input(degraded_copy(rgb), options.preprocessing,
+                                                    distinct_views=options.distinct_views)
     except _LoadFailure as failure:
         result.error = str(failure)
     except Exception as exc:  # noqa: BLE001 - the last guard: a row, never a stopped run

@@ -48,5 +48,13 @@ from audit.model._input_policy import (
     to_model_input,
 )
 from audit.model._summary import ModelSummary, data_set_rows, format_summary, summarize, training_rows
+from audit.model._uncertainty import (
+    DEGRADED_DESCRIPTION,
+    NoveltyStatistics,
+    Uncertainty,
+    degraded_copy,
+    features_and_logits,
+    uncertain_reason,
+)
 
-__all__ = ["AI_CLASS_INDEX", "CLASS_NAMES", "ComputeError", "ComputePlan", "DEFAULT_BATCH_SIZE", "DEFAULT_MODEL_PATH", "DEVICE_CHOICES", "LoadedModel", "ModelCard", "ModelError", "ModelSummary", "PRECISION_CHOICES", "Preprocessing", "SHIPPED_MODELS_DIR", "autocast", "autocast_dtype", "build_network", "combine_views", "cpu_has_native_bf16", "crop_boxes", "crops_scale", "data_set_rows", "default_workers", "file_sha256", "flatten_views", "format_summary", "gradcam_grid_of", "load_model", "model_paths", "normalize", "pick_device", "plan_compute", "read_card", "refuse_pickle", "resolve_model", "resolve_precision", "save_model", "shipped_models", "shorter_side_to", "summarize", "to_model_input", "training_rows"]
+__all__ = ["AI_CLASS_INDEX", "CLASS_NAMES", "DEGRADED_DESCRIPTION", "NoveltyStatistics", "Uncertainty", "degraded_copy", "features_and_logits", "uncertain_reason", "ComputeError", "ComputePlan", "DEFAULT_BATCH_SIZE", "DEFAULT_MODEL_PATH", "DEVICE_CHOICES", "LoadedModel", "ModelCard", "ModelError", "ModelSummary", "PRECISION_CHOICES", "Preprocessing", "SHIPPED_MODELS_DIR", "autocast", "autocast_dtype", "build_network", "combine_views", "cpu_has_native_bf16", "crop_boxes", "crops_scale", "data_set_rows", "default_workers", "file_sha256", "flatten_views", "format_summary", "gradcam_grid_of", "load_model", "model_paths", "normalize", "pick_device", "plan_compute", "read_card", "refuse_pickle", "resolve_model", "resolve_precision", "save_model", "shipped_models", "shorter_side_to", "summarize", "to_model_input", "training_rows"]

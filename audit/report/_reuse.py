@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 # The body starts here in the page; the front (with its head) is everything before.
 BODY_MARKER = '<section class="charts"'
 # Content fields too large or too specific to the body to keep for a later front page.
-_BODY_FIELDS = ("charts", "gallery", "table", "errors")
+_BODY_FIELDS = ("charts", "gallery", "table", "errors", "uncertain_gallery")
 
 
 @dataclass(frozen=True)
@@ -185,6 +185,7 @@ def tonight_front(front: dict[str, Any], run_dir: Path, summary: dict[str, Any],
         "metrics": None,  # the body's (its properties are not kept)
         "charts": {"histogram": ""},
         "gallery": [],
+        "uncertain_gallery": [],
         "table": [],
         "errors": [],
     }
