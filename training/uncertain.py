@@ -77,6 +77,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="for a set without val/: the share of train that fit held out (fit's --val-fraction)")
     parser.add_argument("--seed", type=int, default=0, help="fit's --seed (the held-out part), and the training sample's")
     add_compute_options(parser, "fp32", "autocast precision (default fp32, as the scan on a CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     return parser
 
 
@@ -191,6 +192,8 @@ def fit_band(prob_ai: np.ndarray, labels: np.ndarray, threshold: float, novel: n
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = load_model(args.model)
     card, pre = model.card, model.card.preprocessing
     device = pick_device(args.device)

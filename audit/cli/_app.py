@@ -151,7 +151,7 @@ def print_explanations(images: Sequence[str | Path], model_path: str | Path | No
     exit code: EXIT_OK when every image was explained, EXIT_ERRORS when some could not be read
     (as the scan's)."""
     from audit.errors import EXIT_ERRORS, EXIT_OK
-    from audit.model import load_model
+    from audit.model import load_model, uncertain_reason
     from audit.report import ExplainFailure, explain_images, safe_stem, save_png
     from audit.verdicts import judge
 
@@ -166,7 +166,9 @@ def print_explanations(images: Sequence[str | Path], model_path: str | Path | No
             continue
         # The scan's verdict rule: a declaration of AI generation in the metadata flags the image
         # whatever the model says (README, "Provenance evidence and the verdict").
-        decision = judge(result.prob_ai, threshold, result.evidence)
+        # The band applies here too; novelty and the degraded check are the scan's (results.csv).
+        decision = judge(result.prob_ai, threshold, result.evidence,
+                         uncertain_reason(result.prob_ai, threshold, model.card.uncertainty))
         overlay_path = save_png(result.overlay, Path(out_dir) / f"{safe_stem(result.path, index)}-gradcam.png")
         reason = "" if decision.reason == "model" else f"\t{decision.reason}"
         echo(f"{result.path}\tprob_ai={result.prob_ai:.4f}\t{decision.verdict}\t{overlay_path}{reason}")
