@@ -38,6 +38,46 @@ def timed_scan(data: Path, model: str, work: Path, extra: list[str]) -> tuple[fl
     return seconds, float(summary["throughput_files_per_s"]), int(summary["files"])
 
 
+def in_process_cost(data: Path, plain: str, calibrated: str, repeats: int) -> None:
+    """The parts alone, in this process: decoding every file with and without its degraded copy,
+    and the network on the decoded batch with and without the novelty (best of ``repeats``)."""
+    import torch
+
+    from audit.engines import Scorer, collate_results
+    from audit.intake import FileRecord, LoadOptions, load_image
+    from audit.model import load_model, plan_compute
+
+    files = sorted(path for path in data.rglob("*") if path.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    records = [FileRecord(root=str(data), rel_path=str(path.relative_to(data)), abs_path=str(path)) for path in files]
+    models = {"without": load_model(plain), "with novelty": load_model(calibrated)}
+    pre = models["without"].card.preprocessing
+    best: dict[str, float] = {}
+
+    def clock(name: str, action) -> None:
+        started = time.perf_counter()
+        action()
+        best[name] = min(best.get(name, float("inf")), time.perf_counter() - started)
+
+    plan = plan_compute("cpu", "fp32")
+    scorers = {name: Scorer(model, plan) for name, model in models.items()}
+    for _ in range(repeats):
+        for degraded in (False, True):
+            options = LoadOptions(preprocessing=pre, check_degraded=degraded)
+            clock(f"decode{' + degraded copy' if degraded else ''}",
+                  lambda options=options: [load_image(record, options) for record in records])
+        plain_batch = collate_results([load_image(record, LoadOptions(preprocessing=pre)) for record in records])
+        batch = collate_results([load_image(record, LoadOptions(preprocessing=pre, check_degraded=True))
+                                 for record in records])
+        with torch.inference_mode():
+            for name, scorer in scorers.items():
+                clock(f"network, {name}",
+                      lambda scorer=scorer: scorer.scores(plain_batch.images, plain_batch.view_counts))
+            clock("network, with novelty + degraded copies",
+                  lambda: scorers["with novelty"].scores(batch.images, batch.view_counts, batch.degraded))
+    for name, seconds in best.items():
+        print(f"{len(records)} files, {name}: best {seconds:.3f} s = {len(records) / seconds:.0f} files/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
@@ -45,7 +85,11 @@ def main() -> None:
     parser.add_argument("--calibrated", required=True, help="the same weights with band and novelty in the card")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scan-args", default="", help="extra `audit scan` options for every run, one string")
+    parser.add_argument("--in-process", action="store_true", help="time the decode and the network alone instead")
     args = parser.parse_args()
+    if args.in_process:
+        in_process_cost(args.data, args.plain, args.calibrated, args.repeats)
+        return
     extra = args.scan_args.split()
     configurations = {
         "without uncertain rules": (args.plain, extra),

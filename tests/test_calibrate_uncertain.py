@@ -70,3 +70,36 @@ def test_the_band_is_the_narrowest_that_meets_the_targets() -> None:
     novel[4] = True
     fit = fit_band(prob, labels, 0.5, novel, error_target=1.0, max_share=0.3)
     assert fit.low > 0.45 and fit.errors_caught == 1.0
+
+
+def test_evaluate_reports_the_uncertain_rate_and_the_wrong_verdicts_it_holds(data_set: Path, tmp_path: Path) -> None:
+    import dataclasses
+    import json
+
+    from audit.model import Uncertainty, summarize
+
+    card_path = sd.save_trained_model(tmp_path)
+    card = read_card(card_path)
+    # A band over everything below the threshold: every real image and every missed AI image is uncertain.
+    card.uncertainty = Uncertainty(band_low=0.0, band_high=card.threshold, band_fitted="a test's band")
+    card_path.write_text(card.to_json(), encoding="utf-8")
+    manifest = tmp_path / "manifest.tsv"
+    lines = ["file\tgenerator"] + [f"val/FAKE/src{i % 3}_{i:03d}.png\tgen-{(i // 2) % 2}" for i in range(1, 24, 2)]
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code = training_cli(["evaluate", str(card_path), "--data", str(data_set), "--manifest", str(manifest),
+                         "--no-robustness", "--update-card", "--output-dir", str(tmp_path / "eval")])
+    assert code == 0
+    measured = json.loads((tmp_path / "eval" / "metrics.json").read_text())["data_sets"]["synthetic"]
+    figures = measured["uncertain"]
+    prob_real_share = measured["metrics"]["confusion_matrix"][0]
+    assert figures["uncertain_rate"] > 0 and figures["wrong_uncertain"] <= figures["wrong"]
+    assert figures["ai_caught_or_uncertain_rate"] == 1.0  # every AI image is caught or below the threshold
+    assert figures["real_flagged_rate"] == pytest.approx(prob_real_share[1] / sum(prob_real_share))
+    for table in ("per_source", "per_generator"):
+        assert all({"uncertain_rate", "wrong", "wrong_uncertain"} <= set(row) for row in measured[table])
+    assert {row["source"] for row in measured["per_generator"]} >= {"AI: gen-0", "AI: gen-1"}
+    # The card keeps the figures, and the readable summary (the method page) shows them.
+    figures_shown = summarize(read_card(card_path)).data_sets[0]
+    assert figures_shown.uncertain_rate == figures["uncertain_rate"]
+    assert figures_shown.wrong_uncertain == figures["wrong_uncertain"]
+    assert dataclasses.asdict(read_card(card_path).uncertainty)["band_high"] == card.threshold

@@ -65,15 +65,23 @@ class NoveltyStatistics:
         covariance, divided by sqrt(d) so that a typical training image scores about 1."""
         import torch
 
-        device = features.device
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=device)
-        components = torch.tensor(self.components, dtype=torch.float32, device=device)
-        variances = torch.tensor(self.variances, dtype=torch.float32, device=device)
+        mean, components, variances = self._tensors(features.device)
         centred = features.float() - mean
         projected = centred @ components.T  # N x k
         residual = (centred * centred).sum(dim=1) - (projected * projected).sum(dim=1)
         squared = (projected * projected / variances).sum(dim=1) + residual.clamp(min=0) / self.residual_variance
         return torch.sqrt(squared / len(self.mean))
+
+    def _tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """mean, components and variances as tensors on ``device``, made once (from the lists,
+        they cost more than the product itself); kept outside the dataclass's fields."""
+        import torch
+
+        cache = self.__dict__.setdefault("_tensor_cache", {})
+        if str(device) not in cache:
+            cache[str(device)] = tuple(torch.tensor(values, dtype=torch.float32, device=device)
+                                       for values in (self.mean, self.components, self.variances))
+        return cache[str(device)]
 
     @classmethod
     def fit(cls, features: np.ndarray, components: int = 8, quantile: float = 0.99,
