@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import zipfile
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from audit.intake import LoadOptions, discover
 from audit.model import (
     DEFAULT_MODEL_PATH,
     SHIPPED_MODELS_DIR,
-    LoadedModel,
     ModelCard,
     ModelError,
     Preprocessing,

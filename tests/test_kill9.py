@@ -6,7 +6,6 @@ descriptor, so every later night was refused."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess

@@ -199,3 +199,26 @@ def test_the_report_lists_uncertain_images_in_their_own_section_and_counts_them(
     for row in flagged:  # flagged images are in the gallery, not here
         assert f'data-path="{row["path"]}"' not in section
     assert (tmp_path / "out" / "report.pdf").stat().st_size > 0
+
+
+def test_a_routed_image_is_judged_by_its_route_models_uncertain_rules(tmp_path: Path) -> None:
+    """A card routing small images to another model: the route's band and novelty apply to them,
+    the card's own to the rest, with --check-degraded the copy goes through the same network."""
+    from test_routing import routing_model
+
+    card = routing_model(tmp_path / "models")
+    route_card = tmp_path / "models" / "small-images.json"
+    rng = np.random.default_rng(4)
+    training, _ = sd.synthetic_batch(rng, 32)
+    stats = NoveltyStatistics.fit(pooled_features(route_card, training), components=4, quantile=1.0)
+    rewrite_card(route_card, uncertainty=Uncertainty(band_low=0.0, band_high=1.0, band_fitted="all", novelty=stats))
+    archive = tmp_path / "archive"
+    sd.write_png(archive / "small.png", sd.background(rng))
+    sd.write_png(archive / "photo.png", sd.background(rng), size=(200, 150))
+    scan(archive, "--model", card, "--out", tmp_path / "out", "--check-degraded")
+    rows = rows_by_path(tmp_path / "out")
+    assert rows["small.png"]["verdict"] == "uncertain" and "in the band" in rows["small.png"]["verdict_reason"]
+    assert float(rows["small.png"]["novelty"]) > 0
+    assert rows["photo.png"]["verdict"] in ("ai-generated", "real", "uncertain")
+    assert rows["photo.png"]["novelty"] == ""  # the card's own model has no novelty statistics
+    assert "in the band" not in rows["photo.png"]["verdict_reason"]

@@ -148,43 +148,58 @@ def make_loader(records: Sequence[FileRecord], options: LoadOptions, batch_size:
 
 @dataclass
 class BatchScores:
-    """What the network says of a batch's images, in order: calibrated prob_ai, novelty (None when
-    the card has no novelty statistics), and the degraded copies' prob_ai (None when not asked)."""
+    """What the networks say of a batch's images, in order: calibrated prob_ai, novelty (None when
+    no card has novelty statistics; None for an image whose model has none), and the degraded
+    copies' prob_ai (None when not asked)."""
 
     probs: list[float]
-    novelty: list[float] | None = None
+    novelty: list[float | None] | None = None
     prob_degraded: list[float] | None = None
 
 
 class Scorer:
-    """Runs the network on uint8 batches and returns calibrated probabilities (float32, CPU), and
-    the novelty of each image where the card has novelty statistics."""
+    """Runs the network (and the networks its card routes images to) on uint8 batches and returns
+    calibrated probabilities (float32, CPU), and the novelty of each image where its model's card
+    has novelty statistics."""
 
     def __init__(self, model: LoadedModel, plan: ComputePlan) -> None:
         import torch
 
         self.model = model
         self.plan = plan
-        network = model.network.to(plan.device).eval()
-        if plan.channels_last:
-            network = network.to(memory_format=torch.channels_last)
-        self.network = network
-        rules = model.card.uncertainty
-        self.novelty = rules.novelty if rules is not None else None
+        # Index 0: the card's own network; i: its i-th route's (audit.model._routing). Built here,
+        # outside inference mode, so Grad-CAM can still use the same modules afterwards.
+        self.models = [model, *(routed for _, routed in model.routes)]
+        self._networks = []
+        for each in self.models:
+            network = each.network.to(plan.device).eval()
+            if plan.channels_last:
+                network = network.to(memory_format=torch.channels_last)
+            self._networks.append(network)
+        self._novelty = [each.card.uncertainty.novelty if each.card.uncertainty is not None else None
+                         for each in self.models]
 
-    def probabilities(self, images_uint8: torch.Tensor, view_counts: list[int] | None = None) -> torch.Tensor:
-        """Calibrated prob_ai per image; ``view_counts`` when images holds several crops an image."""
+    def network(self, route: int = 0) -> Any:
+        return self._networks[route]
+
+    def probabilities(self, images_uint8: torch.Tensor, view_counts: list[int] | None = None,
+                      routes: list[int] | None = None) -> torch.Tensor:
+        """Calibrated prob_ai per image; ``view_counts`` when images holds several crops an image;
+        ``routes``: each image's route (None: all the card's own network)."""
         import torch
 
-        return torch.tensor(self.scores(images_uint8, view_counts).probs, dtype=torch.float32)
+        return torch.tensor(self.scores(images_uint8, view_counts, routes=routes).probs, dtype=torch.float32)
 
-    def scores(self, images_uint8: torch.Tensor, view_counts: list[int] | None = None, degraded: int = 0) -> BatchScores:
+    def scores(self, images_uint8: torch.Tensor, view_counts: list[int] | None = None, degraded: int = 0,
+               routes: list[int] | None = None) -> BatchScores:
         """prob_ai and novelty per image; the last ``degraded`` images are degraded copies of the
-        last ``degraded`` originals, whose prob_ai comes back as ``prob_degraded``."""
+        last ``degraded`` originals, whose prob_ai comes back as ``prob_degraded``. ``routes``:
+        each image's route, the degraded copies included (None: all the card's own network)."""
         import torch
 
+        with_novelty = any(stats is not None for stats in self._novelty)
         if images_uint8.shape[0] == 0:
-            return BatchScores([], [] if self.novelty is not None else None, [] if degraded else None)
+            return BatchScores([], [] if with_novelty else None, [] if degraded else None)
         with torch.inference_mode():
             batch = images_uint8.to(self.plan.device, non_blocking=self.plan.pin_memory)
             inputs, views = flatten_views(normalize(batch, self.model.card.preprocessing))
@@ -192,16 +207,63 @@ class Scorer:
                 views = view_counts
             if self.plan.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
+            if not routes or not any(routes):
+                with self.plan.autocast():
+                    features, logits = features_and_logits(self.network(0), inputs)
+                features, logits = combine_views(features.float(), views), combine_views(logits.float(), views)
+                routes = [0] * logits.shape[0]
+            else:
+                features, logits = self._routed(inputs, views, routes)
+            probs, novelty = self._calibrated(features, logits, routes, with_novelty)
+        originals = len(probs) - degraded
+        return BatchScores(probs[:originals], novelty[:originals] if novelty is not None else None,
+                           probs[originals:] if degraded else None)
+
+    def _routed(self, inputs: torch.Tensor, views: int | list[int],
+                routes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's views through its route's network: pooled features and logits per image."""
+        import torch
+
+        counts = views if isinstance(views, list) else [max(views, 1)] * len(routes)
+        view_route = torch.repeat_interleave(torch.tensor(routes), torch.tensor(counts)).to(inputs.device)
+        logits = features = None
+        for route in sorted(set(routes)):
+            chosen = view_route == route
             with self.plan.autocast():
-                features, logits = features_and_logits(self.network, inputs)
-            logits = combine_views(logits.float(), views)
-            probs = self.model.probabilities(logits).float().cpu().tolist()
-            originals = len(probs) - degraded
-            novelty = None
-            if self.novelty is not None:
-                pooled = combine_views(features.float(), views)[:originals]
-                novelty = self.novelty.score(pooled).cpu().tolist()
-        return BatchScores(probs[:originals], novelty, probs[originals:] if degraded else None)
+                part_features, part_logits = features_and_logits(self.network(route), inputs[chosen])
+            if logits is None:
+                logits = torch.empty((inputs.shape[0], part_logits.shape[1]), device=inputs.device)
+                features = torch.empty((inputs.shape[0], part_features.shape[1]), device=inputs.device)
+            logits[chosen], features[chosen] = part_logits.float(), part_features.float()
+        return combine_views(features, views), combine_views(logits, views)
+
+    def _calibrated(self, features: torch.Tensor, logits: torch.Tensor, routes: list[int],
+                    with_novelty: bool) -> tuple[list[float], list[float | None] | None]:
+        """Each image's prob_ai by its model's calibration, and its novelty by its model's statistics."""
+        import torch
+
+        if not any(routes):
+            novelty = self._novelty[0].score(features).cpu().tolist() if self._novelty[0] is not None else None
+            return self.model.probabilities(logits).float().cpu().tolist(), novelty if with_novelty else None
+        probs = torch.empty(len(routes))
+        novelty: list[float | None] = [None] * len(routes)
+        image_route = torch.tensor(routes)
+        for route in sorted(set(routes)):
+            chosen = image_route == route
+            on_device = chosen.to(logits.device)
+            probs[chosen] = self.models[route].probabilities(logits[on_device]).float().cpu()
+            if self._novelty[route] is not None:
+                for index, value in zip(chosen.nonzero().flatten().tolist(),
+                                        self._novelty[route].score(features[on_device]).cpu().tolist()):
+                    novelty[index] = value
+        return probs.tolist(), novelty if with_novelty else None
+
+
+def routes_of(results: Sequence[LoadResult], ok_positions: Sequence[int], degraded: int = 0) -> list[int]:
+    """The route of each decoded image of a batch, in the batch's order; its degraded copies (the
+    last ``degraded`` images) go where their originals went."""
+    routes = [results[position].route for position in ok_positions]
+    return routes + routes[len(routes) - degraded:] if degraded else routes
 
 
 def score_records(
@@ -240,7 +302,8 @@ def score_records(
 
 def _score_batch(scorer: Scorer, batch: Batch) -> Iterator[Scored]:
     yield from scored_in_order(batch.results, batch.ok_positions,
-                               scorer.scores(batch.images, batch.view_counts, batch.degraded))
+                               scorer.scores(batch.images, batch.view_counts, batch.degraded,
+                                             routes_of(batch.results, batch.ok_positions, batch.degraded)))
 
 
 def scored_in_order(results: list[LoadResult], ok_positions: list[int], scores: BatchScores) -> Iterator[Scored]:

@@ -129,6 +129,8 @@ class ModelCard:
     validation_metrics: dict[str, Any] = field(default_factory=dict)
     test_metrics: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Images a route takes by size are scored by another model (audit.model._routing).
+    routes: list[dict[str, Any]] = field(default_factory=list)
     schema_version: int = CARD_SCHEMA_VERSION
     # The rules for the "uncertain" verdict (audit.model._uncertainty); None: no row is uncertain.
     uncertainty: Uncertainty | None = None
@@ -295,6 +297,11 @@ class LoadedModel:
         self._network = network  # None: built from weights_path on first use
         self.card = card
         self.weights_path = weights_path
+        self.routes: list[tuple[Any, LoadedModel]] = []  # (audit.model._routing.Route, its model)
+
+    def scored_by(self, route: int) -> "LoadedModel":
+        """The model that scores an image sent down ``route`` (0: this one)."""
+        return self if route == 0 else self.routes[route - 1][1]
 
     def __repr__(self) -> str:
         return f"LoadedModel({self.card.name!r}, {str(self.weights_path)!r}, built={self._network is not None})"
@@ -317,8 +324,8 @@ class LoadedModel:
         return torch.softmax(scaled, dim=1)[:, AI_CLASS_INDEX]
 
 
-def load_model(path: str | Path | None = None, verify_hash: bool = True, lazy: bool = False) -> LoadedModel:
-    """Load a model from its card and safetensors weights; never unpickles.
+def load_one_model(path: str | Path | None = None, verify_hash: bool = True, lazy: bool = False) -> LoadedModel:
+    """Load one model (not its routes: audit.model._routing.load_model) from its card and safetensors weights; never unpickles.
 
     The card is read and the weights' sha256 checked at once. With ``lazy`` the network is built
     (and the safetensors parsed) on first use of ``.network`` rather than now.

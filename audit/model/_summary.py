@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.model._card import DEFAULT_MODEL_PATH, ModelCard, model_paths
+from audit.model._routing import input_description
 
 
 @dataclass
@@ -101,7 +102,8 @@ def summarize(card: ModelCard, card_path: Path | None = None) -> ModelSummary:
     return ModelSummary(
         name=card.name, model_id=card.model_id,
         is_default=card_path is not None and card_path.resolve() == DEFAULT_MODEL_PATH.resolve(),
-        input_policy=card.preprocessing.describe(), threshold=card.threshold, threshold_method=card.threshold_method,
+        input_policy=input_description(card),
+        threshold=card.threshold, threshold_method=card.threshold_method,
         weights_mb=weights_mb, data_sets=data_sets, trained_on=trained_on,
         uncertain_rules=card.uncertainty.describe() if card.uncertainty is not None else [],
     )

@@ -44,13 +44,16 @@ def scoring_key(model: LoadedModel, load_options: LoadOptions) -> str:
         "temperature": model.card.temperature,
         "threshold": model.card.threshold,
         "preprocessing": repr(model.card.preprocessing),
+        "routes": [[route.max_side, routed.model_id, routed.card.temperature, routed.card.threshold,
+                    repr(routed.card.preprocessing)] for route, routed in model.routes],
         "evidence": None if evidence is None else hashlib.sha256(evidence.trust_anchors_pem.encode()).hexdigest(),
         "max_pixels": load_options.max_pixels,
         "max_file_bytes": load_options.max_file_bytes,
         "draft": load_options.draft,
         # The uncertain verdict's rules (band, novelty statistics) and the degraded-copy check.
-        "uncertainty": None if model.card.uncertainty is None else hashlib.sha256(
-            json.dumps(dataclasses.asdict(model.card.uncertainty), sort_keys=True).encode()).hexdigest(),
+        "uncertainty": [None if each.card.uncertainty is None else hashlib.sha256(
+            json.dumps(dataclasses.asdict(each.card.uncertainty), sort_keys=True).encode()).hexdigest()
+            for each in (model, *(routed for _, routed in model.routes))],
         "check_degraded": load_options.check_degraded,
         # The review columns are filled afresh each run from the store's decisions: not part of it.
         "columns": SCORED_COLUMNS,

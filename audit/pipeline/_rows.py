@@ -11,7 +11,13 @@ from audit.verdicts import VERDICT_ERROR, judge
 
 def make_row(scored: Scored, true_label: str, model: LoadedModel, scanned_at: str) -> ResultRow:
     result, record = scored.result, scored.result.record
-    threshold = model.card.threshold
+    # A routed image is judged by the model its size sent it to, at that model's threshold.
+    scorer = model.scored_by(result.route)
+    threshold = scorer.card.threshold
+    note = result.note
+    if result.route:
+        route = model.routes[result.route - 1][0]
+        note = "; ".join(filter(None, [note, f"scored by {scorer.model_id} (longer side <= {route.max_side} px)"]))
     row = ResultRow(
         path=record.rel_path,
         root=record.root,
@@ -24,14 +30,14 @@ def make_row(scored: Scored, true_label: str, model: LoadedModel, scanned_at: st
         true_label=true_label,
         model_id=model.model_id,
         scanned_at=scanned_at,
-        note=result.note,
+        note=note,
     )
     if scored.prob_ai is None:
         row.status, row.error, row.verdict = STATUS_ERROR, result.error or "not scored", VERDICT_ERROR
     else:
         row.status, row.prob_ai = STATUS_OK, scored.prob_ai
         row.novelty = round(scored.novelty, 4) if scored.novelty is not None else None
-        uncertain = uncertain_reason(scored.prob_ai, threshold, model.card.uncertainty, scored.novelty,
+        uncertain = uncertain_reason(scored.prob_ai, threshold, scorer.card.uncertainty, scored.novelty,
                                      scored.prob_degraded)
         # prob_ai stays the model's; a declaration of AI generation can still flag the image.
         decision = judge(scored.prob_ai, threshold, result.evidence, uncertain)

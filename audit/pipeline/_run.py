@@ -28,7 +28,7 @@ from audit.engines import EngineRequest, Scored, ScoringEngine, create_engine, e
 from audit.errors import EXIT_ERRORS, EXIT_FLAGGED, EXIT_OK
 from audit.evidence import EvidenceOptions, check_options, load_trust_anchors
 from audit.intake import DiscoverOptions, FileRecord, LoadOptions, discover, printable_name
-from audit.model import ComputePlan, LoadedModel, load_model, plan_compute
+from audit.model import ComputePlan, LoadedModel, load_model, plan_compute, route_policies
 from audit.pipeline._labels import Labeller
 from audit.pipeline._outputs import ResultWriter, commit, discard_partial_outputs, remove_stale_outputs, write_json_tmp
 from audit.pipeline._reuse import (
@@ -163,7 +163,7 @@ class ScanRun:
         seconds = {"discover": time.perf_counter() - t0}
         rules = self.model.card.uncertainty
         load_options = LoadOptions(preprocessing=self.model.card.preprocessing, max_pixels=options.max_pixels,
-                                   draft=options.draft, evidence=self.evidence,
+                                   draft=options.draft, evidence=self.evidence, routes=route_policies(self.model.routes),
                                    check_degraded=options.check_degraded or bool(rules and rules.check_degraded))
         key = scoring_key(self.model, load_options)
         t0 = time.perf_counter()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 import audit
-from audit.model import LoadedModel
+from audit.model import LoadedModel, route_index, route_policies
 from audit.report._data import RunData, flagged_rows, review_states, uncertain_rows
 from audit.report._pictures import OVERLAY_ALPHA, THUMBNAIL_SIZE, save_image
 from audit.review import cleared_under_other_model
@@ -217,14 +217,30 @@ def explain_rows(run: RunData, rows: list[pd.Series], model: LoadedModel, heatma
                  report_cache: ReportCache | None, prefix: str = "g") -> dict[int, GalleryPictures | str]:
     """Grad-CAM of each row's image, by its index in ``rows``: its pictures, or why there are none.
 
-    With ``report_cache``, a card whose pictures it keeps (by the sha256 the scan judged) gets
-    them from there; only the others' files are read and explained, and their pictures kept.
+    An image the card routes by size is explained by the network that scored it. With
+    ``report_cache``, a card whose pictures it keeps (by the sha256 the scan judged) gets them
+    from there; only the others' files are read and explained, and their pictures kept.
     """
     paths = {index: run.image_path(row) for index, row in enumerate(rows)}
     explained: dict[int, GalleryPictures | str] = {
         index: "its path leads outside its archive root" for index, path in paths.items() if path is None
     }
-    scanned = {index: str(rows[index].get("sha256", "")) for index, path in paths.items() if path is not None}
+    policies = route_policies(model.routes)
+    by_route: dict[int, list[int]] = {}
+    for index, path in paths.items():
+        if path is not None:
+            route = route_index(_int_or_none(rows[index].get("width")), _int_or_none(rows[index].get("height")), policies)
+            by_route.setdefault(route, []).append(index)
+    for route, indices in sorted(by_route.items()):
+        explained.update(_explain_with(model.scored_by(route), rows, {i: paths[i] for i in indices}, heatmap_dir,
+                                       report_cache, prefix))
+    return explained
+
+
+def _explain_with(model: LoadedModel, rows: list[pd.Series], paths: dict[int, Path], heatmap_dir: Path,
+                  report_cache: ReportCache | None, prefix: str) -> dict[int, GalleryPictures | str]:
+    explained: dict[int, GalleryPictures | str] = {}
+    scanned = {index: str(rows[index].get("sha256", "")) for index in paths}
     recipe = picture_recipe(model)
     kept = report_cache.get_pictures(list(scanned.values()), model.model_id, recipe) if report_cache else {}
     for index, sha256 in scanned.items():

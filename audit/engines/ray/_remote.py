@@ -18,7 +18,7 @@ import time
 from typing import Any, Sequence
 
 import audit
-from audit.engines._local import collate_results
+from audit.engines._local import collate_results, routes_of
 from audit.intake import LoadOptions, load_image
 
 
@@ -73,7 +73,8 @@ class ScoringActor:
         for payload in batch["item"]:
             index, results, images, ok_positions, view_counts, degraded, decode_seconds = pickle.loads(payload)
             started = time.perf_counter()
-            scores = self.scorer.scores(torch.from_numpy(images), view_counts, degraded)
+            scores = self.scorer.scores(torch.from_numpy(images), view_counts, degraded,
+                                        routes_of(results, ok_positions, degraded))
             compute = {**self.plan.describe(), "torch_threads": self.threads}
             out.append(pickle.dumps((index, results, ok_positions, scores, decode_seconds,
                                      time.perf_counter() - started, compute), protocol=pickle.HIGHEST_PROTOCOL))
