@@ -31,6 +31,8 @@ class ScanOptions:
     labels: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     fail_on_flagged: bool = False
+    fail_on_uncertain: bool = False  # exit 4 when a row is uncertain and no reviewer decided it
+    check_degraded: bool = False  # also score a degraded copy of each image (or when the card asks for it)
     progress: str = "auto"  # auto: a bar on a terminal, log lines otherwise; none: quiet
     draft: bool = True  # JPEG draft decoding (the benchmark turns it off to compare)
     write_xlsx: bool = True

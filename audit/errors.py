@@ -10,7 +10,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad option, missing or invalid model, unusable --labels or evidence options
 EXIT_ERRORS = 3  # some files could not be scored (their rows say why)
-EXIT_FLAGGED = 4  # --fail-on-flagged and something was flagged (4 wins over 3)
+EXIT_FLAGGED = 4  # --fail-on-flagged and something was flagged, or --fail-on-uncertain and something uncertain (4 wins over 3)
 EXIT_LOCKED = 5  # the run store is in use by another run (nothing was written)
 EXIT_ENGINE_LOST = 6  # --engine ray: the cluster failed mid-run; committed batches stay in the store
 

@@ -34,7 +34,7 @@ class ResultRow:
     status: str = STATUS_OK  # ok | error
     error: str = ""
     prob_ai: float | None = None  # calibrated probability of "AI-generated"
-    verdict: str = ""  # ai-generated | real | error
+    verdict: str = ""  # ai-generated | real | uncertain | error
     threshold: float | None = None
     true_label: str = ""  # ai-generated | real | "" when unknown
     model_id: str = ""
@@ -53,6 +53,9 @@ class ResultRow:
     reviewed_by: str = ""
     reviewed_at: str = ""
     review_model_id: str = ""
+    # How unlike the training images the image is (audit.model.NoveltyStatistics: about 1 for a typical
+    # training image); empty when the model card has no novelty statistics.
+    novelty: float | None = None
 
     def cells(self) -> tuple[Any, ...]:
         return _row_cells(self)

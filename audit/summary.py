@@ -17,7 +17,7 @@ from typing import Any
 
 from audit.errors import UsageError
 
-FORMAT_VERSION = "2.0"
+FORMAT_VERSION = "2.1"
 # Summaries written before the format had a version.
 UNVERSIONED = "1.0"
 
@@ -81,6 +81,7 @@ class RunSummary:
     files: int = 0  # rows in results.csv: every file found
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # by_status, by_verdict
     flagged: int = 0
+    uncertain: int = 0  # files with verdict uncertain: not flagged, a person should look (2.1)
     throughput_files_per_s: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # discover, store_lookup, load_and_score, write, total
     model: ModelRecord = field(default_factory=ModelRecord)

@@ -158,7 +158,7 @@ def test_counts_on_the_front_page(run: rf.FixtureRun) -> None:
     counts = {name: int(value) for name, value in re.findall(r'data-count="([\w-]+)">(\d+)<', html)}
     verdicts = Counter(r["verdict"] for r in run.rows)
     assert counts == {"scanned": len(run.rows), "ai-generated": verdicts["ai-generated"],
-                      "real": verdicts["real"], "errors": verdicts["error"]}
+                      "real": verdicts["real"], "uncertain": verdicts["uncertain"], "errors": verdicts["error"]}
 
 
 # --------------------------------------------------------------------------- PDF
@@ -171,7 +171,8 @@ def test_pdf_holds_the_counts_the_names_and_the_page_furniture(run: rf.FixtureRu
     text = pdf_text(pdf)
     verdicts = Counter(r["verdict"] for r in run.rows)
     assert 4 <= pages <= 12
-    assert re.search(rf"{len(run.rows)}\s+{verdicts['ai-generated']}\s+{verdicts['real']}\s+{verdicts['error']}\s", text)
+    assert re.search(rf"{len(run.rows)}\s+{verdicts['ai-generated']}\s+{verdicts['real']}\s+{verdicts['uncertain']}\s+"
+                     rf"{verdicts['error']}\s", text)
     assert "files scanned" in text and "not yet evaluated" in text
     assert re.search(r"4×4\s+grid\s+over\s+the\s+32×32\s+input", text), "the method section states the map's resolution"
     for row in flagged(run.rows):

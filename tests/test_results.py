@@ -14,7 +14,7 @@ EXPECTED_COLUMNS = (
     "path", "root", "sha256", "bytes", "format", "width", "height", "status", "error",
     "prob_ai", "verdict", "threshold", "true_label", "model_id", "scanned_at", "note",
     "evidence", "evidence_source", "verdict_reason",
-    "review", "review_note", "reviewed_by", "reviewed_at", "review_model_id",
+    "review", "review_note", "reviewed_by", "reviewed_at", "review_model_id", "novelty",
 )
 
 

@@ -95,7 +95,7 @@ def test_decisions_made_in_the_spreadsheet_are_carried_by_the_next_run(night1, f
             == (rows["a.jpg"]["model_id"], pytest.approx(float(rows["a.jpg"]["prob_ai"]), abs=1e-6))
     assert summary_of(night2).review | {"decisions_up_to": 0} == {
         "flagged_awaiting_review": 2, "flagged_confirmed": 1, "flagged_cleared": 1, "cleared_under_another_model": 0,
-        "files_with_decision": 2, "decisions_up_to": 0}
+        "files_with_decision": 2, "decisions_up_to": 0, "uncertain_awaiting_review": 0, "uncertain_decided": 0}
 
     content, page = front_page(night2)
     assert (content.counts.awaiting_review, content.counts.confirmed, content.counts.cleared) == (2, 1, 1)

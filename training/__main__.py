@@ -1,4 +1,4 @@
-"""``python -m training fit|evaluate|export|resize-set|data ...``"""
+"""``python -m training fit|evaluate|export|resize-set|route|data|calibrate-uncertain ...``"""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from audit.errors import UsageError
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"fit": "training.train", "evaluate": "training.evaluate", "export": "training.export",
-                "resize-set": "training.resize_set", "route": "training.route", "data": "training.open_data"}
+                "resize-set": "training.resize_set", "route": "training.route", "data": "training.open_data",
+                "calibrate-uncertain": "training.uncertain"}
     if not argv or argv[0] not in commands:
-        print("usage: python -m training {fit,evaluate,export,resize-set,route,data} [options]  (add --help after a command)",
-              file=sys.stderr)
+        print("usage: python -m training {fit,evaluate,export,resize-set,route,data,calibrate-uncertain} [options]  "
+              "(add --help after a command)", file=sys.stderr)
         return 2
     import importlib
 

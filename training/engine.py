@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from audit.model import Preprocessing, autocast, combine_views, flatten_views, normalize
+from audit.model import Preprocessing, autocast, combine_views, features_and_logits, flatten_views, normalize
 from training.augment import AugmentConfig, AugmentedBatches
 from training.checkpoint import TrainingState
 from training.data import TrainingData, epoch_order
@@ -92,6 +92,33 @@ def predict_logits(
             logits = net(inputs.contiguous(memory_format=torch.channels_last)).float()
         outputs.append(combine_views(logits, views).cpu())
     return torch.cat(outputs)
+
+
+def single_view(images: torch.Tensor) -> torch.Tensor:
+    """A crops policy's K identical views of small images (CIFAKE) -> one, so the tensor-level
+    damage applies to the picture the network judges; other images keep their K views."""
+    if images.ndim == 5 and bool((images == images[:, :1]).all()):
+        return images[:, 0].contiguous()
+    return images
+
+
+def predict_logits_and_features(
+    net: nn.Module, images: torch.Tensor, pre: Preprocessing, device: torch.device, dtype: torch.dtype | None,
+    batch_size: int = 500,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and pooled penultimate features per image, each averaged over a crops policy's
+    crops, as the scan computes them (audit.engines.Scorer)."""
+    net.eval()
+    logits_out, features_out = [], []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size].to(device, non_blocking=True)
+            inputs, views = flatten_views(normalize(batch, pre))
+            with autocast(device, dtype):
+                features, logits = features_and_logits(net, inputs.contiguous(memory_format=torch.channels_last))
+            logits_out.append(combine_views(logits.float(), views).cpu())
+            features_out.append(combine_views(features.float(), views).cpu())
+    return torch.cat(logits_out), torch.cat(features_out)
 
 
 def evaluate(net: nn.Module, data: TrainingData, device: torch.device, dtype: torch.dtype | None,

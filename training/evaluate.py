@@ -26,11 +26,12 @@ from PIL import Image, ImageFilter
 from audit.atomic import write_text
 from audit.model import LoadedModel, autocast_dtype, load_model, model_paths, pick_device, resolve_precision
 from training.data import ImageSet, has_split, load_split, split_hashes
-from training.engine import predict_logits
+from training.engine import predict_logits, predict_logits_and_features, single_view
 from training.file_checks import file_level_checks
 from training.metrics import classification_metrics, reliability_table
 from training.options import add_compute_options
-from training.sources import generator_keys, read_manifests, source_table
+from training.sources import generator_keys, read_manifests, source_table, uncertain_figures
+from training.uncertain import uncertain_mask
 
 log = logging.getLogger("training")
 
@@ -100,6 +101,16 @@ def score(model: LoadedModel, images: torch.Tensor, device: torch.device, dtype:
     net = model.network.to(device)
     logits = predict_logits(net, images, model.card.preprocessing, device, dtype)
     return model.probabilities(logits).numpy()
+
+
+def score_with_novelty(model: LoadedModel, images: torch.Tensor, device: torch.device,
+                       dtype: torch.dtype | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """prob_ai, and the novelty of each image where the card has novelty statistics."""
+    logits, features = predict_logits_and_features(model.network.to(device), images, model.card.preprocessing,
+                                                   device, dtype)
+    rules = model.card.uncertainty
+    novelty = rules.novelty.score(features).numpy() if rules is not None and rules.novelty is not None else None
+    return model.probabilities(logits).numpy(), novelty
 
 
 def evaluate_model(
@@ -219,41 +230,52 @@ def card_summary(results: dict[str, Any]) -> dict[str, Any]:
             "real_flagged_rate": measured["real_flagged_rate"],
             "ai_caught_rate": measured["ai_caught_rate"],
             "per_source": measured["per_source"],
+            **({"uncertain": measured["uncertain"]} if "uncertain" in measured else {}),
             **({"per_generator": measured["per_generator"]} if "per_generator" in measured else {}),
             **({"file_level": measured["file_level"]} if "file_level" in measured else {}),
         }
     return summary
 
 
-def single_view(images: torch.Tensor) -> torch.Tensor:
-    """A crops policy's K identical views of small images (CIFAKE) -> one, so the tensor-level
-    damage applies to the picture the network judges; other images keep their K views."""
-    if images.ndim == 5 and bool((images == images[:, :1]).all()):
-        return images[:, 0].contiguous()
-    return images
-
-
 def measure_split(model: LoadedModel, source: Path, split: str, generators: dict[str, str], device: torch.device,
                   dtype: torch.dtype | None, file_level: bool) -> dict[str, Any]:
     """Metrics, per-source (and per-generator) tables of one data set's split."""
     images = load_split(source, split, model.card.preprocessing)
-    prob_ai = score(model, single_view(images.images), device, dtype)
+    prob_ai, novelty = score_with_novelty(model, single_view(images.images), device, dtype)
     labels = images.labels.numpy()
     threshold = model.card.threshold
+    # Only a card with uncertain rules gets the uncertain figures (the degraded check is not measured here).
+    uncertain = uncertain_mask(prob_ai, novelty, model.card.uncertainty) if model.card.uncertainty else None
     measured: dict[str, Any] = {
         "split": split,
         "metrics": classification_metrics(prob_ai, labels, threshold),
         "real_flagged_rate": round(float((prob_ai[labels == 0] >= threshold).mean()), 4),
         "ai_caught_rate": round(float((prob_ai[labels == 1] >= threshold).mean()), 4),
-        "per_source": source_table(prob_ai, labels, images.sources, threshold),
+        "per_source": source_table(prob_ai, labels, images.sources, threshold, uncertain),
     }
+    if uncertain is not None:
+        at_threshold = prob_ai >= threshold
+        figures = uncertain_figures(at_threshold, labels, uncertain)
+        is_ai = labels == 1
+        measured["uncertain"] = {
+            "uncertain_rate": figures["uncertain_rate"], "wrong": figures["wrong"],
+            "wrong_uncertain": figures["wrong_uncertain"],
+            "real_flagged_rate": round(float((at_threshold & ~uncertain)[~is_ai].mean()), 4),
+            "ai_caught_rate": round(float((at_threshold & ~uncertain)[is_ai].mean()), 4),
+            "ai_caught_or_uncertain_rate": round(float((at_threshold | uncertain)[is_ai].mean()), 4),
+        }
     named = [name for name in images.names if name in generators]
     if named:
-        measured["per_generator"] = source_table(prob_ai, labels, generator_keys(images.names, labels, generators), threshold)
+        measured["per_generator"] = source_table(prob_ai, labels, generator_keys(images.names, labels, generators),
+                                                 threshold, uncertain)
     if file_level:
         measured["file_level"] = file_level_checks(model, source, split, device, dtype)
     log.info("%s %s: n=%d auc %.4f real flagged %.2f%% AI caught %.2f%%", source, split, len(labels),
              measured["metrics"]["roc_auc"], 100 * measured["real_flagged_rate"], 100 * measured["ai_caught_rate"])
+    if uncertain is not None:
+        u = measured["uncertain"]
+        log.info("%s %s: uncertain %.2f%%; %d of %d wrong verdicts uncertain; AI caught or uncertain %.2f%%", source,
+                 split, 100 * u["uncertain_rate"], u["wrong_uncertain"], u["wrong"], 100 * u["ai_caught_or_uncertain_rate"])
     return measured
 
 

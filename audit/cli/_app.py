@@ -52,7 +52,13 @@ def main() -> None:
               help="Ground truth: 'folders' (REAL/FAKE folder names) or a CSV file of path,label.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse images with more pixels than this before decoding them (decompression bombs).")
-@click.option("--fail-on-flagged", is_flag=True, help="Exit with 4 when any image is flagged as AI-generated.")
+@click.option("--fail-on-flagged", is_flag=True,
+              help="Exit with 4 when any image is flagged as AI-generated (uncertain images do not count).")
+@click.option("--fail-on-uncertain", is_flag=True,
+              help="Exit with 4 when any image is uncertain (the model cannot judge it) and no reviewer has decided it.")
+@click.option("--check-degraded", is_flag=True,
+              help="Also score a degraded copy of each image (0.5x, JPEG q75); a verdict that flips is uncertain. "
+              "Costs about one more decode and scoring pass (docs/performance.md).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no closing line on stderr.")
 @click.option("--no-report", is_flag=True, help="Skip report.html/report.pdf (render later with `audit report OUT`).")
 @click.option("--max-gallery", type=click.IntRange(min=0), default=200, show_default=True,
@@ -79,7 +85,8 @@ def main() -> None:
               help="--engine ray: decode tasks running at once (one CPU each). Default: as many as the cluster's CPUs allow.")
 def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None, device: str, precision: str,
          workers: int | None, batch_size: int, include: tuple[str, ...], exclude: tuple[str, ...],
-         include_hidden: bool, labels: str | None, max_pixels: int, fail_on_flagged: bool, quiet: bool,
+         include_hidden: bool, labels: str | None, max_pixels: int, fail_on_flagged: bool, fail_on_uncertain: bool,
+         check_degraded: bool, quiet: bool,
          no_report: bool, max_gallery: int, no_evidence: bool, trust_anchors: str | None, store_path: Path | None,
          full: bool, no_xlsx: bool, engine: str, ray_address: str, ray_actors: int | None, ray_gpus_per_actor: float,
          ray_decode_cpus: int | None) -> None:
@@ -88,7 +95,8 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
         archives=archives, out_dir=out_dir, model_path=model_path, device=device, precision=precision,
         workers=workers, batch_size=batch_size, include=include, exclude=exclude,
         include_hidden=include_hidden, labels=labels, max_pixels=max_pixels,
-        fail_on_flagged=fail_on_flagged, progress="none" if quiet else "auto",
+        fail_on_flagged=fail_on_flagged, fail_on_uncertain=fail_on_uncertain, check_degraded=check_degraded,
+        progress="none" if quiet else "auto",
         report=not no_report, max_gallery=max_gallery, evidence=not no_evidence, trust_anchors=trust_anchors,
         store=store_path, full=full, write_xlsx=not no_xlsx, engine=engine, ray_address=ray_address,
         ray_actors=ray_actors, ray_gpus_per_actor=ray_gpus_per_actor, ray_decode_cpus=ray_decode_cpus,
@@ -143,7 +151,7 @@ def print_explanations(images: Sequence[str | Path], model_path: str | Path | No
     exit code: EXIT_OK when every image was explained, EXIT_ERRORS when some could not be read
     (as the scan's)."""
     from audit.errors import EXIT_ERRORS, EXIT_OK
-    from audit.model import load_model
+    from audit.model import load_model, uncertain_reason
     from audit.report import ExplainFailure, explain_images, safe_stem, save_png
     from audit.verdicts import judge
 
@@ -158,7 +166,9 @@ def print_explanations(images: Sequence[str | Path], model_path: str | Path | No
             continue
         # The scan's verdict rule: a declaration of AI generation in the metadata flags the image
         # whatever the model says (README, "Provenance evidence and the verdict").
-        decision = judge(result.prob_ai, threshold, result.evidence)
+        # The band applies here too; novelty and the degraded check are the scan's (results.csv).
+        decision = judge(result.prob_ai, threshold, result.evidence,
+                         uncertain_reason(result.prob_ai, threshold, model.card.uncertainty))
         overlay_path = save_png(result.overlay, Path(out_dir) / f"{safe_stem(result.path, index)}-gradcam.png")
         reason = "" if decision.reason == "model" else f"\t{decision.reason}"
         echo(f"{result.path}\tprob_ai={result.prob_ai:.4f}\t{decision.verdict}\t{overlay_path}{reason}")

@@ -1,4 +1,4 @@
-"""The score stage: file records -> (load result, calibrated probability of "AI-generated").
+"""The score stage: file records -> (load result, calibrated probability of "AI-generated", novelty).
 
 Images are decoded in DataLoader worker processes and batched; the collate keeps failed items
 as data (their rows still have to be written), and only the images that decoded go to the model.
@@ -33,6 +33,7 @@ from audit.model import (
     LoadedModel,
     combine_views,
     default_workers,
+    features_and_logits,
     flatten_views,
     normalize,
 )
@@ -75,6 +76,7 @@ class Batch:
     images: torch.Tensor  # uint8 N_ok x C x H x W (a crops policy: all items' views, concatenated)
     ok_positions: list[int]
     view_counts: list[int] | None = None  # a crops policy: each item's number of views, in order
+    degraded: int = 0  # images after the decoded items': their degraded copies, in the same order
 
     def pin_memory(self) -> "Batch":
         # Called by the DataLoader's pin-memory thread when pin_memory=True (CUDA).
@@ -87,13 +89,15 @@ def collate_results(items: list[LoadResult]) -> Batch:
 
     ok_positions = [i for i, item in enumerate(items) if item.tensor is not None]
     tensors = [items[i].tensor for i in ok_positions]
+    degraded = [items[i].degraded_tensor for i in ok_positions if items[i].degraded_tensor is not None]
+    tensors += degraded  # scored in the same forward pass as the originals
     for item in items:
-        item.tensor = None
+        item.tensor = item.degraded_tensor = None
     if tensors and tensors[0].ndim == 4:  # a crops policy: K views an item, K may differ
         return Batch(results=items, images=torch.cat(tensors), ok_positions=ok_positions,
-                     view_counts=[len(tensor) for tensor in tensors])
+                     view_counts=[len(tensor) for tensor in tensors], degraded=len(degraded))
     images = torch.stack(tensors) if tensors else torch.empty(0, dtype=torch.uint8)
-    return Batch(results=items, images=images, ok_positions=ok_positions)
+    return Batch(results=items, images=images, ok_positions=ok_positions, degraded=len(degraded))
 
 
 # The parent's pid as a decode worker saw it at start; None in the main process.
@@ -142,9 +146,21 @@ def make_loader(records: Sequence[FileRecord], options: LoadOptions, batch_size:
 # --------------------------------------------------------------------------- model
 
 
+@dataclass
+class BatchScores:
+    """What the networks say of a batch's images, in order: calibrated prob_ai, novelty (None when
+    no card has novelty statistics; None for an image whose model has none), and the degraded
+    copies' prob_ai (None when not asked)."""
+
+    probs: list[float]
+    novelty: list[float | None] | None = None
+    prob_degraded: list[float] | None = None
+
+
 class Scorer:
     """Runs the network (and the networks its card routes images to) on uint8 batches and returns
-    calibrated probabilities (float32, CPU)."""
+    calibrated probabilities (float32, CPU), and the novelty of each image where its model's card
+    has novelty statistics."""
 
     def __init__(self, model: LoadedModel, plan: ComputePlan) -> None:
         import torch
@@ -160,6 +176,8 @@ class Scorer:
             if plan.channels_last:
                 network = network.to(memory_format=torch.channels_last)
             self._networks.append(network)
+        self._novelty = [each.card.uncertainty.novelty if each.card.uncertainty is not None else None
+                         for each in self.models]
 
     def network(self, route: int = 0) -> Any:
         return self._networks[route]
@@ -170,8 +188,18 @@ class Scorer:
         ``routes``: each image's route (None: all the card's own network)."""
         import torch
 
+        return torch.tensor(self.scores(images_uint8, view_counts, routes=routes).probs, dtype=torch.float32)
+
+    def scores(self, images_uint8: torch.Tensor, view_counts: list[int] | None = None, degraded: int = 0,
+               routes: list[int] | None = None) -> BatchScores:
+        """prob_ai and novelty per image; the last ``degraded`` images are degraded copies of the
+        last ``degraded`` originals, whose prob_ai comes back as ``prob_degraded``. ``routes``:
+        each image's route, the degraded copies included (None: all the card's own network)."""
+        import torch
+
+        with_novelty = any(stats is not None for stats in self._novelty)
         if images_uint8.shape[0] == 0:
-            return torch.empty(0)
+            return BatchScores([], [] if with_novelty else None, [] if degraded else None)
         with torch.inference_mode():
             batch = images_uint8.to(self.plan.device, non_blocking=self.plan.pin_memory)
             inputs, views = flatten_views(normalize(batch, self.model.card.preprocessing))
@@ -181,33 +209,61 @@ class Scorer:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             if not routes or not any(routes):
                 with self.plan.autocast():
-                    logits = combine_views(self.network(0)(inputs).float(), views)
-                return self.model.probabilities(logits).float().cpu()
-            return self._routed(inputs, views, routes)
+                    features, logits = features_and_logits(self.network(0), inputs)
+                features, logits = combine_views(features.float(), views), combine_views(logits.float(), views)
+                routes = [0] * logits.shape[0]
+            else:
+                features, logits = self._routed(inputs, views, routes)
+            probs, novelty = self._calibrated(features, logits, routes, with_novelty)
+        originals = len(probs) - degraded
+        return BatchScores(probs[:originals], novelty[:originals] if novelty is not None else None,
+                           probs[originals:] if degraded else None)
 
-    def _routed(self, inputs: torch.Tensor, views: int | list[int], routes: list[int]) -> torch.Tensor:
-        """Each image's views through its route's network, calibrated by that model's card."""
+    def _routed(self, inputs: torch.Tensor, views: int | list[int],
+                routes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's views through its route's network: pooled features and logits per image."""
         import torch
 
         counts = views if isinstance(views, list) else [max(views, 1)] * len(routes)
         view_route = torch.repeat_interleave(torch.tensor(routes), torch.tensor(counts)).to(inputs.device)
-        logits = torch.empty((inputs.shape[0], len(self.model.card.class_names)), device=inputs.device)
+        logits = features = None
         for route in sorted(set(routes)):
             chosen = view_route == route
             with self.plan.autocast():
-                logits[chosen] = self.network(route)(inputs[chosen]).float()
-        combined = combine_views(logits, views)
+                part_features, part_logits = features_and_logits(self.network(route), inputs[chosen])
+            if logits is None:
+                logits = torch.empty((inputs.shape[0], part_logits.shape[1]), device=inputs.device)
+                features = torch.empty((inputs.shape[0], part_features.shape[1]), device=inputs.device)
+            logits[chosen], features[chosen] = part_logits.float(), part_features.float()
+        return combine_views(features, views), combine_views(logits, views)
+
+    def _calibrated(self, features: torch.Tensor, logits: torch.Tensor, routes: list[int],
+                    with_novelty: bool) -> tuple[list[float], list[float | None] | None]:
+        """Each image's prob_ai by its model's calibration, and its novelty by its model's statistics."""
+        import torch
+
+        if not any(routes):
+            novelty = self._novelty[0].score(features).cpu().tolist() if self._novelty[0] is not None else None
+            return self.model.probabilities(logits).float().cpu().tolist(), novelty if with_novelty else None
         probs = torch.empty(len(routes))
+        novelty: list[float | None] = [None] * len(routes)
         image_route = torch.tensor(routes)
         for route in sorted(set(routes)):
             chosen = image_route == route
-            probs[chosen] = self.models[route].probabilities(combined[chosen.to(combined.device)]).float().cpu()
-        return probs
+            on_device = chosen.to(logits.device)
+            probs[chosen] = self.models[route].probabilities(logits[on_device]).float().cpu()
+            if self._novelty[route] is not None:
+                for index, value in zip(chosen.nonzero().flatten().tolist(),
+                                        self._novelty[route].score(features[on_device]).cpu().tolist()):
+                    novelty[index] = value
+        return probs.tolist(), novelty if with_novelty else None
 
 
-def routes_of(results: Sequence[LoadResult], ok_positions: Sequence[int]) -> list[int]:
-    """The route of each decoded image of a batch, in the batch's order."""
-    return [results[position].route for position in ok_positions]
+def routes_of(results: Sequence[LoadResult], ok_positions: Sequence[int], degraded: int = 0) -> list[int]:
+    """The route of each decoded image of a batch, in the batch's order; its degraded copies (the
+    last ``degraded`` images) go where their originals went."""
+    routes = [results[position].route for position in ok_positions]
+    return routes + routes[len(routes) - degraded:] if degraded else routes
 
 
 def score_records(
@@ -245,10 +301,22 @@ def score_records(
 
 
 def _score_batch(scorer: Scorer, batch: Batch) -> Iterator[Scored]:
-    probs = scorer.probabilities(batch.images, batch.view_counts, routes_of(batch.results, batch.ok_positions)).tolist()
-    prob_at = dict(zip(batch.ok_positions, probs, strict=True))
-    for position, result in enumerate(batch.results):
-        yield Scored(result=result, prob_ai=prob_at.get(position))
+    yield from scored_in_order(batch.results, batch.ok_positions,
+                               scorer.scores(batch.images, batch.view_counts, batch.degraded,
+                                             routes_of(batch.results, batch.ok_positions, batch.degraded)))
+
+
+def scored_in_order(results: list[LoadResult], ok_positions: list[int], scores: BatchScores) -> Iterator[Scored]:
+    """One Scored per result, the decoded ones with their scores (both engines' last step)."""
+    at = {position: index for index, position in enumerate(ok_positions)}
+    for position, result in enumerate(results):
+        index = at.get(position)
+        if index is None:
+            yield Scored(result=result, prob_ai=None)
+        else:
+            yield Scored(result=result, prob_ai=scores.probs[index],
+                         novelty=scores.novelty[index] if scores.novelty is not None else None,
+                         prob_degraded=scores.prob_degraded[index] if scores.prob_degraded is not None else None)
 
 
 def _iterate(loader: DataLoader) -> Iterator[Batch]:

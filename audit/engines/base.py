@@ -22,6 +22,9 @@ from audit.model import ComputePlan, LoadedModel
 class Scored:
     result: LoadResult
     prob_ai: float | None  # None when the file could not be loaded
+    # How unlike the training images it is (audit.model.NoveltyStatistics); None: the card has no statistics.
+    novelty: float | None = None
+    prob_degraded: float | None = None  # prob_ai of its degraded copy, when the run checks one
 
 
 @dataclass(frozen=True)

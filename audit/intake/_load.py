@@ -32,7 +32,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from audit.evidence import EvidenceOptions, Finding, read_evidence
 from audit.intake._discover import SNIFF_BYTES, SUPPORTED_FORMATS, FileRecord, sniff_format
-from audit.model import Preprocessing, route_index, to_model_input
+from audit.model import Preprocessing, degraded_copy, route_index, to_model_input
 
 if TYPE_CHECKING:  # the tensor comes from input_policy.to_model_input; importing torch here would slow a rerun that decodes nothing
     import torch
@@ -58,6 +58,8 @@ class LoadOptions:
     distinct_views: bool = True
     # The card's routes by size: (longest side, that model's input policy), audit.model.route_policies.
     routes: tuple[tuple[int, Preprocessing], ...] = ()
+    # Also make the input of a degraded copy (audit.model.degraded_copy), for the uncertain verdict.
+    check_degraded: bool = False
 
 
 @dataclass
@@ -75,6 +77,8 @@ class LoadResult:
     note: str = ""
     evidence: list[Finding] = field(default_factory=list)  # audit.evidence._metadata findings, strongest first
     route: int = 0  # 0: the card's own network; i: its i-th route by size (audit.model.route_index)
+    # With check_degraded: the degraded copy's input, as ``tensor``, for the same route's network.
+    degraded_tensor: torch.Tensor | None = None
 
     @property
     def ok(self) -> bool:
@@ -242,6 +246,15 @@ def load_image(record: FileRecord, options: LoadOptions) -> LoadResult:
     return load_bytes(data, options, result)
 
 
+def _routed_input(rgb: Image.Image, route: int, options: LoadOptions) -> torch.Tensor:
+    """The model input of ``rgb`` under its route's input policy (0: the card's own)."""
+    pre = options.routes[route - 1][1] if route else options.preprocessing
+    tensor = to_model_input(rgb, pre, distinct_views=options.distinct_views)
+    if route and options.preprocessing.resize_policy == "crops" and tensor.ndim == 3:
+        tensor = tensor.unsqueeze(0)  # one view, stacked as the card's crops are
+    return tensor
+
+
 def load_bytes(data: bytes, options: LoadOptions, result: LoadResult) -> LoadResult:
     """Decode a file's bytes into the model's input, filling ``result``; never raises.
 
@@ -261,11 +274,9 @@ def load_bytes(data: bytes, options: LoadOptions, result: LoadResult) -> LoadRes
         rgb = _decode(data, image_format, options, result)
         del data  # the encoded bytes are no longer needed; keep the worker's memory small
         result.route = route_index(result.width, result.height, options.routes)
-        pre = options.routes[result.route - 1][1] if result.route else options.preprocessing
-        tensor = to_model_input(rgb, pre, distinct_views=options.distinct_views)
-        if result.route and options.preprocessing.resize_policy == "crops" and tensor.ndim == 3:
-            tensor = tensor.unsqueeze(0)  # one view, stacked as the card's crops are
-        result.tensor = tensor
+        result.tensor = _routed_input(rgb, result.route, options)
+        if options.check_degraded:  # judged by the network that judged the image: is its verdict stable?
+            result.degraded_tensor = _routed_input(degraded_copy(rgb), result.route, options)
     except _LoadFailure as failure:
         result.error = str(failure)
     except Exception as exc:  # noqa: BLE001 - the last guard: a row, never a stopped run

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from audit.atomic import atomic_path, write_text
 from audit.errors import UsageError
 from audit.model._input_policy import Preprocessing
+from audit.model._uncertainty import Uncertainty
 
 if TYPE_CHECKING:  # torch is imported where a network is built or run: a rerun that scores nothing never pays for it
     import torch
@@ -131,6 +132,8 @@ class ModelCard:
     # Images a route takes by size are scored by another model (audit.model._routing).
     routes: list[dict[str, Any]] = field(default_factory=list)
     schema_version: int = CARD_SCHEMA_VERSION
+    # The rules for the "uncertain" verdict (audit.model._uncertainty); None: no row is uncertain.
+    uncertainty: Uncertainty | None = None
 
     @property
     def model_id(self) -> str:
@@ -158,6 +161,8 @@ class ModelCard:
         try:
             values["preprocessing"] = Preprocessing(**pre)
             values["class_names"] = tuple(values.get("class_names", CLASS_NAMES))
+            if values.get("uncertainty") is not None:
+                values["uncertainty"] = Uncertainty.from_dict(values["uncertainty"])
             card = cls(**values)
         except (TypeError, ValueError) as exc:
             raise ModelError(f"model card is malformed: {exc}") from None
@@ -172,6 +177,8 @@ class ModelCard:
         if not isinstance(self.threshold, (int, float)) or not 0.0 <= self.threshold <= 1.0:
             problems.append(f"threshold must lie in [0, 1] (got {self.threshold!r})")
         problems.extend(self.preprocessing.problems())  # the input policy checks its own rules
+        if self.uncertainty is not None:
+            problems.extend(self.uncertainty.problems(self.threshold))
         if tuple(self.class_names) != CLASS_NAMES:
             problems.append(f"class_names must be {list(CLASS_NAMES)} (got {list(self.class_names)})")
         if problems:

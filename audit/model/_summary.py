@@ -22,6 +22,13 @@ class DataSetFigures:
     real_flagged_rate: float | None
     ai_caught_rate: float | None
     weak_sources: list[dict[str, Any]] = field(default_factory=list)
+    # With a card's uncertain rules (training.evaluate): the share uncertain, the wrong verdicts and
+    # how many of them are uncertain, AI images caught or sent to a person; None for older cards.
+    uncertain_rate: float | None = None
+    wrong: int | None = None
+    wrong_uncertain: int | None = None
+    ai_caught_or_uncertain_rate: float | None = None
+    groups: list[dict[str, Any]] = field(default_factory=list)  # the per-generator (else per-source) table
 
 
 @dataclass
@@ -35,6 +42,7 @@ class ModelSummary:
     weights_mb: float | None
     data_sets: list[DataSetFigures]
     trained_on: list[str]
+    uncertain_rules: list[str] = field(default_factory=list)  # the card's rules for "uncertain", in words
 
 
 def _rate(metrics: dict[str, Any], label: int) -> float | None:
@@ -69,11 +77,15 @@ def summarize(card: ModelCard, card_path: Path | None = None) -> ModelSummary:
     for name, measured in named.items():
         metrics = measured.get("metrics", {})
         table = measured.get("per_generator") or measured.get("per_source") or []
+        uncertain = measured.get("uncertain") or {}
         data_sets.append(DataSetFigures(
             name=name, split=measured.get("split", "test"), count=metrics.get("count", 0),
             roc_auc=metrics.get("roc_auc"), accuracy=metrics.get("accuracy"),
-            real_flagged_rate=measured.get("real_flagged_rate"), ai_caught_rate=measured.get("ai_caught_rate"),
-            weak_sources=weak_sources(table),
+            real_flagged_rate=uncertain.get("real_flagged_rate", measured.get("real_flagged_rate")),
+            ai_caught_rate=uncertain.get("ai_caught_rate", measured.get("ai_caught_rate")),
+            weak_sources=weak_sources(table), uncertain_rate=uncertain.get("uncertain_rate"),
+            wrong=uncertain.get("wrong"), wrong_uncertain=uncertain.get("wrong_uncertain"),
+            ai_caught_or_uncertain_rate=uncertain.get("ai_caught_or_uncertain_rate"), groups=list(table),
         ))
     if official and not any(d.split == "test" for d in data_sets):
         data_sets.insert(0, DataSetFigures(
@@ -93,6 +105,7 @@ def summarize(card: ModelCard, card_path: Path | None = None) -> ModelSummary:
         input_policy=input_description(card),
         threshold=card.threshold, threshold_method=card.threshold_method,
         weights_mb=weights_mb, data_sets=data_sets, trained_on=trained_on,
+        uncertain_rules=card.uncertainty.describe() if card.uncertainty is not None else [],
     )
 
 
@@ -111,9 +124,14 @@ def format_summary(summary: ModelSummary) -> str:
             parts.append(f"real flagged {figures.real_flagged_rate:.1%}")
         if figures.ai_caught_rate is not None:
             parts.append(f"AI caught {figures.ai_caught_rate:.1%}")
+        if figures.uncertain_rate is not None:
+            parts.append(f"uncertain {figures.uncertain_rate:.1%} ({figures.wrong_uncertain} of {figures.wrong} "
+                         "wrong verdicts)")
         lines.append("  " + ", ".join(parts))
     if not summary.data_sets:
         lines.append("  no test figures in its card")
+    for rule in summary.uncertain_rules:
+        lines.append(f"  uncertain when: {rule}")
     return "\n".join(lines)
 
 

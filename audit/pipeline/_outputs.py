@@ -158,7 +158,8 @@ def copy_verified(source: Path, sha256: str, target: Path) -> bool:
 
 
 # Columns that hold numbers; the CSV holds them as text, the XLSX as numbers (empty: no value).
-_NUMBER_COLUMNS: dict[str, type] = {"bytes": int, "width": int, "height": int, "prob_ai": float, "threshold": float}
+_NUMBER_COLUMNS: dict[str, type] = {"bytes": int, "width": int, "height": int, "prob_ai": float, "threshold": float,
+                                    "novelty": float}
 
 
 def write_xlsx_from_csv(csv_path: Path, xlsx_path: Path) -> None:

@@ -8,6 +8,7 @@ loses at most the batch in flight and the next run resumes from the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -37,7 +38,7 @@ _STORED_FIELDS = tuple(name for name in SCORED_COLUMNS if name not in ("path", "
 
 def scoring_key(model: LoadedModel, load_options: LoadOptions) -> str:
     """What a stored result depends on besides the file's bytes: the model (id, calibration,
-    threshold, preprocessing), the evidence settings, the decode limits and the row schema.
+    threshold, preprocessing, uncertain rules), the evidence settings, the decode limits and the row schema.
     Any of them changing means the file is scored again."""
     evidence = load_options.evidence
     parts = {
@@ -51,6 +52,11 @@ def scoring_key(model: LoadedModel, load_options: LoadOptions) -> str:
         "max_pixels": load_options.max_pixels,
         "max_file_bytes": load_options.max_file_bytes,
         "draft": load_options.draft,
+        # The uncertain verdict's rules (band, novelty statistics) and the degraded-copy check.
+        "uncertainty": [None if each.card.uncertainty is None else hashlib.sha256(
+            json.dumps(dataclasses.asdict(each.card.uncertainty), sort_keys=True).encode()).hexdigest()
+            for each in (model, *(routed for _, routed in model.routes))],
+        "check_degraded": load_options.check_degraded,
         # The review columns are filled afresh each run from the store's decisions: not part of it.
         "columns": SCORED_COLUMNS,
     }

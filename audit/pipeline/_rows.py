@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from audit.engines import Scored
 from audit.evidence import evidence_cell, evidence_sources
-from audit.model import LoadedModel
+from audit.model import LoadedModel, uncertain_reason
 from audit.rows import STATUS_ERROR, STATUS_OK, ResultRow
 from audit.verdicts import VERDICT_ERROR, judge
 
@@ -36,8 +36,11 @@ def make_row(scored: Scored, true_label: str, model: LoadedModel, scanned_at: st
         row.status, row.error, row.verdict = STATUS_ERROR, result.error or "not scored", VERDICT_ERROR
     else:
         row.status, row.prob_ai = STATUS_OK, scored.prob_ai
+        row.novelty = round(scored.novelty, 4) if scored.novelty is not None else None
+        uncertain = uncertain_reason(scored.prob_ai, threshold, scorer.card.uncertainty, scored.novelty,
+                                     scored.prob_degraded)
         # prob_ai stays the model's; a declaration of AI generation can still flag the image.
-        decision = judge(scored.prob_ai, threshold, result.evidence)
+        decision = judge(scored.prob_ai, threshold, result.evidence, uncertain)
         row.verdict = decision.verdict
         row.verdict_reason = decision.reason
     row.evidence, row.evidence_source = evidence_cell(result.evidence), evidence_sources(result.evidence)

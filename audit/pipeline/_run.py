@@ -77,10 +77,11 @@ def default_out_dir(started: datetime, base: Path = Path("reports")) -> Path:
     return candidate
 
 
-def exit_code_for(errors: int, flagged: int, fail_on_flagged: bool) -> int:
-    """4 (flagged, with --fail-on-flagged) wins over 3 (errors): a caller who asked to fail on
-    flagged images is told about them first; summary.json has both counts."""
-    if fail_on_flagged and flagged:
+def exit_code_for(errors: int, flagged: int, fail_on_flagged: bool, uncertain: int = 0,
+                  fail_on_uncertain: bool = False) -> int:
+    """4 (flagged with --fail-on-flagged, or uncertain with --fail-on-uncertain) wins over 3
+    (errors): a caller who asked to fail on them is told first; summary.json has every count."""
+    if (fail_on_flagged and flagged) or (fail_on_uncertain and uncertain):
         return EXIT_FLAGGED
     if errors:
         return EXIT_ERRORS
@@ -161,8 +162,10 @@ class ScanRun:
         discover_options = DiscoverOptions(tuple(options.include), tuple(options.exclude), options.include_hidden)
         records = list(discover(options.archives, discover_options))
         seconds = {"discover": time.perf_counter() - t0}
+        rules = self.model.card.uncertainty
         load_options = LoadOptions(preprocessing=self.model.card.preprocessing, max_pixels=options.max_pixels,
-                                   draft=options.draft, evidence=self.evidence, routes=route_policies(self.model.routes))
+                                   draft=options.draft, evidence=self.evidence, routes=route_policies(self.model.routes),
+                                   check_degraded=options.check_degraded or bool(rules and rules.check_degraded))
         key = scoring_key(self.model, load_options)
         t0 = time.perf_counter()
         # Decided before scoring starts, so the engine gets exactly the files to decode, in order.
@@ -272,8 +275,10 @@ class ScanRun:
         roots = {RunStore.root_key(root) for root in roots_seen_whole(options, plan.records)}
         changes = store.record_changes(run_id, roots, plan.baseline)
         seconds["total"] = time.perf_counter() - self.clock
-        # --fail-on-flagged leaves out what reviewers cleared as false positives under this model.
-        exit_code = exit_code_for(tally.by_status[STATUS_ERROR], review.flagged_not_cleared, options.fail_on_flagged)
+        # --fail-on-flagged leaves out what reviewers cleared as false positives under this model,
+        # --fail-on-uncertain the uncertain rows a reviewer decided.
+        exit_code = exit_code_for(tally.by_status[STATUS_ERROR], review.flagged_not_cleared, options.fail_on_flagged,
+                                  review.uncertain_not_decided, options.fail_on_uncertain)
         counts = RunCounts(tally.files, tally.scored, tally.files - tally.scored, tally.by_verdict[VERDICT_AI],
                            tally.by_status[STATUS_ERROR])
         compute = engine.compute_record() if engine is not None else self.compute_plan.describe() if self.compute_plan else None

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from audit.intake import FileRecord
 from audit.pipeline._outputs import ResultWriter
 from audit.rows import STATUS_ERROR, STATUS_OK, ResultRow
-from audit.verdicts import VERDICT_AI, VERDICT_ERROR, VERDICT_REAL
+from audit.verdicts import VERDICT_AI, VERDICT_ERROR, VERDICT_REAL, VERDICT_UNCERTAIN
 
 # Where a row came from: scored now, the stored result of the same bytes met earlier
 # (a duplicate), or re-emitted from the run store for an unchanged file.
@@ -101,7 +101,8 @@ class Tally:
     files: int = 0
     scored: int = 0  # rows scored in this run (not re-emitted from the store)
     by_status: dict[str, int] = field(default_factory=lambda: {STATUS_OK: 0, STATUS_ERROR: 0})
-    by_verdict: dict[str, int] = field(default_factory=lambda: {VERDICT_AI: 0, VERDICT_REAL: 0, VERDICT_ERROR: 0})
+    by_verdict: dict[str, int] = field(default_factory=lambda: {VERDICT_AI: 0, VERDICT_REAL: 0,
+                                                                      VERDICT_UNCERTAIN: 0, VERDICT_ERROR: 0})
     # confusion[true_label][verdict], for rows whose true label is known
     confusion: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -137,7 +138,7 @@ class Tally:
     def closing_line(self, out_dir: Path) -> str:
         v = self.by_verdict
         return (f"audit scan: {self.files} files: {v[VERDICT_AI]} ai-generated, {v[VERDICT_REAL]} real, "
-                f"{v[VERDICT_ERROR]} errors -> {out_dir}")
+                f"{v[VERDICT_UNCERTAIN]} uncertain, {v[VERDICT_ERROR]} errors -> {out_dir}")
 
 
 class Progress:

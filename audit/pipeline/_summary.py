@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import audit
 from audit.store import Changes, RunCounts
 from audit.summary import ChangesRecord, ModelRecord, RunSummary, StoreRecord, ToolRecord
-from audit.verdicts import VERDICT_AI
+from audit.verdicts import VERDICT_AI, VERDICT_UNCERTAIN
 
 if TYPE_CHECKING:
     from audit.config import ScanOptions
@@ -42,6 +42,7 @@ def build_summary(options: ScanOptions, model: LoadedModel, compute: dict[str, A
         files=tally.files,
         counts={"by_status": dict(tally.by_status), "by_verdict": dict(tally.by_verdict)},
         flagged=tally.by_verdict[VERDICT_AI],
+        uncertain=tally.by_verdict[VERDICT_UNCERTAIN],  # not flagged: a person should look
         # Over the stages themselves (discover + load and score + write), not model loading.
         throughput_files_per_s=_throughput(tally.files, seconds),
         seconds={name: round(value, 3) for name, value in seconds.items()},

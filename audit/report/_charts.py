@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from audit.report._metrics import LabelledMetrics, labelled_rows
-from audit.verdicts import VERDICT_AI, VERDICT_REAL
+from audit.verdicts import VERDICT_AI, VERDICT_REAL, VERDICT_UNCERTAIN
 
 
 def report_charts(frame: pd.DataFrame, threshold: float | None, metrics: LabelledMetrics | None) -> dict[str, str]:
@@ -51,14 +51,16 @@ def histogram_chart(frame: pd.DataFrame, threshold: float | None) -> str:
     import seaborn as sns
 
     plt = _pyplot()
-    scored = frame[frame["prob_ai"].notna() & frame["verdict"].isin([VERDICT_AI, VERDICT_REAL])]
+    scored = frame[frame["prob_ai"].notna() & frame["verdict"].isin([VERDICT_AI, VERDICT_REAL, VERDICT_UNCERTAIN])]
+    verdicts = [v for v in (VERDICT_REAL, VERDICT_UNCERTAIN, VERDICT_AI)
+                if v != VERDICT_UNCERTAIN or (scored["verdict"] == VERDICT_UNCERTAIN).any()]
     figure, axes = plt.subplots(figsize=(7.0, 2.8))
     if scored.empty:
         axes.text(0.5, 0.5, "no scored images", ha="center", va="center")
     else:
         sns.histplot(
-            data=scored, x="prob_ai", hue="verdict", hue_order=[VERDICT_REAL, VERDICT_AI],
-            palette={VERDICT_REAL: "#4c72b0", VERDICT_AI: "#c44e52"}, bins=np.linspace(0, 1, 21),
+            data=scored, x="prob_ai", hue="verdict", hue_order=verdicts,
+            palette={VERDICT_REAL: "#4c72b0", VERDICT_UNCERTAIN: "#d4a017", VERDICT_AI: "#c44e52"}, bins=np.linspace(0, 1, 21),
             multiple="stack", ax=axes,
         )
         # A fixed place: matplotlib's "best" searches the bars for a free spot at every draw,

@@ -32,7 +32,7 @@ from audit.model import (
 from audit.review import review_state
 from audit.rows import REVIEW_COLUMNS, unneutralise
 from audit.summary import RunSummary, SummaryError, read_summary
-from audit.verdicts import VERDICT_AI, VERDICT_REAL
+from audit.verdicts import VERDICT_AI, VERDICT_REAL, VERDICT_UNCERTAIN
 
 # The all-results table is data for the page's script; these columns, in this order.
 TABLE_COLUMNS = ("path", "verdict", "prob_ai", "true_label", "status", "width", "height", "bytes", "sha256", "error", "note",
@@ -160,6 +160,7 @@ class Counts:
     awaiting_review: int = 0
     confirmed: int = 0
     cleared: int = 0
+    uncertain: int = 0  # the model cannot judge them: a person should look
 
     @classmethod
     def from_results(cls, frame: pd.DataFrame) -> "Counts":
@@ -173,6 +174,7 @@ class Counts:
             awaiting_review=states["awaiting"],
             confirmed=states["confirmed"],
             cleared=states["cleared"],
+            uncertain=int((verdicts == VERDICT_UNCERTAIN).sum()),
         )
 
 
@@ -187,6 +189,12 @@ def flagged_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Every flagged image, most confident first (ties in discovery order)."""
     flagged = frame[(frame["verdict"] == VERDICT_AI) & (frame["status"] == "ok")]
     return flagged.sort_values("prob_ai", ascending=False, kind="stable")
+
+
+def uncertain_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every uncertain image, the most likely AI-generated first (ties in discovery order)."""
+    uncertain = frame[(frame["verdict"] == VERDICT_UNCERTAIN) & (frame["status"] == "ok")]
+    return uncertain.sort_values("prob_ai", ascending=False, kind="stable")
 
 
 def run_threshold(run: RunData, facts: "ModelFacts") -> float | None:

@@ -1,4 +1,4 @@
-"""The explain stage: flagged images -> Grad-CAM heatmaps and overlay thumbnails.
+"""The explain stage: flagged images -> Grad-CAM heatmaps, overlay thumbnails and each crop's own score.
 
 Grad-CAM (Selvaraju et al., 2017) weights the feature maps of one convolutional layer by the
 gradient of the "ai-generated" logit, so the map says which regions of the *network input*
@@ -38,7 +38,14 @@ from audit.model import (
     shorter_side_to,
 )
 from audit.report import _pictures as pictures
-from audit.report._pictures import THUMBNAIL_SIZE, LoadedPicture, overlay_heatmap, upsample_heatmap
+from audit.report._pictures import (
+    THUMBNAIL_SIZE,
+    CropScore,
+    LoadedPicture,
+    draw_crop_boxes,
+    overlay_heatmap,
+    upsample_heatmap,
+)
 from audit.store import CachedMap, ReportCache
 
 # Images per Grad-CAM forward and backward pass (the scan's batch is audit.model._compute's).
@@ -57,6 +64,10 @@ class Explanation:
     overlay: Image.Image
     enlarged: bool = False  # the picture is smaller than the thumbnail (pixels repeated, not invented)
     evidence: list[Finding] = field(default_factory=list)  # provenance findings, strongest first
+    # An image judged through several crops: each crop's box on the thumbnail and its own prob_ai,
+    # and the thumbnail with the boxes drawn (what the gallery shows beside the Grad-CAM).
+    crops: tuple[CropScore, ...] = ()
+    crop_picture: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -156,14 +167,23 @@ class GradCamExplainer:
         self.model.network.zero_grad(set_to_none=True)
         return logits_array, np.clip(maps, 0.0, 1.0).astype(np.float32)
 
-    def _explain_placed(self, item: LoadedPicture) -> tuple[float, np.ndarray]:
+    def _explain_placed(self, item: LoadedPicture) -> tuple[float, np.ndarray, tuple[CropScore, ...]]:
         """A center-crop or crops policy: the views' maps placed in the picture (place_view_maps),
-        and the probability from the views' averaged logits, as the scan computes it. (Not
-        cached: the heatmap cache holds one input-size map an image.)"""
+        the probability from the views' averaged logits, as the scan computes it, and each crop's
+        own probability with its box on the thumbnail (when there are several). (Not cached: the
+        heatmap cache holds one input-size map an image.)"""
+        pre = self.model.card.preprocessing
         views = item.model_input if item.model_input.ndim == 4 else item.model_input.unsqueeze(0)
         logits, maps = self.explain_batch_logits(views)
         prob_ai = float(self.probabilities(logits.mean(axis=0, keepdims=True))[0])
-        return prob_ai, place_view_maps(maps, item.picture_size, self.model.card.preprocessing, item.thumbnail.size)
+        heatmap = place_view_maps(maps, item.picture_size, pre, item.thumbnail.size)
+        boxes, scaled = view_boxes(item.picture_size, pre)
+        crops: tuple[CropScore, ...] = ()
+        if len(boxes) > 1 and len(boxes) == len(logits):
+            sx, sy = item.thumbnail.width / scaled[0], item.thumbnail.height / scaled[1]
+            crops = tuple(CropScore((round(left * sx), round(top * sy), round(right * sx), round(bottom * sy)), float(p))
+                          for (left, top, right, bottom), p in zip(boxes, self.probabilities(logits)))
+        return prob_ai, heatmap, crops
 
     def _explain_squashed(self, loaded: list[LoadedPicture], cache: ReportCache | None) -> list[tuple[float, np.ndarray]]:
         """The squash policy: one input-size map an image (from the cache where it has it),
@@ -212,8 +232,11 @@ class GradCamExplainer:
         if self.model.card.preprocessing.resize_policy != "squash":
             scored = [self._explain_placed(item) for item in loaded]
         else:
-            scored = self._explain_squashed(loaded, cache) if loaded else []
-        explained = {id(item): _explanation(item, prob_ai, heatmap) for item, (prob_ai, heatmap) in zip(loaded, scored)}
+            scored = [(prob_ai, heatmap, ()) for prob_ai, heatmap in self._explain_squashed(loaded, cache)] \
+                if loaded else []
+        threshold = self.model.card.threshold
+        explained = {id(item): _explanation(item, prob_ai, heatmap, crops, threshold)
+                     for item, (prob_ai, heatmap, crops) in zip(loaded, scored)}
         for item in batch:
             yield explained[id(item)] if isinstance(item, LoadedPicture) else item
 
@@ -229,9 +252,21 @@ def _load_or_failure(path: Path, pre: Preprocessing, thumbnail_size: int) -> Loa
         return ExplainFailure(path, f"{type(exc).__name__}: {exc}")
 
 
-def _explanation(item: LoadedPicture, prob_ai: float, heatmap: np.ndarray) -> Explanation:
+def _explanation(item: LoadedPicture, prob_ai: float, heatmap: np.ndarray, crops: tuple[CropScore, ...] = (),
+                 threshold: float = 0.5) -> Explanation:
     return Explanation(path=item.path, sha256=item.sha256, prob_ai=prob_ai, heatmap=heatmap, thumbnail=item.thumbnail,
-                       overlay=overlay_heatmap(item.thumbnail, heatmap), enlarged=item.enlarged, evidence=item.evidence)
+                       overlay=overlay_heatmap(item.thumbnail, heatmap), enlarged=item.enlarged, evidence=item.evidence,
+                       crops=crops, crop_picture=draw_crop_boxes(item.thumbnail, crops, threshold) if crops else None)
+
+
+def view_boxes(picture_size: tuple[int, int], pre: Preprocessing) -> tuple[list[tuple[int, int, int, int]], tuple[int, int]]:
+    """The boxes of a center-crop or crops policy's distinct views (the scan's order), in the
+    picture resized as the policy resizes it, and that size."""
+    if pre.resize_policy == "crops":
+        scaled = crops_scale(picture_size, pre)
+        return list(dict.fromkeys(crop_boxes(scaled, pre.input_size, pre.crops))), scaled
+    scaled = shorter_side_to(picture_size, pre.input_size)
+    return crop_boxes(scaled, pre.input_size, 1), scaled
 
 
 def place_view_maps(maps: np.ndarray, picture_size: tuple[int, int], pre: Preprocessing,
@@ -239,12 +274,7 @@ def place_view_maps(maps: np.ndarray, picture_size: tuple[int, int], pre: Prepro
     """A center-crop or crops policy's view maps as one map of the picture, at thumbnail size:
     each view's map placed where that view lies in the picture, averaged where crops overlap,
     zero where no crop looked."""
-    if pre.resize_policy == "crops":
-        scaled = crops_scale(picture_size, pre)
-        boxes = list(dict.fromkeys(crop_boxes(scaled, pre.input_size, pre.crops)))
-    else:
-        scaled = shorter_side_to(picture_size, pre.input_size)
-        boxes = crop_boxes(scaled, pre.input_size, 1)
+    boxes, scaled = view_boxes(picture_size, pre)
     canvas = np.zeros((scaled[1], scaled[0]), dtype=np.float32)
     looked = np.zeros_like(canvas)
     for (left, top, right, bottom), cam in zip(boxes, maps):

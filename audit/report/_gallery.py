@@ -21,7 +21,7 @@ import pandas as pd
 
 import audit
 from audit.model import LoadedModel, route_index, route_policies
-from audit.report._data import RunData, flagged_rows, review_states
+from audit.report._data import RunData, flagged_rows, review_states, uncertain_rows
 from audit.report._pictures import OVERLAY_ALPHA, THUMBNAIL_SIZE, save_image
 from audit.review import cleared_under_other_model
 from audit.store import CachedPictures, ReportCache
@@ -35,6 +35,8 @@ MAX_EVIDENCE_LINES = 8
 MAX_EVIDENCE_CHARS = 300
 # The decided images listed after the cards; results.csv (and `audit review list`) has them all.
 MAX_DECIDED_LISTED = 500
+# Uncertain images shown as cards (at most --max-gallery too); results.csv lists them all.
+MAX_UNCERTAIN_CARDS = 100
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,9 @@ def write_gallery_images(result: Explanation, heatmap_dir: Path, stem: str) -> t
     PNG's size, which is what keeps a 200-image PDF at a few MB.
     """
     original_format, original_suffix = ("PNG", "png") if result.enlarged else ("JPEG", "jpg")
-    original = save_image(result.thumbnail, heatmap_dir / f"{stem}-original.{original_suffix}", original_format)
+    # An image judged through several crops shows each crop's box and score on its picture.
+    shown = result.crop_picture if result.crop_picture is not None else result.thumbnail
+    original = save_image(shown, heatmap_dir / f"{stem}-original.{original_suffix}", original_format)
     overlay = save_image(result.overlay, heatmap_dir / f"{stem}-gradcam.jpg", "JPEG")
     return f"heatmaps/{original.name}", f"heatmaps/{overlay.name}"
 
@@ -152,8 +156,24 @@ def build_gallery(
     gallery. Output names are the rank only: nothing from the archive names a file on disk.
     """
     flagged = flagged_rows(run.results)
-    rows = awaiting_rows(flagged, max_gallery)
-    explained = explain_rows(run, rows, model, heatmap_dir, report_cache) if model is not None else {}
+    return gallery_cards(run, awaiting_rows(flagged, max_gallery), model, model_problem, heatmap_dir, report_cache,
+                         "g"), len(flagged)
+
+
+def build_uncertain_gallery(run: RunData, model: LoadedModel | None, model_problem: str, heatmap_dir: Path,
+                            max_cards: int, report_cache: ReportCache | None = None) -> tuple[list[GalleryItem], int]:
+    """Cards for the uncertain images no reviewer has decided (at most ``max_cards``, the most
+    likely AI-generated first), and how many images are uncertain in all."""
+    uncertain = uncertain_rows(run.results)
+    undecided = uncertain[~uncertain["review"].isin(("confirmed-ai", "false-positive"))]
+    rows = [row for _, row in undecided.head(max(0, max_cards)).iterrows()]
+    return gallery_cards(run, rows, model, model_problem, heatmap_dir, report_cache, "u"), len(uncertain)
+
+
+def gallery_cards(run: RunData, rows: list[pd.Series], model: LoadedModel | None, model_problem: str,
+                  heatmap_dir: Path, report_cache: ReportCache | None, prefix: str) -> list[GalleryItem]:
+    """One card a row, its pictures named ``PREFIX####`` under heatmap_dir."""
+    explained = explain_rows(run, rows, model, heatmap_dir, report_cache, prefix) if model is not None else {}
     items = []
     for index, row in enumerate(rows):
         outcome = explained.get(index)
@@ -165,7 +185,7 @@ def build_gallery(
         else:
             problem = changed_since_scan(str(row.get("sha256", "")), pictures.sha256)
         items.append(gallery_item(index + 1, row, pictures, problem))
-    return items, len(flagged)
+    return items
 
 
 def awaiting_rows(flagged: pd.DataFrame, max_gallery: int) -> list[pd.Series]:
@@ -181,6 +201,7 @@ def picture_recipe(model: LoadedModel) -> str:
     of pytorch-grad-cam), so a change to either makes them again."""
     card = model.card
     return json.dumps({"layer": card.gradcam_layer, "thumbnail": THUMBNAIL_SIZE, "overlay_alpha": OVERLAY_ALPHA,
+                       "crop_boxes": card.threshold,  # the boxes' colours follow the threshold
                        "preprocessing": dataclasses.asdict(card.preprocessing), "audit": audit.__version__,
                        "grad-cam": _distribution_version("grad-cam")}, sort_keys=True)
 
@@ -193,7 +214,7 @@ def _distribution_version(name: str) -> str:
 
 
 def explain_rows(run: RunData, rows: list[pd.Series], model: LoadedModel, heatmap_dir: Path,
-                 report_cache: ReportCache | None) -> dict[int, GalleryPictures | str]:
+                 report_cache: ReportCache | None, prefix: str = "g") -> dict[int, GalleryPictures | str]:
     """Grad-CAM of each row's image, by its index in ``rows``: its pictures, or why there are none.
 
     An image the card routes by size is explained by the network that scored it. With
@@ -212,19 +233,19 @@ def explain_rows(run: RunData, rows: list[pd.Series], model: LoadedModel, heatma
             by_route.setdefault(route, []).append(index)
     for route, indices in sorted(by_route.items()):
         explained.update(_explain_with(model.scored_by(route), rows, {i: paths[i] for i in indices}, heatmap_dir,
-                                       report_cache))
+                                       report_cache, prefix))
     return explained
 
 
 def _explain_with(model: LoadedModel, rows: list[pd.Series], paths: dict[int, Path], heatmap_dir: Path,
-                  report_cache: ReportCache | None) -> dict[int, GalleryPictures | str]:
+                  report_cache: ReportCache | None, prefix: str) -> dict[int, GalleryPictures | str]:
     explained: dict[int, GalleryPictures | str] = {}
     scanned = {index: str(rows[index].get("sha256", "")) for index in paths}
     recipe = picture_recipe(model)
     kept = report_cache.get_pictures(list(scanned.values()), model.model_id, recipe) if report_cache else {}
     for index, sha256 in scanned.items():
         if sha256 in kept:
-            explained[index] = write_kept_pictures(kept[sha256], heatmap_dir, f"g{index + 1:04d}", sha256)
+            explained[index] = write_kept_pictures(kept[sha256], heatmap_dir, f"{prefix}{index + 1:04d}", sha256)
     readable = [(index, paths[index]) for index in scanned if index not in explained]
     if not readable:
         return explained
@@ -235,7 +256,7 @@ def _explain_with(model: LoadedModel, rows: list[pd.Series], paths: dict[int, Pa
         results = explainer.explain_paths([path for _, path in readable], THUMBNAIL_SIZE, report_cache)
         for (index, _), result in zip(readable, results):
             if isinstance(result, Explanation):
-                pictures = GalleryPictures(result.sha256, *write_gallery_images(result, heatmap_dir, f"g{index + 1:04d}"))
+                pictures = GalleryPictures(result.sha256, *write_gallery_images(result, heatmap_dir, f"{prefix}{index + 1:04d}"))
                 explained[index] = pictures
                 if report_cache is not None and result.sha256 == scanned[index]:  # the bytes the scan judged: kept
                     made[result.sha256] = read_pictures(pictures, heatmap_dir)

@@ -138,6 +138,36 @@ def overlay_heatmap(thumbnail: Image.Image, heatmap: np.ndarray, alpha: float = 
     return Image.fromarray(np.clip(np.round(blended), 0, 255).astype(np.uint8))
 
 
+@dataclass(frozen=True)
+class CropScore:
+    """One crop of an image judged through several: its box on the thumbnail and its own prob_ai."""
+
+    box: tuple[int, int, int, int]  # left, top, right, bottom, in thumbnail pixels
+    prob_ai: float
+
+
+CROP_HIGH, CROP_LOW = (230, 30, 30), (30, 190, 60)  # at or above the threshold: red; below: green
+
+
+def draw_crop_boxes(thumbnail: Image.Image, crops: tuple[CropScore, ...], threshold: float) -> Image.Image:
+    """The thumbnail with each crop's box, red at or above the threshold and green below, and its
+    probability printed in its corner; the highest-scoring crop is drawn last (on top)."""
+    from PIL import ImageDraw, ImageFont
+
+    picture = thumbnail.convert("RGB").copy()
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default()
+    for crop in sorted(crops, key=lambda c: c.prob_ai):
+        colour = CROP_HIGH if crop.prob_ai >= threshold else CROP_LOW
+        left, top, right, bottom = crop.box
+        draw.rectangle((left, top, right - 1, bottom - 1), outline=colour, width=2)
+        label = f"{crop.prob_ai:.2f}"
+        text_box = draw.textbbox((left + 3, top + 3), label, font=font)
+        draw.rectangle((text_box[0] - 1, text_box[1] - 1, text_box[2] + 1, text_box[3] + 1), fill=colour)
+        draw.text((left + 3, top + 3), label, fill=(255, 255, 255), font=font)
+    return picture
+
+
 def save_png(image: Image.Image, path: Path) -> Path:
     """Write a PNG through a temporary name, so a killed run never leaves half a file."""
     return save_image(image, path, "PNG")

@@ -44,7 +44,15 @@ from audit.report._data import (
     run_threshold,
     table_records,
 )
-from audit.report._gallery import DEFAULT_MAX_GALLERY, DecidedItem, GalleryItem, build_gallery, decided_items
+from audit.report._gallery import (
+    DEFAULT_MAX_GALLERY,
+    MAX_UNCERTAIN_CARDS,
+    DecidedItem,
+    GalleryItem,
+    build_gallery,
+    build_uncertain_gallery,
+    decided_items,
+)
 from audit.report._metrics import LabelledMetrics, compute_metrics
 from audit.report._page import options_list, render_page, swap_in_folder
 from audit.report._pdf import PdfFacts
@@ -85,6 +93,10 @@ class ReportContent:
     store: StoreRecord | None = None
     decided: list[DecidedItem] = field(default_factory=list)  # the first MAX_DECIDED_LISTED
     decided_total: int = 0
+    # The uncertain images no reviewer has decided, as cards (the first MAX_UNCERTAIN_CARDS), and
+    # how many images are uncertain in all.
+    uncertain_gallery: list[GalleryItem] = field(default_factory=list)
+    uncertain_total: int = 0
 
 
 def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | None, model_problem: str,
@@ -101,6 +113,8 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
     seconds["metrics_and_charts"] = time.perf_counter() - started
     started = time.perf_counter()
     gallery, flagged_total = build_gallery(run, model, model_problem, heatmap_dir, max_gallery, report_cache)
+    uncertain_gallery, uncertain_total = build_uncertain_gallery(
+        run, model, model_problem, heatmap_dir, min(max_gallery, MAX_UNCERTAIN_CARDS), report_cache)
     seconds["gallery_gradcam"] = time.perf_counter() - started
     decided, decided_total = decided_items(frame)
     errors, errors_total = listed_errors(frame)
@@ -130,6 +144,8 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
         store=summary.store,
         decided=decided,
         decided_total=decided_total,
+        uncertain_gallery=uncertain_gallery,
+        uncertain_total=uncertain_total,
     )
 
 

@@ -34,7 +34,7 @@ from audit.store import (
     stored_results,
     utc_text,
 )
-from audit.verdicts import VERDICT_AI
+from audit.verdicts import VERDICT_AI, VERDICT_UNCERTAIN
 
 CONFIRMED, CLEARED, UNSURE = REVIEW_DECISIONS  # confirmed-ai, false-positive, unsure
 # Bounds on text from a spreadsheet or a page: a note is for a sentence or a paragraph.
@@ -198,10 +198,14 @@ class ReviewTally:
         cells = self.cells.get(row.sha256) if row.sha256 else None
         if cells is None and row.verdict != VERDICT_AI:  # most rows of a nightly run
             self.counts["not-flagged"] += 1
+            if row.verdict == VERDICT_UNCERTAIN:
+                self.counts["uncertain-awaiting"] += 1
             return
         if cells is not None:
             row.review, row.review_note, row.reviewed_by, row.reviewed_at, row.review_model_id = cells
             self.rows_with_decision += 1
+        if row.verdict == VERDICT_UNCERTAIN:  # a person looked and said what it is: settled, whatever the model
+            self.counts["uncertain-decided" if row.review in (CONFIRMED, CLEARED) else "uncertain-awaiting"] += 1
         state = review_state(row.verdict, row.model_id, row.review, row.review_model_id)
         self.counts[state] += 1
         if cleared_under_other_model(row.verdict, row.model_id, row.review, row.review_model_id):
@@ -211,6 +215,11 @@ class ReviewTally:
     def flagged_not_cleared(self) -> int:
         return self.counts["awaiting"] + self.counts["confirmed"]
 
+    @property
+    def uncertain_not_decided(self) -> int:
+        """Uncertain rows no reviewer has called confirmed-ai or false-positive."""
+        return self.counts["uncertain-awaiting"]
+
     def to_json(self) -> dict[str, Any]:
         """summary.json's ``review``: the flagged files three ways, and what the run went by."""
         return {
@@ -218,6 +227,8 @@ class ReviewTally:
             "flagged_confirmed": self.counts["confirmed"],
             "flagged_cleared": self.counts["cleared"],
             "cleared_under_another_model": self.cleared_under_other_model,
+            "uncertain_awaiting_review": self.counts["uncertain-awaiting"],
+            "uncertain_decided": self.counts["uncertain-decided"],
             "files_with_decision": self.rows_with_decision,
             # Changes whenever a decision is recorded: a rerun with new decisions is not "unchanged".
             "decisions_up_to": self.decisions_up_to,

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import audit
 from audit.config import ScanOptions
+from audit.engines._local import scored_in_order
 from audit.engines.base import EngineRequest, Scored, ScoringEngine
 from audit.engines.ray._cluster import INSTALL_HINT, HeadWatchdog, RayUnavailable, connect, first_line, guarded
 from audit.engines.ray._remote import ScoringActor, decode_batches, node_view
@@ -224,16 +225,14 @@ class RayEngine(ScoringEngine):
 
                     raise EngineLost(self._lost)
                 for payload in block["item"]:
-                    index, results, ok_positions, probs, decode_s, score_s, compute = pickle.loads(payload)
+                    index, results, ok_positions, scores, decode_s, score_s, compute = pickle.loads(payload)
                     if next_index == 0 and not self.stats.seconds["first_batch"]:
                         self.stats.seconds["first_batch"] = time.perf_counter() - t0
                     self.compute = self.compute or compute
                     yield from self._rescore_locally(batches, next_index, index)
                     self.stats.seconds["decode_tasks"] += decode_s
                     self.stats.seconds["score_actors"] += score_s
-                    prob_at = dict(zip(ok_positions, probs, strict=True))
-                    for position, result in enumerate(results):
-                        yield Scored(result=result, prob_ai=prob_at.get(position))
+                    yield from scored_in_order(results, ok_positions, scores)
                     next_index = index + 1
             yield from self._rescore_locally(batches, next_index, len(batches))
         finally:

@@ -41,7 +41,7 @@ def decode_batches(batch: dict[str, Any], load_options: LoadOptions) -> dict[str
         images = collated.images.numpy()
         # view_counts: a crops policy's number of views of each image (None: one each).
         out.append(pickle.dumps((index, collated.results, images, collated.ok_positions, collated.view_counts,
-                                 time.perf_counter() - started), protocol=pickle.HIGHEST_PROTOCOL))
+                                 collated.degraded, time.perf_counter() - started), protocol=pickle.HIGHEST_PROTOCOL))
     return {"item": np.array(out, dtype=object)}
 
 
@@ -71,11 +71,11 @@ class ScoringActor:
 
         out = []
         for payload in batch["item"]:
-            index, results, images, ok_positions, view_counts, decode_seconds = pickle.loads(payload)
+            index, results, images, ok_positions, view_counts, degraded, decode_seconds = pickle.loads(payload)
             started = time.perf_counter()
-            probs = self.scorer.probabilities(torch.from_numpy(images), view_counts,
-                                              routes_of(results, ok_positions)).tolist()
+            scores = self.scorer.scores(torch.from_numpy(images), view_counts, degraded,
+                                        routes_of(results, ok_positions, degraded))
             compute = {**self.plan.describe(), "torch_threads": self.threads}
-            out.append(pickle.dumps((index, results, ok_positions, probs, decode_seconds,
+            out.append(pickle.dumps((index, results, ok_positions, scores, decode_seconds,
                                      time.perf_counter() - started, compute), protocol=pickle.HIGHEST_PROTOCOL))
         return {"item": np.array(out, dtype=object)}
