@@ -13,13 +13,13 @@ import pytest
 import synthetic_detector as sd
 import torch
 from click.testing import CliRunner
+from helpers.cli import results_by_path
 from run_fixture import make_images
 
 from audit.cli import main
 from audit.engines import Scorer
 from audit.intake import FileRecord, LoadOptions, load_image
 from audit.model import ModelCard, NoveltyStatistics, Uncertainty, load_model, plan_compute, read_card
-from audit.pipeline import read_results_csv
 
 
 def scan(*args: str | Path):
@@ -69,7 +69,7 @@ def pooled_features(model_path: Path, images: torch.Tensor) -> np.ndarray:
 
 
 def rows_by_path(out: Path) -> dict[str, dict[str, str]]:
-    return {row["path"]: row for row in read_results_csv(out / "results.csv")}
+    return results_by_path(out)
 
 
 def test_card_round_trips_the_uncertain_rules_and_old_cards_have_none(detector: Path) -> None:
