@@ -110,3 +110,17 @@ def test_the_route_command_pins_the_model_it_routes_to(tmp_path: Path) -> None:
     loaded = load_model(tmp_path / "photos.json", lazy=True)
     assert loaded.scored_by(1).card.name == "small-images"
     assert loaded.card.routes[0]["weights_sha256"] == loaded.scored_by(1).card.weights_sha256
+
+
+def test_evaluation_judges_a_split_with_the_model_its_images_are_routed_to(tmp_path: Path) -> None:
+    from training.evaluate import model_for_split
+
+    card = routing_model(tmp_path / "models")
+    rng = np.random.default_rng(0)
+    for label in ("REAL", "FAKE"):
+        write_png(tmp_path / "small" / "test" / label / "a.png", background(rng))
+        write_png(tmp_path / "mixed" / "test" / label / "a.png", background(rng))
+    write_png(tmp_path / "mixed" / "test" / "REAL" / "big.png", background(rng), size=(200, 150))
+    model = load_model(card, lazy=True)
+    assert model_for_split(model, tmp_path / "small", "test").card.name == "small-images"
+    assert model_for_split(model, tmp_path / "mixed", "test") is model

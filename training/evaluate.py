@@ -24,8 +24,17 @@ import torch
 from PIL import Image, ImageFilter
 
 from audit.atomic import write_text
-from audit.model import LoadedModel, autocast_dtype, load_model, model_paths, pick_device, resolve_precision
-from training.data import ImageSet, has_split, load_split, split_hashes
+from audit.model import (
+    LoadedModel,
+    autocast_dtype,
+    load_model,
+    model_paths,
+    pick_device,
+    resolve_precision,
+    route_index,
+    route_policies,
+)
+from training.data import ImageSet, has_split, iter_files, load_split, split_hashes
 from training.engine import predict_logits, predict_logits_and_features, single_view
 from training.file_checks import file_level_checks
 from training.metrics import classification_metrics, reliability_table
@@ -111,6 +120,22 @@ def score_with_novelty(model: LoadedModel, images: torch.Tensor, device: torch.d
     rules = model.card.uncertainty
     novelty = rules.novelty.score(features).numpy() if rules is not None and rules.novelty is not None else None
     return model.probabilities(logits).numpy(), novelty
+
+
+def model_for_split(model: LoadedModel, source: Path, split: str) -> LoadedModel:
+    """The model the scan judges a split's images with: a route's, when the card routes every one
+    of them there by size (CIFAKE's 32x32 test images), else the card's own."""
+    if not model.routes:
+        return model
+    policies = route_policies(model.routes)
+    routes = set()
+    for _, _, data in iter_files(source, split):
+        with Image.open(io.BytesIO(data)) as image:
+            routes.add(route_index(*image.size, policies))
+    if len(routes) == 1:
+        return model.scored_by(routes.pop())
+    log.warning("%s %s: its images go to %d networks by size; measured with the card's own", source, split, len(routes))
+    return model
 
 
 def evaluate_model(
@@ -221,6 +246,8 @@ def card_summary(results: dict[str, Any]) -> dict[str, Any]:
     if "official_test" in results:
         summary["official_test"] = {k: results["official_test"][k] for k in keep}
         summary["deduplicated_test"] = {k: results["deduplicated_test"][k] for k in keep + ("dropped_files_also_in_train",)}
+    if "test_scored_by" in results:
+        summary["test_scored_by"] = results["test_scored_by"]
     if "robustness_official_test" in results:
         summary["robustness_official_test"] = results["robustness_official_test"]
     for name, measured in results.get("data_sets", {}).items():
@@ -295,16 +322,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         test.images = single_view(test.images)
         train_hashes = split_hashes(with_test[0], "train")
         log.info("test split: %d images; train hashes: %d", len(test), len(train_hashes))
-        results = evaluate_model(model, test, train_hashes, device, dtype,
+        judge = model_for_split(model, with_test[0], "test")
+        results = evaluate_model(judge, test, train_hashes, device, dtype,
                                  robustness=not args.no_robustness and test.images.ndim == 4)
         prob_ai, labels = results.pop("_prob_ai"), results.pop("_labels")
         results["test_data"] = str(with_test[0])
         results["model_id"] = model.model_id
+        if judge is not model:
+            results["test_scored_by"] = f"{judge.model_id}, where the card routes these images by size"
     results["data_sets"] = {}
     for source in sources:
         split = "test" if source in with_test else "val"
         name = source.stem if source.is_file() else source.name
-        results["data_sets"][name] = measure_split(model, source, split, generators, device, dtype,
+        results["data_sets"][name] = measure_split(model_for_split(model, source, split), source, split, generators,
+                                                   device, dtype,
                                                    file_level=split == "val" and not args.no_robustness)
     weights_path, card_path = model_paths(args.model)
     output_dir = Path(args.output_dir) if args.output_dir else weights_path.parent
@@ -315,7 +346,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     results["data"] = [str(source) for source in sources]
     results["precision"] = str(dtype or "float32")
     if prob_ai is not None:
-        results["plots"] = write_plots(prob_ai, labels, model.card.threshold, output_dir)
+        results["plots"] = write_plots(prob_ai, labels, results["threshold"], output_dir)
     metrics_path = output_dir / "metrics.json"
     write_text(metrics_path, json.dumps(results, indent=1) + "\n")
     for name in ("official_test", "deduplicated_test"):
