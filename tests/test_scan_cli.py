@@ -13,6 +13,7 @@ from scan_fixtures import build_bad_archive, jpeg_bytes, make_model, noise_image
 
 import audit
 from audit.rows import RESULT_COLUMNS
+from audit.summary import FORMAT_VERSION
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
@@ -75,7 +76,7 @@ def test_bad_archive_summary(bad_run) -> None:
     assert verdicts["error"] == errors and verdicts["ai-generated"] + verdicts["real"] == len(expected) - errors
     assert summary.flagged == verdicts["ai-generated"]
     assert summary.exit_code == 3
-    assert (summary.format_version, summary.tool.name, summary.tool.version) == ("2.0", "ai-image-audit", audit.__version__)
+    assert (summary.format_version, summary.tool.name, summary.tool.version) == (FORMAT_VERSION, "ai-image-audit", audit.__version__)
     assert summary.model.name == "test-model" and len(summary.model.sha256) == 64
     assert summary.model.id == f"test-model@{summary.model.sha256[:12]}"
     assert summary.threshold == 0.5
