@@ -39,6 +39,7 @@ def figures(rows: list[dict[str, str]]) -> dict[str, float | int | None]:
         "images": len(ok),
         "errors": len(rows) - len(ok),
         "roc_auc": round(float(roc_auc_score(labels, probs)), 4) if 0 < labels.sum() < len(labels) else None,
+        "accuracy_at_threshold": round(float((would_flag == labels).mean()), 4) if len(ok) else None,
         "real_flagged": share(verdict == "ai-generated", real),
         "ai_caught": share(verdict == "ai-generated", ai),
         "ai_caught_or_uncertain": share(np.isin(verdict, ["ai-generated", "uncertain"]), ai),

@@ -14,6 +14,9 @@ from audit.model import load_model, read_card
 from training.__main__ import main as training_cli
 from training.uncertain import fit_band
 
+# Each test trains or scans with a small model: seconds apiece on 2 cores.
+pytestmark = pytest.mark.slow
+
 
 def make_data_set(root: Path, per_class: int = 24, seed: int = 11) -> Path:
     """train/ and val/ of REAL (smooth noise) and FAKE (with the bright patch) PNGs."""

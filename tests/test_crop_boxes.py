@@ -7,12 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import synthetic_detector as sd
 import torch
 
 from audit.model import ModelCard, Preprocessing, save_model
 from audit.report._explain import explain_images
 from audit.report._pictures import CROP_HIGH, CROP_LOW
+
+# Each test trains or scans with a small model: seconds apiece on 2 cores.
+pytestmark = pytest.mark.slow
 
 
 def crops_model(directory: Path) -> Path:

@@ -15,6 +15,9 @@ from synthetic_detector import background, save_trained_model, with_patch, write
 from audit.cli import main
 from audit.model import ModelCard, ModelError, Preprocessing, build_network, load_model, save_model, summarize
 
+# Each test trains or scans with a small model: seconds apiece on 2 cores.
+pytestmark = pytest.mark.slow
+
 CROPS = Preprocessing(input_size=32, resize_policy="crops", scale_size=64, crops=5)
 
 

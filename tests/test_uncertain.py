@@ -21,6 +21,9 @@ from audit.engines import Scorer
 from audit.intake import FileRecord, LoadOptions, load_image
 from audit.model import ModelCard, NoveltyStatistics, Uncertainty, load_model, plan_compute, read_card
 
+# Each test trains or scans with a small model: seconds apiece on 2 cores.
+pytestmark = pytest.mark.slow
+
 
 def scan(*args: str | Path):
     return CliRunner().invoke(main, ["scan", *map(str, args), "--no-report", "--workers", "0", "-q"],
