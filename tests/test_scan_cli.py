@@ -102,7 +102,7 @@ def test_outputs_are_complete_and_no_temporary_files_remain(bad_run) -> None:
     _, expected, out = bad_run
     assert sorted(p.name for p in out.iterdir()) == [
         "heatmaps", "report.html", "report.pdf", "results.csv", "results.xlsx", "summary.json"]
-    sheet = load_workbook(out / "results.xlsx").active
+    sheet = load_workbook(out / "results.xlsx")["results"]
     assert sheet.max_row == len(expected) + 1 and sheet.freeze_panes == "A2"
     assert [c.value for c in sheet[1]] == list(RESULT_COLUMNS)
 
