@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,7 @@ class ResultWriter:
         self.earlier = earlier
         self.sha256: dict[str, str] = {}  # of each finished file, by name (for summary.json)
         self.rows_taken = False  # results.csv copied whole from an earlier run (take_rows_from)
+        self.xlsx_seconds = 0.0  # making (or copying) results.xlsx
         self._open_csv()
 
     def _open_csv(self) -> None:
@@ -134,11 +136,13 @@ class ResultWriter:
         self.sha256["results.csv"] = file_sha256(csv_tmp)
         renames = [(csv_tmp, self.csv_path)]
         if self.xlsx_path is not None:
+            started = time.perf_counter()
             xlsx_tmp = temporary_sibling(self.xlsx_path)
             if not copy_if_unchanged(self.earlier, self.sha256["results.csv"], xlsx_tmp):
                 write_xlsx_from_csv(csv_tmp, xlsx_tmp, self.max_sheet_rows)
             self.sha256["results.xlsx"] = file_sha256(xlsx_tmp)
             renames.append((xlsx_tmp, self.xlsx_path))
+            self.xlsx_seconds = time.perf_counter() - started
         return renames
 
     def close(self) -> None:

@@ -276,7 +276,8 @@ class ScanRun:
             else:
                 rows = RowsRecord(fingerprint.hexdigest(self.store))  # with what this run stored
             seconds = dict(plan.seconds, load_and_score=time.perf_counter() - t0 - results.seconds,
-                           write=results.seconds)
+                           write=results.seconds, csv=results.seconds - results.writer.xlsx_seconds,
+                           xlsx=results.writer.xlsx_seconds, store_commit=committer.seconds)
             return self._finish(plan, run_id, engine, tally, review, results, rows, seconds)
         except BaseException as exc:  # also SystemExit from SIGTERM and KeyboardInterrupt
             sinks.abort()
@@ -300,7 +301,8 @@ class ScanRun:
         counts = RunCounts(tally.files, tally.scored, tally.files - tally.scored, tally.by_verdict[VERDICT_AI],
                            tally.by_status[STATUS_ERROR])
         compute = engine.compute_record() if engine is not None else self.compute_plan.describe() if self.compute_plan else None
-        seconds = {name: seconds[name] for name in ("discover", "store_lookup", "load_and_score", "write", "total")}
+        seconds = {name: seconds[name] for name in ("discover", "store_lookup", "load_and_score", "write", "csv", "xlsx",
+                                                   "store_commit", "total")}
         summary = build_summary(options, self.model, compute, engine.workers if engine is not None else 0, tally,
                                 seconds, self.started, exit_code, self.labeller.unmatched)
         summary["engine"] = engine.engine_record() if engine is not None else {"name": options.engine}

@@ -266,8 +266,47 @@ def _gradcam_grid(card: ModelCard | None, model: LoadedModel | None) -> tuple[in
     return gradcam_grid(model)
 
 
+# The page's table holds the rows a reviewer acts on (errors, uncertain, flagged; at most
+# MAX_ACTED_TABLE_ROWS, in that order of priority) and at most MAX_OTHER_TABLE_ROWS others, so the
+# page stays small enough to mail and open (about 120 bytes a row); results.csv/xlsx hold every row.
+MAX_ACTED_TABLE_ROWS = 100_000
+MAX_OTHER_TABLE_ROWS = 2_000
+# Verdicts a reviewer acts on; "uncertain" matched as text (a verdict not every model gives).
+_ACTED_VERDICTS = (VERDICT_AI, "uncertain")
+
+
+@dataclass(frozen=True)
+class TableRows:
+    """The rows the page's table holds, and how many of the run's it left out."""
+
+    records: list[list[Any]]
+    total: int  # rows in results.csv
+
+    @property
+    def left_out(self) -> int:
+        return self.total - len(self.records)
+
+
+def table_rows(frame: pd.DataFrame, max_acted: int | None = None, max_others: int | None = None) -> TableRows:
+    """The page's table, in discovery order: the rows a reviewer acts on (errors first, then
+    uncertain, then flagged, most confident first, up to ``max_acted``) and the first
+    ``max_others`` of the rest (by default the module's bounds, read at the call)."""
+    max_acted = MAX_ACTED_TABLE_ROWS if max_acted is None else max_acted
+    max_others = MAX_OTHER_TABLE_ROWS if max_others is None else max_others
+    errors = frame["status"] != "ok"
+    uncertain = ~errors & (frame["verdict"] == "uncertain")
+    flagged = ~errors & (frame["verdict"] == VERDICT_AI)
+    acted = errors | uncertain | flagged
+    priority = pd.Series(3, index=frame.index).mask(flagged, 2).mask(uncertain, 1).mask(errors, 0)
+    ordered = pd.DataFrame({"priority": priority[acted], "prob": -frame["prob_ai"][acted].fillna(0)})
+    chosen = ordered.sort_values(["priority", "prob"], kind="stable").index[:max_acted]
+    others = frame.index[~acted][:max_others]
+    kept = frame.loc[frame.index.isin(chosen.union(others))]
+    return TableRows(table_records(kept), len(frame))
+
+
 def table_records(frame: pd.DataFrame) -> list[list[Any]]:
-    """All rows for the page's sortable table, as JSON-ready lists in TABLE_COLUMNS order."""
+    """The rows of ``frame`` for the page's sortable table, as JSON-ready lists in TABLE_COLUMNS order."""
     # Column by column as Python lists: reading pyarrow-backed text cells one row at a time
     # (itertuples) took 0.9 s of a 20,000-row report.
     columns = [_table_column(frame[column].tolist() if column in frame.columns else [""] * len(frame), column)

@@ -41,7 +41,7 @@ from audit.report._data import (
     read_run,
     resolve_model,
     run_threshold,
-    table_records,
+    table_rows,
 )
 from audit.report._gallery import DEFAULT_MAX_GALLERY, DecidedItem, GalleryItem, build_gallery, decided_items
 from audit.report._metrics import LabelledMetrics, compute_metrics
@@ -77,6 +77,7 @@ class ReportContent:
     errors_total: int
     table: list[list[Any]]
     table_columns: tuple[str, ...] = TABLE_COLUMNS
+    table_total: int = 0  # rows in results.csv; the table holds a bounded part (audit.report._data.table_rows)
     # summary.json's "changes" (audit.store._store): what is new since the last run on the store; None
     # for a run folder written before the run store existed.
     changes: dict[str, Any] | None = None
@@ -104,6 +105,7 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
     gallery, flagged_total = build_gallery(run, model, model_problem, heatmap_dir, max_gallery, report_cache)
     seconds["gallery_gradcam"] = time.perf_counter() - started
     decided, decided_total = decided_items(frame)
+    table = table_rows(frame)
     errors, errors_total = listed_errors(frame)
     roots = list((summary.get("options") or {}).get("archives") or sorted(set(frame["root"])))
     tool = summary.get("tool") or {}
@@ -127,7 +129,8 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
         max_gallery=max_gallery,
         errors=errors,
         errors_total=errors_total,
-        table=table_records(frame),
+        table=table.records,
+        table_total=table.total,
         changes=summary.get("changes"),
         store=summary.get("store"),
         decided=decided,
