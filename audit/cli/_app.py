@@ -32,7 +32,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("archives", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
+@click.argument("archives", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder. Default: reports/<run-id>/ (run id = UTC start time).")
 @click.option("--model", "model_path", type=click.Path(path_type=str), default=None,
@@ -66,6 +66,9 @@ def main() -> None:
               help="Run store (SQLite) for incremental scans, resume and run history. Default: one per set of "
               "archives, under $AUDIT_STATE_DIR (else ~/.local/state/ai-image-audit)/stores/; printed at the start.")
 @click.option("--full", is_flag=True, help="Score every file again, even those the run store already has results for.")
+@click.option("--allow-empty-root", is_flag=True,
+              help="An archive folder with no image file, while the run store knows files under it, is taken as "
+              "emptied (its files are reported deleted) instead of stopping the run as an unmounted disk (exit 9).")
 @click.option("--no-xlsx", is_flag=True, help="Write results.csv but not results.xlsx (an unchanged rerun copies the last run's XLSX).")
 @click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="local", show_default=True,
               help="Where images are decoded and scored: this machine, or a Ray cluster (pip install 'ai-image-audit[ray]'; docs/scale-out.md).")
@@ -81,7 +84,7 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
          workers: int | None, batch_size: int, include: tuple[str, ...], exclude: tuple[str, ...],
          include_hidden: bool, labels: str | None, max_pixels: int, fail_on_flagged: bool, quiet: bool,
          no_report: bool, max_gallery: int, no_evidence: bool, trust_anchors: str | None, store_path: Path | None,
-         full: bool, no_xlsx: bool, engine: str, ray_address: str, ray_actors: int | None, ray_gpus_per_actor: float,
+         full: bool, allow_empty_root: bool, no_xlsx: bool, engine: str, ray_address: str, ray_actors: int | None, ray_gpus_per_actor: float,
          ray_decode_cpus: int | None) -> None:
     """Score every image under ARCHIVE... and write results.csv, results.xlsx and summary.json."""
     options = ScanOptions(
@@ -90,7 +93,7 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
         include_hidden=include_hidden, labels=labels, max_pixels=max_pixels,
         fail_on_flagged=fail_on_flagged, progress="none" if quiet else "auto",
         report=not no_report, max_gallery=max_gallery, evidence=not no_evidence, trust_anchors=trust_anchors,
-        store=store_path, full=full, write_xlsx=not no_xlsx, engine=engine, ray_address=ray_address,
+        store=store_path, full=full, allow_empty_root=allow_empty_root, write_xlsx=not no_xlsx, engine=engine, ray_address=ray_address,
         ray_actors=ray_actors, ray_gpus_per_actor=ray_gpus_per_actor, ray_decode_cpus=ray_decode_cpus,
     )
     with stop_on_signals():  # SIGTERM/SIGINT: partial outputs removed, run marked partial, exit 128 + signal
@@ -264,6 +267,9 @@ def _add_review_commands() -> None:
     from audit.cli._review import review
 
     main.add_command(review)  # audit review set|import|list (reviewers' decisions)
+    from audit.cli._store import store
+
+    main.add_command(store)  # audit store check
 
 
 _add_review_commands()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.atomic import temporary_sibling
+from audit.errors import raise_if_disk_full
 from audit.model import file_sha256
 from audit.rows import RESULT_COLUMNS, REVIEW_DECISIONS, ResultRow, neutralise
 from audit.verdicts import VERDICT_AI
@@ -131,15 +132,23 @@ class ResultWriter:
         The caller renames them (:func:`commit`) together with the run's other outputs, so the
         final names appear only once everything is written.
         """
-        self._csv_file.close()
         csv_tmp = self.csv_tmp
-        self.sha256["results.csv"] = file_sha256(csv_tmp)
+        try:
+            self._csv_file.close()
+            self.sha256["results.csv"] = file_sha256(csv_tmp)
+        except OSError as exc:
+            raise_if_disk_full(exc, "results.csv", self.csv_path.parent)
+            raise
         renames = [(csv_tmp, self.csv_path)]
         if self.xlsx_path is not None:
             started = time.perf_counter()
             xlsx_tmp = temporary_sibling(self.xlsx_path)
-            if not copy_if_unchanged(self.earlier, self.sha256["results.csv"], xlsx_tmp):
-                write_xlsx_from_csv(csv_tmp, xlsx_tmp, self.max_sheet_rows)
+            try:
+                if not copy_if_unchanged(self.earlier, self.sha256["results.csv"], xlsx_tmp):
+                    write_xlsx_from_csv(csv_tmp, xlsx_tmp, self.max_sheet_rows)
+            except OSError as exc:
+                raise_if_disk_full(exc, "results.xlsx", self.xlsx_path.parent)
+                raise
             self.sha256["results.xlsx"] = file_sha256(xlsx_tmp)
             renames.append((xlsx_tmp, self.xlsx_path))
             self.xlsx_seconds = time.perf_counter() - started
@@ -150,7 +159,8 @@ class ResultWriter:
 
     def abort(self) -> None:
         """Leave no partial file behind (a complete run's outputs or none)."""
-        self._csv_file.close()
+        with contextlib.suppress(OSError):  # a full disk fails the flush again; the file goes anyway
+            self._csv_file.close()
         discard_partial_outputs(self.csv_path.parent)
 
 
@@ -242,6 +252,7 @@ def write_xlsx_from_csv(csv_path: Path, xlsx_path: Path, max_sheet_rows: int = E
     exactly the CSV's text.
     """
     import xlsxwriter
+    import xlsxwriter.exceptions
 
     converters = [_NUMBER_COLUMNS.get(name) for name in RESULT_COLUMNS]
     verdict_column = RESULT_COLUMNS.index("verdict")
@@ -268,7 +279,12 @@ def write_xlsx_from_csv(csv_path: Path, xlsx_path: Path, max_sheet_rows: int = E
         with contextlib.suppress(Exception):  # its temporary files go; the caller removes the XLSX
             workbook.close()
         raise
-    workbook.close()
+    try:
+        workbook.close()
+    except xlsxwriter.exceptions.FileCreateError as exc:  # XlsxWriter's wrapper of the OSError
+        if isinstance(exc.args[0], OSError):
+            raise exc.args[0] from exc
+        raise
     return {FLAGGED_SHEET: flagged.total, RESULTS_SHEET: results.total}
 
 
@@ -316,7 +332,12 @@ def commit(renames: list[tuple[Path, Path]]) -> None:
 def write_json_tmp(path: Path, data: dict[str, Any]) -> tuple[Path, Path]:
     """Write JSON under the temporary name; return the (tmp, final) rename for :func:`commit`."""
     tmp = temporary_sibling(path)
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise_if_disk_full(exc, path.name, path.parent)
+        raise
     return tmp, path
 
 

@@ -29,6 +29,7 @@ from audit.errors import EXIT_ERRORS, EXIT_FLAGGED, EXIT_OK
 from audit.evidence import EvidenceOptions, check_options, load_trust_anchors
 from audit.intake import DiscoverOptions, FileRecord, LoadOptions, discover, printable_name
 from audit.model import ComputePlan, LoadedModel, load_model, plan_compute
+from audit.pipeline._checks import check_roots, check_writable
 from audit.pipeline._labels import Labeller
 from audit.pipeline._outputs import ResultWriter, commit, discard_partial_outputs, remove_stale_outputs, write_json_tmp
 from audit.pipeline._reuse import (
@@ -106,6 +107,7 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
         evidence_options = EvidenceOptions(trust_anchors_pem=load_trust_anchors(options.trust_anchors))
         check_options(evidence_options)  # bad trust anchors are a usage error: no output folder yet
     out_dir = options.out_dir or default_out_dir(started)
+    check_writable(out_dir)  # a read-only --out is a usage error before anything is scored
     # The lock comes after every usage check (a usage error writes nothing) and before the output
     # folder: a second run on the same store leaves at once (StoreLocked) and touches nothing.
     store_path = options.store or default_store_path(options.archives)
@@ -160,6 +162,7 @@ class ScanRun:
         discover_options = DiscoverOptions(tuple(options.include), tuple(options.exclude), options.include_hidden)
         records = list(discover(options.archives, discover_options))
         seconds = {"discover": time.perf_counter() - t0}
+        check_roots(options, records, self.store)  # an unmounted disk stops the run before it records anything
         load_options = LoadOptions(preprocessing=self.model.card.preprocessing, max_pixels=options.max_pixels,
                                    draft=options.draft, evidence=self.evidence)
         key = scoring_key(self.model, load_options)
@@ -368,7 +371,7 @@ def roots_seen_whole(options: ScanOptions, records: Sequence[FileRecord]) -> set
     Only folders walked whole: not a single file given as a root (its folder's other files were
     never looked at), not a scan narrowed by --include/--exclude, not a root that could not be
     read, and not a root that yielded nothing at all (an unmounted share looks like an empty
-    folder). Otherwise a one-off check of one image would make the nightly store forget, and
+    folder; audit.pipeline._checks.check_roots stops such a run) unless --allow-empty-root says so. Otherwise a one-off check of one image would make the nightly store forget, and
     then score again, the whole archive.
     """
     if options.include or options.exclude:
@@ -378,6 +381,6 @@ def roots_seen_whole(options: ScanOptions, records: Sequence[FileRecord]) -> set
     whole = set()
     for archive in options.archives:
         root = printable_name(archive)
-        if os.path.isdir(archive) and root not in failed and root in populated:
+        if os.path.isdir(archive) and root not in failed and (root in populated or options.allow_empty_root):
             whole.add(root)
     return whole

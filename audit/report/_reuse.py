@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import audit
 from audit.atomic import temporary_sibling, write_text
+from audit.errors import DiskFull, is_disk_full
 from audit.model import LoadedModel, file_sha256
 from audit.report._page import (
     PAGE_TEMPLATE,
@@ -280,6 +281,14 @@ def import_report_module(name: str) -> None:
         module._pyplot()
 
 
+def discard_report(out_dir: Path) -> None:
+    """Remove a report cut short (its files, finished or not, and heatmaps/): none is better than half."""
+    for name in ("report.html", "report.pdf"):
+        (out_dir / name).unlink(missing_ok=True)
+        temporary_sibling(out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "heatmaps", ignore_errors=True)
+
+
 def write_report(out_dir: Path, model: LoadedModel, max_gallery: int, quiet: bool = False, store: RunStore | None = None,
                  baseline: int | None = None, made_by: str = "scan") -> None:
     """report.html, report.pdf and heatmaps/ from the files just written (audit.report._render).
@@ -312,5 +321,9 @@ def write_report(out_dir: Path, model: LoadedModel, max_gallery: int, quiet: boo
         record_rendered_report(out_dir, report_fingerprint(summary, model, max_gallery),
                                rendered.front_pages, rendered.content, pdf=rendered.pdf, made_by=made_by)
     except Exception as exc:  # noqa: BLE001 - the results stand; the report can be rendered again
+        if is_disk_full(exc):  # a full disk stops the run: the user must act before the next night
+            discard_report(out_dir)
+            raise DiskFull("the report", out_dir, advice=f"; results.csv, results.xlsx and summary.json are complete; "
+                           f"once there is space, `audit report {out_dir}` renders it") from exc
         print(f"audit scan: warning: the report was not rendered ({type(exc).__name__}: {exc}); "
               f"run `audit report {out_dir}` to try again", file=sys.stderr, flush=True)

@@ -4,6 +4,7 @@ the lock that keeps one run at a time, where it lives, and the report's caches.
 
 from __future__ import annotations
 
+from audit.store._check import StoreDamaged, refuse_if_damaged, set_aside, store_findings
 from audit.store._location import LEGACY_STORE_FILE_NAME, default_store_path, find_store, open_existing_store
 from audit.store._records import StoredScore
 from audit.store._store import (
@@ -34,4 +35,4 @@ def __getattr__(name: str) -> object:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["CachedMap", "CachedPictures", "Changes", "FileUpdate", "LEGACY_STORE_FILE_NAME", "ReportCache", "RunCounts", "RunStore", "SCHEMA_VERSION", "StoreError", "StoreLock", "StoreLocked", "StoredScore", "default_store_path", "find_store", "open_existing_store", "open_locked", "utc_text"]
+__all__ = ["CachedMap", "CachedPictures", "Changes", "FileUpdate", "LEGACY_STORE_FILE_NAME", "ReportCache", "RunCounts", "RunStore", "SCHEMA_VERSION", "StoreDamaged", "StoreError", "StoreLock", "StoreLocked", "StoredScore", "default_store_path", "find_store", "open_existing_store", "open_locked", "refuse_if_damaged", "set_aside", "store_findings", "utc_text"]

@@ -16,6 +16,7 @@ import sqlite3
 from pathlib import Path
 from typing import Sequence
 
+from audit.store._check import refuse_if_damaged
 from audit.store._lock import StoreError
 from audit.store._store import STORE_FILE_NAME, RunStore
 
@@ -89,4 +90,5 @@ def open_existing_store(store_path: Path) -> RunStore:
     """A store that a scan made; a command that only reads or prunes never creates one."""
     if not store_path.is_file():
         raise StoreError(f"no run store at {store_path} (pass --store PATH)")
+    refuse_if_damaged(store_path)
     return RunStore(store_path)

@@ -28,6 +28,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from audit.errors import raise_if_disk_full
+from audit.store._check import refuse_if_damaged
 from audit.store._lock import StoreError, StoreLock, StoreLocked, utc_text  # noqa: F401 - StoreLocked: the store's interface
 from audit.store._records import MAX_LISTED_CHANGES, Changes, FileUpdate, RunCounts, RunRecord, StoredScore
 from audit.store._schema import _SCHEMA, MIGRATIONS, SCHEMA_VERSION, STORE_FILE_NAME, run_statements  # noqa: F401 - STORE_FILE_NAME: the location reads it
@@ -48,10 +50,20 @@ def immediate_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection
     db.execute("BEGIN IMMEDIATE")
     try:
         yield db
-    except BaseException:
-        db.execute("ROLLBACK")
+        db.execute("COMMIT")
+    except BaseException as exc:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        # A full disk is said as such; what earlier transactions committed stays.
+        raise_if_disk_full(exc, "the run store", _database_path(db))
         raise
-    db.execute("COMMIT")
+
+
+def _database_path(db: sqlite3.Connection) -> Path | None:
+    try:
+        return Path(db.execute("PRAGMA database_list").fetchone()[2])
+    except (sqlite3.Error, TypeError, IndexError):
+        return None
 
 
 class RunStore:
@@ -117,6 +129,10 @@ class RunStore:
 
     def close(self) -> None:
         self.db.close()
+
+    def files_under(self, root: str) -> int:
+        """How many files the store knows under ``root`` (a :meth:`root_key`)."""
+        return self.db.execute("SELECT count(*) FROM files WHERE root = ?", (root,)).fetchone()[0]
 
     def integrity_ok(self) -> bool:
         return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -328,6 +344,7 @@ def open_locked(path: Path) -> tuple[RunStore, StoreLock]:
     lock = StoreLock(path)
     lock.acquire()
     try:
+        refuse_if_damaged(path)  # before SQLite writes a byte to it
         store = RunStore(path)
         store.close_abandoned_runs()
     except BaseException:
