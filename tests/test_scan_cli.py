@@ -88,7 +88,8 @@ def test_bad_archive_summary(bad_run) -> None:
     assert summary["model"]["name"] == "test-model" and len(summary["model"]["sha256"]) == 64
     assert summary["model"]["id"] == f"test-model@{summary['model']['sha256'][:12]}"
     assert summary["threshold"] == 0.5
-    assert set(summary["seconds"]) == {"discover", "store_lookup", "load_and_score", "write", "total"}
+    assert set(summary["seconds"]) == {"discover", "store_lookup", "load_and_score", "write", "csv", "xlsx", "store_commit",
+                                       "total"}
     assert summary["throughput_files_per_s"] > 0
     assert ISO_UTC.match(summary["started_at"]) and ISO_UTC.match(summary["finished_at"])
     assert summary["options"]["workers"] == 0 and summary["options"]["max_pixels"] == 100_000_000

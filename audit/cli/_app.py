@@ -4,7 +4,9 @@ Exit codes (also in README.md): 0 clean run; 2 usage error (bad option, missing 
 model, unusable --labels); 3 some files could not be scored (their rows say why); 4 with
 --fail-on-flagged, something was flagged as AI-generated (4 wins over 3); 5 the run store is
 in use by another run (nothing was written); 6 with --engine ray, the cluster failed mid-run
-(committed batches stay in the run store; the next run resumes).
+(committed batches stay in the run store; the next run resumes); 7 no space left on the device
+(nothing replaced; committed batches stay); 8 the run store is damaged (nothing written to it);
+9 an archive root is gone or empty while the store knows files under it (an unmounted disk).
 """
 
 from __future__ import annotations
@@ -84,8 +86,8 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
          workers: int | None, batch_size: int, include: tuple[str, ...], exclude: tuple[str, ...],
          include_hidden: bool, labels: str | None, max_pixels: int, fail_on_flagged: bool, quiet: bool,
          no_report: bool, max_gallery: int, no_evidence: bool, trust_anchors: str | None, store_path: Path | None,
-         full: bool, allow_empty_root: bool, no_xlsx: bool, engine: str, ray_address: str, ray_actors: int | None, ray_gpus_per_actor: float,
-         ray_decode_cpus: int | None) -> None:
+         full: bool, allow_empty_root: bool, no_xlsx: bool, engine: str, ray_address: str, ray_actors: int | None,
+         ray_gpus_per_actor: float, ray_decode_cpus: int | None) -> None:
     """Score every image under ARCHIVE... and write results.csv, results.xlsx and summary.json."""
     options = ScanOptions(
         archives=archives, out_dir=out_dir, model_path=model_path, device=device, precision=precision,
@@ -93,7 +95,8 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
         include_hidden=include_hidden, labels=labels, max_pixels=max_pixels,
         fail_on_flagged=fail_on_flagged, progress="none" if quiet else "auto",
         report=not no_report, max_gallery=max_gallery, evidence=not no_evidence, trust_anchors=trust_anchors,
-        store=store_path, full=full, allow_empty_root=allow_empty_root, write_xlsx=not no_xlsx, engine=engine, ray_address=ray_address,
+        store=store_path, full=full, allow_empty_root=allow_empty_root, write_xlsx=not no_xlsx, engine=engine,
+        ray_address=ray_address,
         ray_actors=ray_actors, ray_gpus_per_actor=ray_gpus_per_actor, ray_decode_cpus=ray_decode_cpus,
     )
     with stop_on_signals():  # SIGTERM/SIGINT: partial outputs removed, run marked partial, exit 128 + signal
