@@ -325,6 +325,7 @@ def test_a_missing_root_stops_the_run_and_forgets_nothing(tmp_path: Path, model:
 
 
 def test_a_root_that_never_existed_is_a_usage_error(tmp_path: Path, model: Path) -> None:
-    result = scan([tmp_path / "no-such-folder"], model, tmp_path / "out", tmp_path / "store.sqlite")
+    result = scan([tmp_path / "no-such-folder"], model, tmp_path / "out", tmp_path / "state" / "store.sqlite")
     assert result.exit_code == EXIT_USAGE
     assert error_lines(result.output) == [f"audit: error: no such archive: {tmp_path / 'no-such-folder'}"]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "state").exists(), "nothing made"

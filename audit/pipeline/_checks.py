@@ -31,6 +31,14 @@ def check_writable(out_dir: Path) -> None:
                          f"pass a writable --out") from None
 
 
+def check_roots_exist(archives: Sequence[str], store_path: Path) -> None:
+    """A root that does not exist, with no run store yet that could know it: a usage error (exit 2)
+    before the store is made. With a store, :func:`check_roots` asks it."""
+    missing = [archive for archive in archives if not os.path.lexists(archive)]
+    if missing and not store_path.is_file():
+        raise UsageError(f"no such archive: {missing[0]}")
+
+
 def check_roots(options: ScanOptions, records: Sequence[FileRecord], store: RunStore) -> None:
     """Stop the run (RootMissing) when an archive root is gone, or a folder root yielded no file
     at all, while the run store knows files under it: an unmounted disk, not an archive emptied.

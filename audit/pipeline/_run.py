@@ -29,7 +29,7 @@ from audit.errors import EXIT_ERRORS, EXIT_FLAGGED, EXIT_OK
 from audit.evidence import EvidenceOptions, check_options, load_trust_anchors
 from audit.intake import DiscoverOptions, FileRecord, LoadOptions, discover, printable_name
 from audit.model import ComputePlan, LoadedModel, load_model, plan_compute
-from audit.pipeline._checks import check_roots, check_writable
+from audit.pipeline._checks import check_roots, check_roots_exist, check_writable
 from audit.pipeline._labels import Labeller
 from audit.pipeline._outputs import ResultWriter, commit, discard_partial_outputs, remove_stale_outputs, write_json_tmp
 from audit.pipeline._reuse import (
@@ -111,6 +111,7 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
     # The lock comes after every usage check (a usage error writes nothing) and before the output
     # folder: a second run on the same store leaves at once (StoreLocked) and touches nothing.
     store_path = options.store or default_store_path(options.archives)
+    check_roots_exist(options.archives, store_path)  # a typo with no store to ask: a usage error, nothing made
     store, lock = open_locked(store_path)
     try:
         _say_where_the_store_is(options, store_path, lock, out_dir)
