@@ -128,7 +128,7 @@ def csv_rows(path: Path) -> int:
 def run_night(name: str, roots: tuple[Path, Path], work: Path, extra: list[str]) -> dict:
     out = work / f"night-{name}"
     shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, "-m", "audit.cli._app", "scan", *map(str, roots), "--out", str(out),
+    command = [sys.executable, "-m", "audit.cli", "scan", *map(str, roots), "--out", str(out),
                "--store", str(work / "store.sqlite"), "--quiet", *extra]
     started = time.time()
     process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -160,6 +160,21 @@ def run_night(name: str, roots: tuple[Path, Path], work: Path, extra: list[str])
     return result
 
 
+def time_store_checks(store: Path) -> dict:
+    """Seconds of the check every scan makes (quick_check) and of `audit store check`'s
+    integrity_check, on the store as the last night left it (read-only, immutable)."""
+    sys.path.insert(0, str(REPO))
+    from audit.store import store_findings
+
+    timings = {}
+    for name, full in (("quick_check_s", False), ("integrity_check_s", True)):
+        started = time.perf_counter()
+        findings = store_findings(store, full=full)
+        timings[name] = round(time.perf_counter() - started, 2)
+        timings[name.replace("_s", "_result")] = findings[0]
+    return timings
+
+
 def print_result(result: dict) -> None:
     seconds = result.get("seconds") or {}
     stages = ", ".join(f"{key} {value:.1f}" for key, value in seconds.items())
@@ -183,6 +198,8 @@ def main() -> None:
     parser.add_argument("--nights", default=",".join(NIGHTS), help=f"comma-separated, of {', '.join(NIGHTS)}")
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--model", default=None, help="a model name or file (default: the shipped default)")
+    parser.add_argument("--check-store", action="store_true",
+                        help="also time the store checks (quick_check, integrity_check) after each night")
     args = parser.parse_args()
     if not 2 <= args.files <= 1_000_000:
         raise SystemExit("--files must be between 2 and 1,000,000")
@@ -210,6 +227,8 @@ def main() -> None:
                     away.rename(roots[1])
                 continue
             print_result(run_night(night, roots, work, extra))
+            if args.check_store:
+                print(f"   store checks: {time_store_checks(work / 'store.sqlite')}", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
