@@ -94,7 +94,8 @@ def review_facts(row: pd.Series) -> ReviewFacts:
 
 def decided_items(frame: pd.DataFrame) -> tuple[list[DecidedItem], int]:
     """The flagged images reviewers confirmed or cleared, confirmed first, most confident first."""
-    flagged = flagged_rows(frame)
+    # Only rows with a decision can be confirmed or cleared: the few, not a sorted copy of every flagged row.
+    flagged = flagged_rows(frame[frame["review"] != ""])
     states = pd.Series(review_states(flagged), index=flagged.index, dtype=object)
     decided = pd.concat([flagged[states == "confirmed"], flagged[states == "cleared"]])
     items = [DecidedItem(path=str(row["path"]), prob_ai=float(row["prob_ai"]), review=review_facts(row))
