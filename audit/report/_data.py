@@ -66,8 +66,7 @@ def read_results(csv_path: Path) -> pd.DataFrame:
         if column not in frame.columns:
             frame[column] = ""
     for column in frame.columns:
-        # Only the cells neutralise changed start with a quote: the others are not touched (a
-        # Python string made per cell of a million rows was most of the report's memory).
+        # Only the cells neutralise changed start with a quote: the others stay Arrow strings.
         quoted = frame[column].str.startswith("'")
         if quoted.any():
             frame[column] = frame[column].where(~quoted, frame[column][quoted].map(unneutralise))
@@ -80,8 +79,7 @@ def read_results(csv_path: Path) -> pd.DataFrame:
 
 def _read_text_table(csv_path: Path) -> pd.DataFrame:
     """Every cell of results.csv as text, read by pyarrow's CSV reader straight into Arrow
-    strings: at a million rows a third of the time and of the peak memory of pandas' own reader
-    (docs/performance.md). A file pyarrow refuses (a row of the wrong length, say) is read by
+    strings, faster and with less memory than pandas' own reader (docs/performance.md). A file pyarrow refuses (a row of the wrong length, say) is read by
     pandas, which says what is wrong."""
     import pyarrow as pa
     import pyarrow.csv as pa_csv
@@ -192,8 +190,7 @@ class Counts:
     @classmethod
     def from_results(cls, frame: pd.DataFrame) -> "Counts":
         verdicts = frame["verdict"]
-        # The four columns a state needs, not a sorted copy of every flagged row (at a million rows,
-        # hundreds of MiB).
+        # The four columns a state needs, not a sorted copy of every flagged row.
         flagged = frame.loc[(verdicts == VERDICT_AI) & (frame["status"] == "ok"),
                             ["verdict", "model_id", "review", "review_model_id"]]
         states = Counter(review_states(flagged))
@@ -302,7 +299,7 @@ def _gradcam_grid(card: ModelCard | None, model: LoadedModel | None) -> tuple[in
 
 # The page's table holds the rows a reviewer acts on (errors, uncertain, flagged; at most
 # MAX_ACTED_TABLE_ROWS, in that order of priority) and at most MAX_OTHER_TABLE_ROWS others, so the
-# page stays small enough to mail and open (about 120 bytes a row); results.csv/xlsx hold every row.
+# page stays small enough to mail and open; results.csv/xlsx hold every row.
 MAX_ACTED_TABLE_ROWS = 100_000
 MAX_OTHER_TABLE_ROWS = 2_000
 # Verdicts a reviewer acts on; "uncertain" matched as text (a verdict not every model gives).

@@ -152,8 +152,9 @@ def build_gallery(
     Images are explained in batches as they stream by, so memory does not grow with the
     gallery. Output names are the rank only: nothing from the archive names a file on disk.
     """
-    flagged = flagged_rows(run.results)
-    rows = awaiting_rows(flagged, max_gallery)
+    # The order and the states from the columns they need; whole rows only for the cards.
+    flagged = flagged_rows(run.results[["verdict", "status", "prob_ai", "model_id", "review", "review_model_id"]])
+    rows = [run.results.loc[index] for index in awaiting_rows(flagged, max_gallery)]
     explained = explain_rows(run, rows, model, heatmap_dir, report_cache) if model is not None else {}
     items = []
     for index, row in enumerate(rows):
@@ -169,11 +170,11 @@ def build_gallery(
     return items, len(flagged)
 
 
-def awaiting_rows(flagged: pd.DataFrame, max_gallery: int) -> list[pd.Series]:
-    """The first ``max_gallery`` flagged rows that still need a reviewer: they get cards; the
-    decided ones are listed compactly after them (decided_items)."""
+def awaiting_rows(flagged: pd.DataFrame, max_gallery: int) -> list[Any]:
+    """The index of the first ``max_gallery`` flagged rows that still need a reviewer: they get
+    cards; the decided ones are listed compactly after them (decided_items)."""
     awaiting = flagged[[state == "awaiting" for state in review_states(flagged)]]
-    return [row for _, row in awaiting.head(max(0, max_gallery)).iterrows()]
+    return list(awaiting.index[: max(0, max_gallery)])
 
 
 def picture_recipe(model: LoadedModel) -> str:
