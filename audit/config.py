@@ -42,6 +42,7 @@ class ScanOptions:
     trust_anchors: str | None = None  # PEM file of C2PA trust anchors; None: no trust list
     store: Path | None = None  # the run store (audit.store._store); default: beside the run folder
     full: bool = False  # score every file again instead of reusing the store's results
+    allow_empty_root: bool = False  # a root with no file while the store knows some: its files were deleted
     engine: str = "local"  # local: this process and its DataLoader; ray: a Ray cluster (audit.engines.ray._engine)
     ray_address: str = "auto"  # auto | HOST:PORT | local
     ray_actors: int | None = None

@@ -102,7 +102,7 @@ def test_duplicates_read_alike_and_an_unchanged_rerun_writes_the_same_csv(
 def xlsx_rows(out: Path) -> list[tuple]:
     from openpyxl import load_workbook
 
-    return list(load_workbook(out / "results.xlsx").active.iter_rows(values_only=True))
+    return list(load_workbook(out / "results.xlsx")["results"].iter_rows(values_only=True))
 
 
 @pytest.mark.slow
@@ -128,7 +128,7 @@ def test_an_unchanged_rerun_copies_the_spreadsheet_and_an_edited_or_outdated_one
 
     # An analyst edits last night's spreadsheet: tonight's is made from tonight's rows instead.
     workbook = load_workbook(tmp_path / "r2" / "results.xlsx")
-    workbook.active["A2"] = "edited by an analyst"
+    workbook["results"]["A2"] = "edited by an analyst"
     workbook.save(tmp_path / "r2" / "results.xlsx")
     assert scan_archive(archive, model_path, tmp_path / "r3", store).exit_code == 0
     assert [row[0] for row in xlsx_rows(tmp_path / "r3")] == ["path", "0.jpg", "1.jpg", "2.jpg", "3.jpg"]

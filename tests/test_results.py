@@ -65,7 +65,7 @@ def test_xlsx_has_frozen_header_autofilter_and_the_same_cells(tmp_path: Path) ->
     from openpyxl.utils import get_column_letter
 
     write_rows(tmp_path, ROWS)
-    sheet = load_workbook(tmp_path / "results.xlsx").active
+    sheet = load_workbook(tmp_path / "results.xlsx")["results"]
     assert sheet.freeze_panes == "A2"
     assert sheet.auto_filter.ref == f"A1:{get_column_letter(len(EXPECTED_COLUMNS))}4"  # header + 3 rows, every column
     values = list(sheet.iter_rows(values_only=True))
@@ -86,7 +86,7 @@ def test_xlsx_cells_hold_the_csv_text_and_a_nan_probability_does_not_fail_the_ru
     from openpyxl import load_workbook
 
     write_rows(tmp_path, [ResultRow(path="https://example.com/a.jpg", root="/a", prob_ai=float("nan"), note="0123")])
-    sheet = load_workbook(tmp_path / "results.xlsx").active
+    sheet = load_workbook(tmp_path / "results.xlsx")["results"]
     path_cell, prob_cell = sheet.cell(2, 1), sheet.cell(2, EXPECTED_COLUMNS.index("prob_ai") + 1)
     assert path_cell.value == "https://example.com/a.jpg" and path_cell.hyperlink is None
     assert sheet.cell(2, EXPECTED_COLUMNS.index("note") + 1).value == "0123"

@@ -317,7 +317,7 @@ def test_copies_of_one_image_given_different_decisions_are_not_guessed(night1, t
     file = write_csv(tmp_path / "d.csv", ["sha256", "path", "review"],
                      [[sha, "a.jpg", "false-positive"], [sha, "copy-of-a.jpg", "confirmed-ai"]])
     result = review("import", str(file), "--store", str(store))
-    assert "ignored (conflicting decisions for the same content (copies of one image)): row 2, row 3" in result.output
+    assert "ignored (conflicting decisions for the same content (copies of one image, or a file's row on the flagged sheet and on a results sheet)): row 2, row 3" in result.output
     assert decisions_in(store) == []
     agreeing = write_csv(tmp_path / "e.csv", ["sha256", "path", "review"],
                          [[sha, "a.jpg", "unsure"], [sha, "copy-of-a.jpg", "unsure"]])

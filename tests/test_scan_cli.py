@@ -80,7 +80,8 @@ def test_bad_archive_summary(bad_run) -> None:
     assert summary.model.name == "test-model" and len(summary.model.sha256) == 64
     assert summary.model.id == f"test-model@{summary.model.sha256[:12]}"
     assert summary.threshold == 0.5
-    assert set(summary.seconds) == {"discover", "store_lookup", "load_and_score", "write", "total"}
+    assert set(summary.seconds) == {"discover", "store_lookup", "load_and_score", "write", "csv", "xlsx", "store_commit",
+                                     "total"}
     assert summary.throughput_files_per_s > 0
     assert ISO_UTC.match(summary.started_at) and ISO_UTC.match(summary.finished_at)
     assert summary.options["workers"] == 0 and summary.options["max_pixels"] == 100_000_000
@@ -94,7 +95,7 @@ def test_outputs_are_complete_and_no_temporary_files_remain(bad_run) -> None:
     _, expected, out = bad_run
     assert sorted(p.name for p in out.iterdir()) == [
         "heatmaps", "report.html", "report.pdf", "results.csv", "results.xlsx", "summary.json"]
-    sheet = load_workbook(out / "results.xlsx").active
+    sheet = load_workbook(out / "results.xlsx")["results"]
     assert sheet.max_row == len(expected) + 1 and sheet.freeze_panes == "A2"
     assert [c.value for c in sheet[1]] == list(RESULT_COLUMNS)
 

@@ -4,7 +4,9 @@ Exit codes (also in README.md): 0 clean run; 2 usage error (bad option, missing 
 model, unusable --labels); 3 some files could not be scored (their rows say why); 4 with
 --fail-on-flagged, something was flagged as AI-generated (4 wins over 3); 5 the run store is
 in use by another run (nothing was written); 6 with --engine ray, the cluster failed mid-run
-(committed batches stay in the run store; the next run resumes).
+(committed batches stay in the run store; the next run resumes); 7 no space left on the device
+(nothing replaced; committed batches stay); 8 the run store is damaged (nothing written to it);
+9 an archive root is gone or empty while the store knows files under it (an unmounted disk).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("archives", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
+@click.argument("archives", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder. Default: reports/<run-id>/ (run id = UTC start time).")
 @click.option("--model", "model_path", type=click.Path(path_type=str), default=None,
@@ -72,6 +74,9 @@ def main() -> None:
               help="Run store (SQLite) for incremental scans, resume and run history. Default: one per set of "
               "archives, under $AUDIT_STATE_DIR (else ~/.local/state/ai-image-audit)/stores/; printed at the start.")
 @click.option("--full", is_flag=True, help="Score every file again, even those the run store already has results for.")
+@click.option("--allow-empty-root", is_flag=True,
+              help="An archive folder with no image file, while the run store knows files under it, is taken as "
+              "emptied (its files are reported deleted) instead of stopping the run as an unmounted disk (exit 9).")
 @click.option("--no-xlsx", is_flag=True, help="Write results.csv but not results.xlsx (an unchanged rerun copies the last run's XLSX).")
 @click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="local", show_default=True,
               help="Where images are decoded and scored: this machine, or a Ray cluster (pip install 'ai-image-audit[ray]'; docs/scale-out.md).")
@@ -88,8 +93,8 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
          include_hidden: bool, labels: str | None, max_pixels: int, fail_on_flagged: bool, fail_on_uncertain: bool,
          check_degraded: bool, quiet: bool,
          no_report: bool, max_gallery: int, no_evidence: bool, trust_anchors: str | None, store_path: Path | None,
-         full: bool, no_xlsx: bool, engine: str, ray_address: str, ray_actors: int | None, ray_gpus_per_actor: float,
-         ray_decode_cpus: int | None) -> None:
+         full: bool, allow_empty_root: bool, no_xlsx: bool, engine: str, ray_address: str, ray_actors: int | None,
+         ray_gpus_per_actor: float, ray_decode_cpus: int | None) -> None:
     """Score every image under ARCHIVE... and write results.csv, results.xlsx and summary.json."""
     options = ScanOptions(
         archives=archives, out_dir=out_dir, model_path=model_path, device=device, precision=precision,
@@ -98,7 +103,8 @@ def scan(archives: tuple[str, ...], out_dir: Path | None, model_path: str | None
         fail_on_flagged=fail_on_flagged, fail_on_uncertain=fail_on_uncertain, check_degraded=check_degraded,
         progress="none" if quiet else "auto",
         report=not no_report, max_gallery=max_gallery, evidence=not no_evidence, trust_anchors=trust_anchors,
-        store=store_path, full=full, write_xlsx=not no_xlsx, engine=engine, ray_address=ray_address,
+        store=store_path, full=full, allow_empty_root=allow_empty_root, write_xlsx=not no_xlsx, engine=engine,
+        ray_address=ray_address,
         ray_actors=ray_actors, ray_gpus_per_actor=ray_gpus_per_actor, ray_decode_cpus=ray_decode_cpus,
     )
     with stop_on_signals():  # SIGTERM/SIGINT: partial outputs removed, run marked partial, exit 128 + signal
@@ -289,6 +295,9 @@ def _add_review_commands() -> None:
     from audit.cli._review import review
 
     main.add_command(review)  # audit review set|import|list (reviewers' decisions)
+    from audit.cli._store import store
+
+    main.add_command(store)  # audit store check
 
 
 _add_review_commands()

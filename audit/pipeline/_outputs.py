@@ -7,23 +7,33 @@ killed run leaves either a complete file or none under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from audit.atomic import temporary_sibling
+from audit.errors import raise_if_disk_full
 from audit.model import file_sha256
 from audit.rows import RESULT_COLUMNS, REVIEW_DECISIONS, ResultRow, neutralise
+from audit.verdicts import VERDICT_AI
 
 OUTPUT_NAMES = ("results.csv", "results.xlsx", "summary.json")
 # Characters XML 1.0 (and so XLSX) cannot hold; file names can contain them.
 _XML_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _XLSX_MAX_CELL_CHARS = 32767
+# Excel's row limit on a sheet, the header row included.
+EXCEL_MAX_ROWS = 1_048_576
+RESULTS_SHEET, FLAGGED_SHEET = "results", "flagged"
+# The rows a reviewer acts on, copied to the first sheet. "uncertain" is matched as text: a verdict
+# the rule may give (the model cannot judge), not one every model gives.
+FLAGGED_VERDICTS = frozenset({VERDICT_AI, "uncertain"})
 
 
 def _csv_cells(values: tuple[Any, ...]) -> list[Any]:
@@ -73,12 +83,15 @@ class ResultWriter:
     ``finish()`` returns the renames, ``close()`` does them and ``abort()`` removes the files.
     """
 
-    def __init__(self, out_dir: Path, write_xlsx: bool = True, earlier: EarlierOutputs | None = None) -> None:
+    def __init__(self, out_dir: Path, write_xlsx: bool = True, earlier: EarlierOutputs | None = None,
+                 max_sheet_rows: int = EXCEL_MAX_ROWS) -> None:
+        self.max_sheet_rows = max_sheet_rows
         self.csv_path = out_dir / "results.csv"
         self.xlsx_path = out_dir / "results.xlsx" if write_xlsx else None
         self.earlier = earlier
         self.sha256: dict[str, str] = {}  # of each finished file, by name (for summary.json)
         self.rows_taken = False  # results.csv copied whole from an earlier run (take_rows_from)
+        self.xlsx_seconds = 0.0  # making (or copying) results.xlsx
         self._open_csv()
 
     def _open_csv(self) -> None:
@@ -115,16 +128,26 @@ class ResultWriter:
         The caller renames them (:func:`commit`) together with the run's other outputs, so the
         final names appear only once everything is written.
         """
-        self._csv_file.close()
         csv_tmp = self.csv_tmp
-        self.sha256["results.csv"] = file_sha256(csv_tmp)
+        try:
+            self._csv_file.close()
+            self.sha256["results.csv"] = file_sha256(csv_tmp)
+        except OSError as exc:
+            raise_if_disk_full(exc, "results.csv", self.csv_path.parent)
+            raise
         renames = [(csv_tmp, self.csv_path)]
         if self.xlsx_path is not None:
+            started = time.perf_counter()
             xlsx_tmp = temporary_sibling(self.xlsx_path)
-            if not copy_if_unchanged(self.earlier, self.sha256["results.csv"], xlsx_tmp):
-                write_xlsx_from_csv(csv_tmp, xlsx_tmp)
+            try:
+                if not copy_if_unchanged(self.earlier, self.sha256["results.csv"], xlsx_tmp):
+                    write_xlsx_from_csv(csv_tmp, xlsx_tmp, self.max_sheet_rows)
+            except OSError as exc:
+                raise_if_disk_full(exc, "results.xlsx", self.xlsx_path.parent)
+                raise
             self.sha256["results.xlsx"] = file_sha256(xlsx_tmp)
             renames.append((xlsx_tmp, self.xlsx_path))
+            self.xlsx_seconds = time.perf_counter() - started
         return renames
 
     def close(self) -> None:
@@ -132,7 +155,8 @@ class ResultWriter:
 
     def abort(self) -> None:
         """Leave no partial file behind (a complete run's outputs or none)."""
-        self._csv_file.close()
+        with contextlib.suppress(OSError):  # a full disk fails the flush again; the file goes anyway
+            self._csv_file.close()
         discard_partial_outputs(self.csv_path.parent)
 
 
@@ -162,9 +186,61 @@ _NUMBER_COLUMNS: dict[str, type] = {"bytes": int, "width": int, "height": int, "
                                     "novelty": float}
 
 
-def write_xlsx_from_csv(csv_path: Path, xlsx_path: Path) -> None:
-    """results.xlsx with the cells of results.csv: a frozen header, an autofilter over every
-    column, numbers as numbers, and text neutralised the same way (see :func:`neutralise`).
+def sheet_name(base: str, index: int) -> str:
+    """``results``, ``results-2``, ``results-3``...: the sheets one series of rows fills in turn."""
+    return base if index == 0 else f"{base}-{index + 1}"
+
+
+class _SheetSeries:
+    """Rows written to ``base``, continued on ``base-2``, ``base-3``... when a sheet is full; each
+    sheet with the header, a frozen header row, an autofilter and the review drop-down."""
+
+    def __init__(self, workbook: Any, base: str, header: list[str], max_rows: int) -> None:
+        if max_rows < 2:
+            raise ValueError("a sheet must hold the header and at least one row")
+        self.workbook, self.base, self.header, self.max_rows = workbook, base, header, max_rows
+        self.sheets: list[Any] = []
+        self.rows = 0  # data rows on the current sheet
+        self.total = 0
+        self._open()
+
+    def _open(self) -> None:
+        sheet = self.workbook.add_worksheet(sheet_name(self.base, len(self.sheets)))
+        sheet.freeze_panes(1, 0)
+        _checked(sheet.write_row(0, 0, self.header), sheet, 0)
+        self.sheets.append(sheet)
+        self.rows = 0
+
+    def _seal(self) -> None:
+        sheet = self.sheets[-1]
+        sheet.autofilter(0, 0, max(self.rows, 1), len(self.header) - 1)
+        _add_review_drop_down(sheet, self.rows)
+
+    def append(self, values: list[Any]) -> None:
+        if self.rows + 1 >= self.max_rows:
+            self._seal()
+            self._open()
+        self.rows += 1
+        self.total += 1
+        _checked(self.sheets[-1].write_row(self.rows, 0, values), self.sheets[-1], self.rows)
+
+    def close(self) -> None:
+        self._seal()
+
+
+def _checked(status: int, sheet: Any, row: int) -> None:
+    """XlsxWriter returns an error code instead of raising (-1: past the sheet's limits), and
+    leaves the rest of the row unwritten: a silent loss, refused here."""
+    if status not in (0, None):
+        raise RuntimeError(f"results.xlsx: row {row + 1} of sheet {sheet.name} was not written (XlsxWriter {status})")
+
+
+def write_xlsx_from_csv(csv_path: Path, xlsx_path: Path, max_sheet_rows: int = EXCEL_MAX_ROWS) -> dict[str, int]:
+    """results.xlsx with the cells of results.csv: a first sheet ``flagged`` (the rows whose
+    verdict a reviewer acts on), then every row on ``results``, continued on ``results-2``... past
+    ``max_sheet_rows`` (Excel's limit, the header included); on each sheet a frozen header, an
+    autofilter over every column and the review drop-down; numbers as numbers, and text
+    neutralised the same way (see :func:`neutralise`). Returns the data rows by sheet kind.
 
     XlsxWriter in constant-memory mode: rows go to disk as they are written (inline strings, no
     shared-string table kept in memory), faster than openpyxl's write-only mode (docs/performance.md,
@@ -173,27 +249,40 @@ def write_xlsx_from_csv(csv_path: Path, xlsx_path: Path) -> None:
     exactly the CSV's text.
     """
     import xlsxwriter
+    import xlsxwriter.exceptions
 
     converters = [_NUMBER_COLUMNS.get(name) for name in RESULT_COLUMNS]
+    verdict_column = RESULT_COLUMNS.index("verdict")
     workbook = xlsxwriter.Workbook(str(xlsx_path), {
         "constant_memory": True, "strings_to_numbers": False, "strings_to_formulas": False, "strings_to_urls": False,
         "nan_inf_to_errors": True,  # a NaN probability (a broken model) is a #NUM! cell, not a failed run
     })
-    sheet = workbook.add_worksheet("results")
-    sheet.freeze_panes(1, 0)
-    rows = 0
-    with open(csv_path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
-        sheet.write_row(0, 0, next(reader))
-        for cells in reader:
-            rows += 1
-            sheet.write_row(rows, 0, [
-                None if not text else number(text) if number else _xlsx_text(text)
-                for number, text in zip(converters, cells)
-            ])
-    sheet.autofilter(0, 0, rows, len(RESULT_COLUMNS) - 1)
-    _add_review_drop_down(sheet, rows)
-    workbook.close()
+    try:
+        with open(csv_path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader)
+            # Added first, so the first sheet an analyst opens is the short one.
+            flagged = _SheetSeries(workbook, FLAGGED_SHEET, header, max_sheet_rows)
+            results = _SheetSeries(workbook, RESULTS_SHEET, header, max_sheet_rows)
+            for cells in reader:
+                values = [None if not text else number(text) if number else _xlsx_text(text)
+                          for number, text in zip(converters, cells)]
+                results.append(values)
+                if len(cells) > verdict_column and cells[verdict_column] in FLAGGED_VERDICTS:
+                    flagged.append(values)
+        flagged.close()
+        results.close()
+    except BaseException:
+        with contextlib.suppress(Exception):  # its temporary files go; the caller removes the XLSX
+            workbook.close()
+        raise
+    try:
+        workbook.close()
+    except xlsxwriter.exceptions.FileCreateError as exc:  # XlsxWriter's wrapper of the OSError
+        if isinstance(exc.args[0], OSError):
+            raise exc.args[0] from exc
+        raise
+    return {FLAGGED_SHEET: flagged.total, RESULTS_SHEET: results.total}
 
 
 def _add_review_drop_down(sheet: Any, rows: int) -> None:
@@ -240,5 +329,10 @@ def commit(renames: list[tuple[Path, Path]]) -> None:
 def write_json_tmp(path: Path, data: dict[str, Any]) -> tuple[Path, Path]:
     """Write JSON under the temporary name; return the (tmp, final) rename for :func:`commit`."""
     tmp = temporary_sibling(path)
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise_if_disk_full(exc, path.name, path.parent)
+        raise
     return tmp, path

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
@@ -125,6 +126,7 @@ class BatchCommitter:
     # (:meth:`prefetch`) rather than one query a file (20,000 queries on a first run of CIFAKE's
     # test split); None: the store has none.
     earlier: dict[str, StoredScore | None] = field(default_factory=dict)
+    seconds: float = 0.0  # in the store's transactions
 
     def prefetch(self, sha256s: Iterable[str]) -> None:
         """Look up, in one query a chunk, the earlier results of the files about to be scored."""
@@ -170,6 +172,13 @@ class BatchCommitter:
             self.commit()
 
     def commit(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._commit()
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def _commit(self) -> None:
         if self.scores or self.updates:
             self.store.commit_batch(self.run_id, self.scores.values(), self.updates)
             self.earlier.update(self.scores)  # a later duplicate in the prefetched chunk finds them here

@@ -29,6 +29,7 @@ from audit.errors import EXIT_ERRORS, EXIT_FLAGGED, EXIT_OK
 from audit.evidence import EvidenceOptions, check_options, load_trust_anchors
 from audit.intake import DiscoverOptions, FileRecord, LoadOptions, discover, printable_name
 from audit.model import ComputePlan, LoadedModel, load_model, plan_compute, route_policies
+from audit.pipeline._checks import check_roots, check_roots_exist, check_writable
 from audit.pipeline._labels import Labeller
 from audit.pipeline._outputs import ResultWriter, commit, discard_partial_outputs, remove_stale_outputs, write_json_tmp
 from audit.pipeline._reuse import (
@@ -108,9 +109,11 @@ def run_scan(options: ScanOptions, model: LoadedModel | None = None) -> ScanOutc
         evidence_options = EvidenceOptions(trust_anchors_pem=load_trust_anchors(options.trust_anchors))
         check_options(evidence_options)  # bad trust anchors are a usage error: no output folder yet
     out_dir = options.out_dir or default_out_dir(started)
+    check_writable(out_dir)  # a read-only --out is a usage error before anything is scored
     # The lock comes after every usage check (a usage error writes nothing) and before the output
     # folder: a second run on the same store leaves at once (StoreLocked) and touches nothing.
     store_path = options.store or default_store_path(options.archives)
+    check_roots_exist(options.archives, store_path)  # a typo with no store to ask: a usage error, nothing made
     store, lock = open_locked(store_path)
     try:
         _say_where_the_store_is(options, store_path, lock, out_dir)
@@ -162,6 +165,7 @@ class ScanRun:
         discover_options = DiscoverOptions(tuple(options.include), tuple(options.exclude), options.include_hidden)
         records = list(discover(options.archives, discover_options))
         seconds = {"discover": time.perf_counter() - t0}
+        check_roots(options, records, self.store)  # an unmounted disk stops the run before it records anything
         rules = self.model.card.uncertainty
         load_options = LoadOptions(preprocessing=self.model.card.preprocessing, max_pixels=options.max_pixels,
                                    draft=options.draft, evidence=self.evidence, routes=route_policies(self.model.routes),
@@ -256,7 +260,8 @@ class ScanRun:
             else:
                 rows = RowsRecord(fingerprint.hexdigest(self.store))  # with what this run stored
             seconds = dict(plan.seconds, load_and_score=time.perf_counter() - t0 - results.seconds,
-                           write=results.seconds)
+                           write=results.seconds, csv=results.seconds - results.writer.xlsx_seconds,
+                           xlsx=results.writer.xlsx_seconds, store_commit=committer.seconds)
             return self._finish(plan, run_id, engine, tally, review, results, rows, seconds)
         except BaseException as exc:  # also SystemExit from SIGTERM and KeyboardInterrupt
             sinks.abort()
@@ -282,7 +287,8 @@ class ScanRun:
         counts = RunCounts(tally.files, tally.scored, tally.files - tally.scored, tally.by_verdict[VERDICT_AI],
                            tally.by_status[STATUS_ERROR])
         compute = engine.compute_record() if engine is not None else self.compute_plan.describe() if self.compute_plan else None
-        seconds = {name: seconds[name] for name in ("discover", "store_lookup", "load_and_score", "write", "total")}
+        seconds = {name: seconds[name] for name in ("discover", "store_lookup", "load_and_score", "write", "csv", "xlsx",
+                                                   "store_commit", "total")}
         facts = RunRecordFacts(engine.engine_record() if engine is not None else {"name": options.engine}, store.path,
                                run_id, self.takeover, counts, changes, review.to_json(), results.sha256,
                                rows.fingerprint, rows.copied_from_run)
@@ -341,7 +347,7 @@ def roots_seen_whole(options: ScanOptions, records: Sequence[FileRecord]) -> set
     Only folders walked whole: not a single file given as a root (its folder's other files were
     never looked at), not a scan narrowed by --include/--exclude, not a root that could not be
     read, and not a root that yielded nothing at all (an unmounted share looks like an empty
-    folder). Otherwise a one-off check of one image would make the nightly store forget, and
+    folder; audit.pipeline._checks.check_roots stops such a run) unless --allow-empty-root says so. Otherwise a one-off check of one image would make the nightly store forget, and
     then score again, the whole archive.
     """
     if options.include or options.exclude:
@@ -351,6 +357,6 @@ def roots_seen_whole(options: ScanOptions, records: Sequence[FileRecord]) -> set
     whole = set()
     for archive in options.archives:
         root = printable_name(archive)
-        if os.path.isdir(archive) and root not in failed and root in populated:
+        if os.path.isdir(archive) and root not in failed and (root in populated or options.allow_empty_root):
             whole.add(root)
     return whole

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from audit.errors import raise_if_disk_full
 from audit.intake import FileRecord
 from audit.pipeline._outputs import ResultWriter
 from audit.rows import STATUS_ERROR, STATUS_OK, ResultRow
@@ -78,7 +79,11 @@ class ResultFiles:
 
     def add(self, item: ScannedFile) -> None:
         started = time.perf_counter()
-        self.writer.write(item.row)
+        try:
+            self.writer.write(item.row)
+        except OSError as exc:
+            raise_if_disk_full(exc, "results.csv", self.writer.csv_path.parent)
+            raise
         self.seconds += time.perf_counter() - started
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ text; only the template (autoescape on) and the page's script put them on the pa
 
 from __future__ import annotations
 
+import csv
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ def read_results(csv_path: Path) -> pd.DataFrame:
     Missing optional columns (evidence, evidence_source, verdict_reason from the evidence
     stage, absent in older runs) are added empty so the rest of the report need not ask.
     """
-    frame = pd.read_csv(csv_path, encoding="utf-8-sig", dtype=str, keep_default_na=False, na_filter=False)
+    frame = _read_text_table(csv_path)
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ReportError(f"{csv_path} lacks the column(s) {', '.join(missing)}: not a results.csv of audit scan")
@@ -66,12 +67,38 @@ def read_results(csv_path: Path) -> pd.DataFrame:
         if column not in frame.columns:
             frame[column] = ""
     for column in frame.columns:
-        frame[column] = frame[column].map(unneutralise)
+        # Only the cells neutralise changed start with a quote: the others stay Arrow strings.
+        quoted = frame[column].str.startswith("'")
+        if quoted.any():
+            frame[column] = frame[column].where(~quoted, frame[column][quoted].map(unneutralise))
     for column in ("prob_ai", "threshold", "bytes", "width", "height"):
         if column not in frame.columns:
             frame[column] = ""
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
+
+
+def _read_text_table(csv_path: Path) -> pd.DataFrame:
+    """Every cell of results.csv as text, read by pyarrow's CSV reader straight into Arrow
+    strings, faster and with less memory than pandas' own reader (docs/performance.md). A file pyarrow refuses (a row of the wrong length, say) is read by
+    pandas, which says what is wrong."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    try:
+        with open(csv_path, encoding="utf-8-sig", newline="") as handle:
+            header = next(csv.reader(handle), [])
+        table = pa_csv.read_csv(csv_path, parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+                                convert_options=pa_csv.ConvertOptions(
+                                    column_types={name: pa.string() for name in header}, strings_can_be_null=False,
+                                    quoted_strings_can_be_null=False))
+        text = pd.StringDtype("pyarrow", na_value=float("nan"))
+        frame = table.to_pandas(self_destruct=True, split_blocks=True, types_mapper={pa.string(): text}.get)
+        del table
+        pa.default_memory_pool().release_unused()  # the parse buffers, back to the system
+        return frame
+    except (pa.ArrowInvalid, UnicodeDecodeError, csv.Error):
+        return pd.read_csv(csv_path, encoding="utf-8-sig", dtype=str, keep_default_na=False, na_filter=False)
 
 
 @dataclass
@@ -165,7 +192,10 @@ class Counts:
     @classmethod
     def from_results(cls, frame: pd.DataFrame) -> "Counts":
         verdicts = frame["verdict"]
-        states = Counter(review_states(flagged_rows(frame)))
+        # The four columns a state needs, not a sorted copy of every flagged row.
+        flagged = frame.loc[(verdicts == VERDICT_AI) & (frame["status"] == "ok"),
+                            ["verdict", "model_id", "review", "review_model_id"]]
+        states = Counter(review_states(flagged))
         return cls(
             scanned=len(frame),
             ai_generated=int((verdicts == VERDICT_AI).sum()),
@@ -187,8 +217,9 @@ def review_states(frame: pd.DataFrame) -> list[str]:
 
 def flagged_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Every flagged image, most confident first (ties in discovery order)."""
-    flagged = frame[(frame["verdict"] == VERDICT_AI) & (frame["status"] == "ok")]
-    return flagged.sort_values("prob_ai", ascending=False, kind="stable")
+    # The order from the one column, then one copy of the rows (not a copy filtered, then sorted).
+    scores = frame.loc[(frame["verdict"] == VERDICT_AI) & (frame["status"] == "ok"), "prob_ai"]
+    return frame.loc[scores.sort_values(ascending=False, kind="stable").index]
 
 
 def uncertain_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -275,8 +306,47 @@ def _gradcam_grid(card: ModelCard | None, model: LoadedModel | None) -> tuple[in
     return gradcam_grid(model)
 
 
+# The page's table holds the rows a reviewer acts on (errors, uncertain, flagged; at most
+# MAX_ACTED_TABLE_ROWS, in that order of priority) and at most MAX_OTHER_TABLE_ROWS others, so the
+# page stays small enough to mail and open; results.csv/xlsx hold every row.
+MAX_ACTED_TABLE_ROWS = 100_000
+MAX_OTHER_TABLE_ROWS = 2_000
+# Verdicts a reviewer acts on; "uncertain" matched as text (a verdict not every model gives).
+_ACTED_VERDICTS = (VERDICT_AI, "uncertain")
+
+
+@dataclass(frozen=True)
+class TableRows:
+    """The rows the page's table holds, and how many of the run's it left out."""
+
+    records: list[list[Any]]
+    total: int  # rows in results.csv
+
+    @property
+    def left_out(self) -> int:
+        return self.total - len(self.records)
+
+
+def table_rows(frame: pd.DataFrame, max_acted: int | None = None, max_others: int | None = None) -> TableRows:
+    """The page's table, in discovery order: the rows a reviewer acts on (errors first, then
+    uncertain, then flagged, most confident first, up to ``max_acted``) and the first
+    ``max_others`` of the rest (by default the module's bounds, read at the call)."""
+    max_acted = MAX_ACTED_TABLE_ROWS if max_acted is None else max_acted
+    max_others = MAX_OTHER_TABLE_ROWS if max_others is None else max_others
+    errors = frame["status"] != "ok"
+    uncertain = ~errors & (frame["verdict"] == "uncertain")
+    flagged = ~errors & (frame["verdict"] == VERDICT_AI)
+    acted = errors | uncertain | flagged
+    priority = pd.Series(3, index=frame.index).mask(flagged, 2).mask(uncertain, 1).mask(errors, 0)
+    ordered = pd.DataFrame({"priority": priority[acted], "prob": -frame["prob_ai"][acted].fillna(0)})
+    chosen = ordered.sort_values(["priority", "prob"], kind="stable").index[:max_acted]
+    others = frame.index[~acted][:max_others]
+    kept = frame.loc[frame.index.isin(chosen.union(others))]
+    return TableRows(table_records(kept), len(frame))
+
+
 def table_records(frame: pd.DataFrame) -> list[list[Any]]:
-    """All rows for the page's sortable table, as JSON-ready lists in TABLE_COLUMNS order."""
+    """The rows of ``frame`` for the page's sortable table, as JSON-ready lists in TABLE_COLUMNS order."""
     # Column by column as Python lists: pyarrow-backed text cells read one row at a time (itertuples) are slow.
     columns = [_table_column(frame[column].tolist() if column in frame.columns else [""] * len(frame), column)
                for column in TABLE_COLUMNS]

@@ -96,7 +96,8 @@ def review_facts(row: pd.Series) -> ReviewFacts:
 
 def decided_items(frame: pd.DataFrame) -> tuple[list[DecidedItem], int]:
     """The flagged images reviewers confirmed or cleared, confirmed first, most confident first."""
-    flagged = flagged_rows(frame)
+    # Only rows with a decision can be confirmed or cleared: the few, not a sorted copy of every flagged row.
+    flagged = flagged_rows(frame[frame["review"] != ""])
     states = pd.Series(review_states(flagged), index=flagged.index, dtype=object)
     decided = pd.concat([flagged[states == "confirmed"], flagged[states == "cleared"]])
     items = [DecidedItem(path=str(row["path"]), prob_ai=float(row["prob_ai"]), review=review_facts(row))
@@ -155,9 +156,10 @@ def build_gallery(
     Images are explained in batches as they stream by, so memory does not grow with the
     gallery. Output names are the rank only: nothing from the archive names a file on disk.
     """
-    flagged = flagged_rows(run.results)
-    return gallery_cards(run, awaiting_rows(flagged, max_gallery), model, model_problem, heatmap_dir, report_cache,
-                         "g"), len(flagged)
+    # The order and the states from the columns they need; whole rows only for the cards.
+    flagged = flagged_rows(run.results[["verdict", "status", "prob_ai", "model_id", "review", "review_model_id"]])
+    rows = [run.results.loc[index] for index in awaiting_rows(flagged, max_gallery)]
+    return gallery_cards(run, rows, model, model_problem, heatmap_dir, report_cache, "g"), len(flagged)
 
 
 def build_uncertain_gallery(run: RunData, model: LoadedModel | None, model_problem: str, heatmap_dir: Path,
@@ -188,11 +190,11 @@ def gallery_cards(run: RunData, rows: list[pd.Series], model: LoadedModel | None
     return items
 
 
-def awaiting_rows(flagged: pd.DataFrame, max_gallery: int) -> list[pd.Series]:
-    """The first ``max_gallery`` flagged rows that still need a reviewer: they get cards; the
-    decided ones are listed compactly after them (decided_items)."""
+def awaiting_rows(flagged: pd.DataFrame, max_gallery: int) -> list[Any]:
+    """The index of the first ``max_gallery`` flagged rows that still need a reviewer: they get
+    cards; the decided ones are listed compactly after them (decided_items)."""
     awaiting = flagged[[state == "awaiting" for state in review_states(flagged)]]
-    return [row for _, row in awaiting.head(max(0, max_gallery)).iterrows()]
+    return list(awaiting.index[: max(0, max_gallery)])
 
 
 def picture_recipe(model: LoadedModel) -> str:

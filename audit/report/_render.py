@@ -29,7 +29,8 @@ from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 import audit
-from audit.atomic import write_text
+from audit.atomic import temporary_sibling, write_text
+from audit.errors import DiskFull, is_disk_full
 from audit.model import LoadedModel, ModelCard
 from audit.report._charts import report_charts
 from audit.report._data import (
@@ -42,7 +43,7 @@ from audit.report._data import (
     read_run,
     resolve_model,
     run_threshold,
-    table_records,
+    table_rows,
 )
 from audit.report._gallery import (
     DEFAULT_MAX_GALLERY,
@@ -87,6 +88,7 @@ class ReportContent:
     errors_total: int
     table: list[list[Any]]
     table_columns: tuple[str, ...] = TABLE_COLUMNS
+    table_total: int = 0  # rows in results.csv; the table holds a bounded part (audit.report._data.table_rows)
     # What is new since the last run on the store; None for a run folder written before the store existed.
     changes: ChangesRecord | None = None
     # The run store's path, this run's id in it and how it was chosen.
@@ -117,6 +119,7 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
         run, model, model_problem, heatmap_dir, min(max_gallery, MAX_UNCERTAIN_CARDS), report_cache)
     seconds["gallery_gradcam"] = time.perf_counter() - started
     decided, decided_total = decided_items(frame)
+    table = table_rows(frame)
     errors, errors_total = listed_errors(frame)
     roots = list(summary.options.get("archives") or sorted(set(frame["root"])))
     return ReportContent(
@@ -139,7 +142,8 @@ def build_content(run: RunData, model: LoadedModel | None, card: ModelCard | Non
         max_gallery=max_gallery,
         errors=errors,
         errors_total=errors_total,
-        table=table_records(frame),
+        table=table.records,
+        table_total=table.total,
         changes=summary.changes,
         store=summary.store,
         decided=decided,
@@ -251,6 +255,14 @@ def render_report(
     return rendered.html_path, rendered.pdf_path
 
 
+def discard_report(out_dir: Path) -> None:
+    """Remove a report cut short (its files, finished or not, and heatmaps/): none is better than half."""
+    for name in ("report.html", "report.pdf"):
+        (out_dir / name).unlink(missing_ok=True)
+        temporary_sibling(out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "heatmaps", ignore_errors=True)
+
+
 def write_report(out_dir: Path, model: LoadedModel, max_gallery: int, store: RunStore | None = None) -> None:
     """report.html, report.pdf and heatmaps/ for a scan that has just written its results.
 
@@ -263,5 +275,9 @@ def write_report(out_dir: Path, model: LoadedModel, max_gallery: int, store: Run
         render_report_files(out_dir, model=model, max_gallery=max_gallery,
                             report_cache=store.report_cache() if store is not None else None)
     except Exception as exc:  # noqa: BLE001 - the results stand; the report can be rendered again
+        if is_disk_full(exc):  # a full disk stops the run: the user must act before the next night
+            discard_report(out_dir)
+            raise DiskFull("the report", out_dir, advice=f"; results.csv, results.xlsx and summary.json are complete; "
+                           f"once there is space, `audit report {out_dir}` renders it") from exc
         print(f"audit scan: warning: the report was not rendered ({type(exc).__name__}: {exc}); "
               f"run `audit report {out_dir}` to try again", file=sys.stderr, flush=True)

@@ -29,7 +29,7 @@ from audit.review._decisions import (
     record_decisions,
     stored_results,
 )
-from audit.review._sheets import csv_rows, xlsx_rows
+from audit.review._sheets import RESULTS_SHEET, csv_rows, is_flagged_sheet, is_results_sheet, xlsx_rows
 from audit.rows import REVIEW_DECISIONS, unneutralise
 from audit.store import RunStore, first_recorded_from, utc_text
 
@@ -85,31 +85,47 @@ REQUIRED_IMPORT_COLUMNS = ("sha256", "review")
 IMPORT_COLUMNS = ("sha256", "review", "review_note", "reviewed_at", "model_id", "decided_by", "decided_at")
 
 
-def read_table(path: Path, columns: Sequence[str] = IMPORT_COLUMNS) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """(header, [(row number, cells)]) of an XLSX (its "results" sheet, else the first) or a CSV,
-    cells as text with the spreadsheet quoting undone. Only the cells under ``columns`` are read
-    (the others are ""): an import needs 8 of results.xlsx's columns. Row numbers are the
-    spreadsheet's (the header is row 1)."""
+@dataclass(frozen=True)
+class TableRow:
+    """A row of decisions as read: where it is ("row 7", "results-2 row 7"), its cells in the
+    header's order, and whether it repeats a row of another sheet (the XLSX's ``flagged`` sheets)."""
+
+    where: str
+    cells: list[str]
+    repeated: bool = False
+
+
+def read_table(path: Path, columns: Sequence[str] = IMPORT_COLUMNS) -> tuple[list[str], list[TableRow]]:
+    """(header, rows) of an XLSX (its ``flagged`` and every ``results`` sheet, else its first
+    sheet) or a CSV, cells as text with the spreadsheet quoting undone. Only the cells under
+    ``columns`` are read (the others are ""): an import needs 8 of results.xlsx's columns. Row
+    numbers are the spreadsheet's (the header is row 1); a sheet other than ``results`` is named."""
     if not path.is_file():
         raise ReviewError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix in (".xlsx", ".xlsm"):
-        rows = xlsx_rows(path, set(columns))
+        sheets = xlsx_rows(path, set(columns))
     elif suffix in (".csv", ".txt"):
-        rows = list(enumerate(csv_rows(path), start=1))
+        sheets = [(RESULTS_SHEET, list(enumerate(csv_rows(path), start=1)))]
     else:
         raise ReviewError(f"{path}: not an .xlsx or .csv file")
-    if not rows:
+    sheets = [(name, rows) for name, rows in sheets if rows]
+    if not sheets:
         raise ReviewError(f"{path} is empty: expected a results.xlsx/results.csv of audit scan or the report's export")
-    header = [cell.strip() for cell in rows[0][1]]
-    wanted = [index for index, name in enumerate(header) if name in columns]
+    # The results sheet's header names the columns; another sheet's cells are moved under it by name.
+    header = next(([cell.strip() for cell in rows[0][1]] for name, rows in sheets if is_results_sheet(name)),
+                  [cell.strip() for cell in sheets[0][1][0][1]])
     table = []
-    for number, cells in rows[1:]:
-        kept = [""] * len(header)
-        for index in wanted:
-            if index < len(cells):
-                kept[index] = unneutralise(cells[index])
-        table.append((number, kept))
+    for name, rows in sheets:
+        own = [cell.strip() for cell in rows[0][1]]
+        moves = [(own.index(column), header.index(column)) for column in columns if column in own and column in header]
+        prefix = "" if name == RESULTS_SHEET else f"{name} "
+        for number, cells in rows[1:]:
+            kept = [""] * len(header)
+            for source, target in moves:
+                if source < len(cells):
+                    kept[target] = unneutralise(cells[source])
+            table.append(TableRow(f"{prefix}row {number}", kept, repeated=is_flagged_sheet(name)))
     return header, table
 
 
@@ -118,6 +134,7 @@ class _Candidate:
     where: str
     decision: Decision
     exported_at: str  # the row's reviewed_at: the decision the file showed when it was written
+    repeated: bool = False  # from the flagged sheet, which repeats rows of the results sheets
 
 
 def import_decisions(store: RunStore, path: Path, by: str | None = None) -> ImportReport:
@@ -125,7 +142,7 @@ def import_decisions(store: RunStore, path: Path, by: str | None = None) -> Impo
     report's export; record the new and changed ones in one transaction; say what was ignored."""
     header, rows = read_table(path)
     _check_columns(path, header)
-    report = ImportReport(file=path, rows=len(rows))
+    report = ImportReport(file=path, rows=sum(not row.repeated for row in rows))
     source, report.imported_before = _import_source(store, path)
     candidates = _read_candidates(rows, _RowCells.of(header), report, source, by)
     changes, current = _changes_by_sha256(store, path, candidates, report)
@@ -171,22 +188,31 @@ class _RowCells:
         return row[index] if index is not None and index < len(row) else ""
 
 
-def _read_candidates(rows: list[tuple[int, list[str]]], cells: _RowCells, report: ImportReport, source: str,
+def _read_candidates(rows: list[TableRow], cells: _RowCells, report: ImportReport, source: str,
                      by: str | None) -> list[_Candidate]:
     """The rows that say a decision the tool can take; the others are counted in ``report``."""
     now = utc_text()  # the decision time of the rows that do not say theirs
-    candidates = (_row_candidate(number, row, cells, report, source, by, now) for number, row in rows)
-    return [candidate for candidate in candidates if candidate is not None]
+    candidates = [candidate for candidate in (_row_candidate(row, cells, report, source, by, now) for row in rows)
+                  if candidate is not None]
+    # A flagged-sheet row that says what the results row of its file says is that row again.
+    on_results = {(c.decision.sha256, c.decision.decision, c.decision.note) for c in candidates if not c.repeated}
+    candidates = [c for c in candidates
+                  if not (c.repeated and (c.decision.sha256, c.decision.decision, c.decision.note) in on_results)]
+    report.formula_notes = sum(1 for c in candidates if c.decision.note.lstrip().startswith(_FORMULA_PREFIXES))
+    # A results row left empty is not "without a decision" when its flagged-sheet row has one.
+    decided_on_flagged = {candidate.decision.sha256 for candidate in candidates if candidate.repeated}
+    report.without_decision = sum(1 for row in rows if not row.repeated and not cells.get(row.cells, "review").strip()
+                                  and cells.get(row.cells, "sha256").strip().lower() not in decided_on_flagged)
+    return candidates
 
 
-def _row_candidate(number: int, row: list[str], cells: _RowCells, report: ImportReport, source: str,
+def _row_candidate(table_row: TableRow, cells: _RowCells, report: ImportReport, source: str,
                    by: str | None, now: str) -> _Candidate | None:
     """One row as a decision to consider, or None: no decision in it, or one that cannot be
     taken (``report`` says why)."""
-    where = f"row {number}"
+    where, row = table_row.where, table_row.cells
     review, note = cells.get(row, "review").strip(), cells.get(row, "review_note")
     if not review:
-        report.without_decision += 1
         if note.strip():
             report.ignore("a note without a decision", where)
         return None
@@ -200,15 +226,13 @@ def _row_candidate(number: int, row: list[str], cells: _RowCells, report: Import
     elif problem:
         report.ignore("note too long", f"{where}: {problem}")
     else:
-        if note.lstrip().startswith(_FORMULA_PREFIXES):
-            report.formula_notes += 1
         decided_at = cells.get(row, "decided_at").strip()
         made = Decision(
             sha256=sha256, decision=decision, note=note, source=source,
             decided_by=(by or cells.get(row, "decided_by").strip() or default_reviewer())[:MAX_NAME_CHARS],
             decided_at=decided_at if _ISO_UTC.fullmatch(decided_at) else now,
             model_id=cells.get(row, "model_id").strip()[:MAX_NAME_CHARS])
-        return _Candidate(where, made, cells.get(row, "reviewed_at").strip())
+        return _Candidate(where, made, cells.get(row, "reviewed_at").strip(), table_row.repeated)
     return None
 
 
@@ -223,33 +247,40 @@ def _changes_by_sha256(store: RunStore, path: Path, candidates: list[_Candidate]
                           f"Nothing was recorded")
     current = current_decisions(store)
     changes: dict[str, list[_Candidate]] = {}
+    unchanged: list[_Candidate] = []
     for candidate in candidates:
         sha256 = candidate.decision.sha256
         now_current = current.get(sha256)
         if sha256 not in known:
             report.ignore("unknown sha256: no scan recorded these bytes in this run store", candidate.where)
         elif now_current and _repeats(candidate, now_current):
-            report.unchanged += 1
+            unchanged.append(candidate)
         elif now_current and _is_stale(store, candidate, now_current):
             report.ignore("stale: the file shows an older decision that a newer one replaced", f"{candidate.where} "
                           f"(now {now_current.decision} by {now_current.decided_by} at {now_current.decided_at})")
         else:
             changes.setdefault(sha256, []).append(candidate_with_result(candidate, known[sha256]))
+    # A flagged-sheet row repeats a results row: counted when the results row said nothing.
+    on_results = {candidate.decision.sha256 for candidate in candidates if not candidate.repeated}
+    report.unchanged += sum(1 for c in unchanged if not c.repeated or c.decision.sha256 not in on_results)
     return changes, current
 
 
 def _agreed_decisions(changes: dict[str, list[_Candidate]], current: dict[str, Decision],
                       report: ImportReport) -> list[Decision]:
     """One decision per sha256 to record. Copies of one image given different decisions are
-    ignored (ask, do not guess); copies that agree count once."""
+    ignored (ask, do not guess); copies that agree count once. A row of the flagged sheet is the
+    same file as a row of a results sheet: the same decision typed in both is one decision, and a
+    decision typed in one only is taken; two different ones are a conflict, as for copies."""
     taken: list[Decision] = []
     for sha256, same in changes.items():
         if len({(c.decision.decision, c.decision.note) for c in same}) > 1:
             for candidate in same:
-                report.ignore("conflicting decisions for the same content (copies of one image)", candidate.where)
+                report.ignore("conflicting decisions for the same content (copies of one image, or a file's row on the "
+                              "flagged sheet and on a results sheet)", candidate.where)
             continue
         taken.append(same[0].decision)
-        report.copies += len(same) - 1
+        report.copies += max(0, sum(not c.repeated for c in same) - 1)
         if sha256 in current:
             report.changed += 1
         else:

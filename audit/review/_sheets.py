@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,27 @@ _PACKAGE_REL = "{http://schemas.openxmlformats.org/package/2006/relationships}"
 MAX_XLSX_PART_BYTES = 1 << 30
 
 
-def xlsx_rows(path: Path, columns: set[str]) -> list[tuple[int, list[str]]]:
-    """The sheet's rows (the header whole, then only the cells under ``columns``), streamed from
-    its XML with lxml, which hands over one element per row.
+# The sheets of results.xlsx an import reads: every row is on "results" (continued on "results-2",
+# "results-3"... past Excel's row limit); "flagged" repeats the rows a reviewer acts on.
+RESULTS_SHEET, FLAGGED_SHEET = "results", "flagged"
+_CONTINUED = re.compile(r"(results|flagged)-([1-9][0-9]*)")
+
+
+def is_results_sheet(name: str) -> bool:
+    match = _CONTINUED.fullmatch(name)
+    return name == RESULTS_SHEET or bool(match and match.group(1) == RESULTS_SHEET)
+
+
+def is_flagged_sheet(name: str) -> bool:
+    match = _CONTINUED.fullmatch(name)
+    return name == FLAGGED_SHEET or bool(match and match.group(1) == FLAGGED_SHEET)
+
+
+def xlsx_rows(path: Path, columns: set[str]) -> list[tuple[str, list[tuple[int, list[str]]]]]:
+    """(sheet name, rows) of each sheet an import reads: ``flagged`` and every results sheet in
+    order, or the first sheet of a workbook that has none of them. A sheet's rows are its header
+    whole, then only the cells under ``columns``, streamed from its XML with lxml, which hands
+    over one element per row.
 
     openpyxl is slow to read a row of results.xlsx, most of it on cells an import does not need
     (docs/performance.md, "Reviewer decisions"); this is what keeps an import of 20,000 decisions
@@ -32,30 +51,45 @@ def xlsx_rows(path: Path, columns: set[str]) -> list[tuple[int, list[str]]]:
 
     try:
         with zipfile.ZipFile(path) as package:
-            sheet = _results_sheet_part(package)
-            for part in (sheet, "xl/sharedStrings.xml"):
+            sheets = _sheet_parts(package)
+            for part in (*(part for _, part in sheets), "xl/sharedStrings.xml"):
                 if part in package.namelist() and package.getinfo(part).file_size > MAX_XLSX_PART_BYTES:
                     raise ReviewError(f"{path}: {part} is larger than {MAX_XLSX_PART_BYTES >> 20} MiB uncompressed")
             shared = _shared_strings(package)
-            with package.open(sheet) as handle:
-                rows = ElementTree.iterparse(handle, events=("end",), tag=_MAIN + "row", resolve_entities=False,
-                                             no_network=True)
-                return _sheet_rows(rows, shared, columns)
+            read = []
+            for name, part in sheets:
+                with package.open(part) as handle:
+                    rows = ElementTree.iterparse(handle, events=("end",), tag=_MAIN + "row", resolve_entities=False,
+                                                 no_network=True)
+                    read.append((name, _sheet_rows(rows, shared, columns)))
+            return read
     except (zipfile.BadZipFile, KeyError, ElementTree.ParseError, OSError, ValueError, IndexError) as exc:
         raise ReviewError(f"{path} cannot be read as an XLSX workbook ({type(exc).__name__}: {exc})") from None
 
 
-def _results_sheet_part(package: Any) -> str:
+def _sheet_parts(package: Any) -> list[tuple[str, str]]:
+    """(name, part) of the sheets to read: the flagged one first, then the results ones in order."""
     from lxml import etree as ElementTree
 
     workbook = ElementTree.fromstring(package.read("xl/workbook.xml"))
-    sheets = [(sheet.get("name"), sheet.get(_REL + "id")) for sheet in workbook.iter(_MAIN + "sheet")]
+    sheets = [(sheet.get("name") or "", sheet.get(_REL + "id")) for sheet in workbook.iter(_MAIN + "sheet")]
     if not sheets:
         raise ValueError("the workbook has no sheet")
-    rel_id = next((rid for name, rid in sheets if name == "results"), sheets[0][1])
     relations = ElementTree.fromstring(package.read("xl/_rels/workbook.xml.rels"))
-    target = next(rel.get("Target") for rel in relations.iter(_PACKAGE_REL + "Relationship") if rel.get("Id") == rel_id)
-    return target.lstrip("/") if target.startswith("/") else f"xl/{target}"
+    targets = {rel.get("Id"): rel.get("Target") for rel in relations.iter(_PACKAGE_REL + "Relationship")}
+
+    def part(rel_id: str | None) -> str:
+        target = targets[rel_id]
+        return target.lstrip("/") if target.startswith("/") else f"xl/{target}"
+
+    wanted = sorted(((name, rel_id) for name, rel_id in sheets if is_flagged_sheet(name) or is_results_sheet(name)),
+                    key=lambda sheet: _sheet_order(sheet[0]))
+    return [(name, part(rel_id)) for name, rel_id in (wanted or sheets[:1])]
+
+
+def _sheet_order(name: str) -> tuple[bool, int]:
+    """The flagged sheets first, then the results sheets, each series in its order."""
+    return is_results_sheet(name), int(name.rsplit("-", 1)[1]) if "-" in name else 1
 
 
 def _shared_strings(package: Any) -> list[str]:

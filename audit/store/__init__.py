@@ -5,6 +5,7 @@ the lock that keeps one run at a time, where it lives, and the report's caches.
 from __future__ import annotations
 
 from audit import lazy_exports
+from audit.store._check import StoreDamaged, refuse_if_damaged, set_aside, store_findings
 from audit.store._decisions import (
     append_decisions,
     current_decision_rows,
@@ -40,4 +41,4 @@ _LAZY = {
 
 __getattr__ = lazy_exports(__name__, _LAZY)
 
-__all__ = ["append_decisions", "current_decision_rows", "decision_history_rows", "first_recorded_from", "latest_result", "paths_by_sha256", "review_cell_rows", "reviewed_sha256s_starting", "stored_results", "CachedMap", "CachedPictures", "Changes", "FileUpdate", "LEGACY_STORE_FILE_NAME", "ReportCache", "RunCounts", "RunStore", "SCHEMA_VERSION", "StoreError", "StoreLock", "StoreLocked", "StoredScore", "default_store_path", "find_store", "open_existing_store", "open_locked", "utc_text"]
+__all__ = ["append_decisions", "current_decision_rows", "decision_history_rows", "first_recorded_from", "latest_result", "paths_by_sha256", "review_cell_rows", "reviewed_sha256s_starting", "stored_results", "CachedMap", "CachedPictures", "Changes", "FileUpdate", "LEGACY_STORE_FILE_NAME", "ReportCache", "RunCounts", "RunStore", "SCHEMA_VERSION", "StoreDamaged", "StoreError", "StoreLock", "StoreLocked", "StoredScore", "default_store_path", "find_store", "open_existing_store", "open_locked", "refuse_if_damaged", "set_aside", "store_findings", "utc_text"]

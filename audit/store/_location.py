@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from audit.errors import UsageError
+from audit.store._check import refuse_if_damaged
 from audit.store._lock import StoreError
 from audit.store._store import STORE_FILE_NAME, RunStore
 from audit.summary import read_summary
@@ -93,4 +94,5 @@ def open_existing_store(store_path: Path) -> RunStore:
     """A store that a scan made; a command that only reads or prunes never creates one."""
     if not store_path.is_file():
         raise StoreError(f"no run store at {store_path} (pass --store PATH)")
+    refuse_if_damaged(store_path)
     return RunStore(store_path)

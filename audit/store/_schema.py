@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from pathlib import Path
 from typing import Callable, Iterator
+
+from audit.errors import raise_if_disk_full
 
 STORE_FILE_NAME = "audit-store.sqlite"
 SCHEMA_VERSION = 4
@@ -84,10 +87,20 @@ def immediate_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection
     db.execute("BEGIN IMMEDIATE")
     try:
         yield db
-    except BaseException:
-        db.execute("ROLLBACK")
+        db.execute("COMMIT")
+    except BaseException as exc:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        # A full disk is said as such; what earlier transactions committed stays.
+        raise_if_disk_full(exc, "the run store", _database_path(db))
         raise
-    db.execute("COMMIT")
+
+
+def _database_path(db: sqlite3.Connection) -> Path | None:
+    try:
+        return Path(db.execute("PRAGMA database_list").fetchone()[2])
+    except (sqlite3.Error, TypeError, IndexError):
+        return None
 
 
 def run_statements(db: sqlite3.Connection, script: str) -> None:

@@ -30,6 +30,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from audit.store._check import refuse_if_damaged
 from audit.store._lock import StoreError, StoreLock, StoreLocked, utc_text  # noqa: F401 - StoreLocked: the store's interface
 from audit.store._records import MAX_LISTED_CHANGES, Changes, FileUpdate, RunCounts, RunRecord, StoredScore
 from audit.store._schema import (  # noqa: F401 - STORE_FILE_NAME: the location reads it
@@ -116,6 +117,10 @@ class RunStore:
 
     def close(self) -> None:
         self.db.close()
+
+    def files_under(self, root: str) -> int:
+        """How many files the store knows under ``root`` (a :meth:`root_key`)."""
+        return self.db.execute("SELECT count(*) FROM files WHERE root = ?", (root,)).fetchone()[0]
 
     def integrity_ok(self) -> bool:
         return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -347,6 +352,7 @@ def open_locked(path: Path) -> tuple[RunStore, StoreLock]:
     lock = StoreLock(path)
     lock.acquire()
     try:
+        refuse_if_damaged(path)  # before SQLite writes a byte to it
         store = RunStore(path)
         store.close_abandoned_runs()
     except BaseException:
