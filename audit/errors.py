@@ -8,7 +8,6 @@ carries the exit code the CLI returns for it, so the CLI catches this one type.
 from __future__ import annotations
 
 import errno
-import sqlite3
 from pathlib import Path
 
 EXIT_OK = 0
@@ -57,12 +56,11 @@ class RootMissing(UsageError):
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC (or EDQUOT, a quota) from the OS, or SQLite's "database or disk is full"."""
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    if isinstance(exc, sqlite3.OperationalError):
-        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
-    return False
+    """ENOSPC (or EDQUOT, a quota) from the OS, or a DiskFull already said (the run store turns
+    SQLite's "database or disk is full" into one)."""
+    if isinstance(exc, DiskFull):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def raise_if_disk_full(exc: BaseException, what: str, where: Path | None = None) -> None:

@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,8 +233,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                  f"verdicts with {band.share_uncertain:.0%} of the images uncertain (targets: at least "
                  f"{args.band_errors:.0%} of the errors, at most {args.band_max_share:.0%} of the images"
                  f"{'' if band.met_targets else '; the error target was not reached'})")
-    card.uncertainty = Uncertainty(band_low=round(band.low, 6), band_high=round(band.high, 6), band_fitted=band_text,
-                                   novelty=novelty_stats, check_degraded=args.check_degraded)
+    # Six decimals, rounded outwards: the band must still hold the threshold.
+    low, high = math.floor(band.low * 1e6) / 1e6, math.ceil(band.high * 1e6) / 1e6
+    card.uncertainty = Uncertainty(band_low=low, band_high=high, band_fitted=band_text, novelty=novelty_stats,
+                                   check_degraded=args.check_degraded)
     card.validate()
     _, card_path = model_paths(args.model)
     write_text(card_path, card.to_json())

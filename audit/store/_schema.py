@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 from typing import Callable, Iterator
 
-from audit.errors import raise_if_disk_full
+from audit.errors import DiskFull, raise_if_disk_full
 
 STORE_FILE_NAME = "audit-store.sqlite"
 SCHEMA_VERSION = 4
@@ -92,6 +92,9 @@ def immediate_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection
         if db.in_transaction:
             db.execute("ROLLBACK")
         # A full disk is said as such; what earlier transactions committed stays.
+        if isinstance(exc, sqlite3.OperationalError) and (
+                getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)):
+            raise DiskFull("the run store", _database_path(db)) from exc
         raise_if_disk_full(exc, "the run store", _database_path(db))
         raise
 
