@@ -107,7 +107,7 @@ def change_files(folder: Path, fraction: float, seed: int = 0) -> tuple[int, int
 
 
 def scan_command(data: Path, model: Path, out: Path, store: Path, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "audit.cli._app", "scan", str(data), "--model", str(model), "--out", str(out),
+    return [sys.executable, "-m", "audit.cli", "scan", str(data), "--model", str(model), "--out", str(out),
             "--store", str(store), "--quiet", *extra]
 
 

@@ -24,7 +24,7 @@ from audit.summary import read_summary  # noqa: E402 - after the path
 
 def timed_scan(data: Path, model: str, work: Path, extra: list[str]) -> tuple[float, int]:
     out = work / f"out-{model}-{time.monotonic_ns()}"
-    command = [sys.executable, "-m", "audit.cli._app", "scan", str(data), "--model", model, "--out", str(out),
+    command = [sys.executable, "-m", "audit.cli", "scan", str(data), "--model", model, "--out", str(out),
                "--store", str(out) + ".sqlite", "--quiet", "--no-report", "--no-xlsx", "--full", "--device", "cpu", *extra]
     started = time.perf_counter()
     finished = subprocess.run(command, cwd=REPO, stdin=subprocess.DEVNULL)

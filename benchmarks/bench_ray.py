@@ -92,7 +92,7 @@ def stop_cluster(process: subprocess.Popen) -> None:
 
 def timed_scan(data: Path, model: str | None, work: Path, name: str, extra: list[str]) -> tuple[float, dict]:
     out = work / name
-    command = [sys.executable, "-m", "audit.cli._app", "scan", str(data), "--out", str(out), "--store",
+    command = [sys.executable, "-m", "audit.cli", "scan", str(data), "--out", str(out), "--store",
                str(work / f"{name}.sqlite"), "--full", "--quiet", "--no-report", "--no-xlsx", *extra]
     if model:
         command += ["--model", model]

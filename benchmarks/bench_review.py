@@ -49,7 +49,7 @@ def run(command: list[str]) -> float:
 
 
 def scan(data: Path, model: Path, out: Path, store: Path, extra: list[str]) -> tuple[float, dict]:
-    seconds = run([sys.executable, "-m", "audit.cli._app", "scan", str(data), "--model", str(model), "--out", str(out),
+    seconds = run([sys.executable, "-m", "audit.cli", "scan", str(data), "--model", str(model), "--out", str(out),
                    "--store", str(store), "--quiet", *extra])
     return seconds, read_summary(out / "summary.json")
 
@@ -117,7 +117,7 @@ def main() -> None:
 
         xlsx = work / "decisions.xlsx"
         filled = write_decisions_xlsx(work / "first" / "results.xlsx", xlsx)
-        import_s = run([sys.executable, "-m", "audit.cli._app", "review", "import", str(xlsx), "--store", str(with_decisions),
+        import_s = run([sys.executable, "-m", "audit.cli", "review", "import", str(xlsx), "--store", str(with_decisions),
                         "--by", "bench"])
         with sqlite3.connect(with_decisions) as db:
             recorded = db.execute("SELECT count(*) FROM decisions").fetchone()[0]

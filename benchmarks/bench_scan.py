@@ -199,7 +199,7 @@ def tree_memory_mb(pid: int) -> float:
 
 
 def memory_run(folder: Path, args, out: Path) -> dict:
-    command = [sys.executable, "-m", "audit.cli._app", "scan", str(folder), "--out", str(out), "--quiet", "--no-report",
+    command = [sys.executable, "-m", "audit.cli", "scan", str(folder), "--out", str(out), "--quiet", "--no-report",
                "--batch-size", str(args.batch_size), "--device", args.device, "--precision", args.precision]
     if args.model:
         command += ["--model", str(args.model)]

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def timed_scan(data: Path, model: str, work: Path, extra: list[str]) -> tuple[float, float, int]:
     out = work / f"out-{time.monotonic_ns()}"
-    command = [sys.executable, "-m", "audit.cli._app", "scan", str(data), "--model", model, "--out", str(out),
+    command = [sys.executable, "-m", "audit.cli", "scan", str(data), "--model", model, "--out", str(out),
                "--store", str(out) + ".sqlite", "--quiet", "--no-report", "--no-xlsx", "--full", "--device", "cpu", *extra]
     started = time.perf_counter()
     finished = subprocess.run(command, cwd=REPO, stdin=subprocess.DEVNULL)

@@ -52,7 +52,7 @@ def main() -> None:
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         time.sleep(20)  # the head comes up
-        scan = subprocess.Popen([sys.executable, "-m", "audit.cli._app", "scan", str(args.data), "--engine", "ray",
+        scan = subprocess.Popen([sys.executable, "-m", "audit.cli", "scan", str(args.data), "--engine", "ray",
                                  "--ray-address", f"127.0.0.1:{args.port}", "--store", str(store), "--out",
                                  str(work / "out"), "--no-report", "--no-xlsx", "-q"],
                                 env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
@@ -71,7 +71,7 @@ def main() -> None:
     print("\n".join(message))
     kept = committed(store)
     print(f"files committed to the run store and kept: {kept}")
-    resumed = subprocess.run([sys.executable, "-m", "audit.cli._app", "scan", str(args.data), "--store", str(store),
+    resumed = subprocess.run([sys.executable, "-m", "audit.cli", "scan", str(args.data), "--store", str(store),
                               "--out", str(work / "resumed"), "--no-report", "--no-xlsx", "-q"], env=env, cwd=REPO)
     summary = read_summary(work / "resumed" / "summary.json")
     print(f"resumed (local engine): exit {resumed.returncode}, reused {summary.files_reused}, "

@@ -37,7 +37,7 @@ def live_processes_in_group(pgid: int) -> list[int]:
 
 
 def scan_command(archive: Path, model: Path, out: Path, store: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "audit.cli._app", "scan", str(archive), "--model", str(model), "--out", str(out),
+    return [sys.executable, "-m", "audit.cli", "scan", str(archive), "--model", str(model), "--out", str(out),
             "--store", str(store), "--workers", "2", "--batch-size", "8", "--no-xlsx", "--quiet", *extra]
 
 

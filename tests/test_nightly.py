@@ -192,7 +192,7 @@ def test_runs_and_prune_commands(tmp_path: Path, model_path: Path) -> None:
 def test_sigkill_then_resume_matches_an_uninterrupted_run_and_a_second_run_is_locked_out(tmp_path: Path, model_path: Path) -> None:
     archive, store = tmp_path / "archive", tmp_path / "store.sqlite"
     write_images(archive, [f"{i:03d}.jpg" for i in range(160)])
-    command = [sys.executable, "-m", "audit.cli._app", "scan", str(archive), "--model", str(model_path), "--out",
+    command = [sys.executable, "-m", "audit.cli", "scan", str(archive), "--model", str(model_path), "--out",
                str(tmp_path / "killed"), "--store", str(store), "--workers", "0", "--batch-size", "8", "--quiet", "--no-report"]
     process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -304,7 +304,7 @@ def test_an_unchanged_rerun_never_loads_torch_or_the_network(tmp_path: Path, mod
     assert scan_archive(archive, model_path, tmp_path / "night1", store).exit_code == 0
     probe = (
         "import sys\n"
-        "from audit.cli._app import main\n"
+        "from audit.cli import main\n"
         "try:\n"
         f"    main({['scan', str(archive), '--model', str(model_path), '--out', str(tmp_path / 'night2'), '--store', str(store), '--quiet', '--no-report']!r})\n"
         "except SystemExit as exc:\n"

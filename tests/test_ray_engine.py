@@ -159,7 +159,7 @@ def test_an_unchanged_rerun_starts_no_ray_work(both_engines, model_path: Path) -
     argv = ["scan", str(archive), "--model", str(model_path), "--out", str(base / "rerun"), "--store",
             str(base / "ray.sqlite"), "--batch-size", "4", "--quiet", "--no-report", "--no-xlsx", "--engine", "ray",
             "--ray-address", "127.0.0.1:9"]
-    probe = ("import sys\nfrom audit.cli._app import main\ntry:\n"
+    probe = ("import sys\nfrom audit.cli import main\ntry:\n"
              f"    main({argv!r})\nexcept SystemExit as exc:\n    print('exit', exc.code, 'ray' in sys.modules)\n")
     finished = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert finished.stdout.split() == ["exit", "3", "False"], finished.stderr  # 3: the broken files' rows
@@ -202,7 +202,7 @@ def test_sigkill_of_the_driver_then_a_rerun_loses_and_duplicates_nothing(ray_clu
     for index in range(total):
         data = jpeg_bytes(noise_image(32, 32, seed=index))
         (archive / f"{index:04d}.jpg").write_bytes(data + CRASH_MARKER if index == 450 else data)
-    command = [sys.executable, "-m", "audit.cli._app", "scan", str(archive), "--model", str(model_path), "--out",
+    command = [sys.executable, "-m", "audit.cli", "scan", str(archive), "--model", str(model_path), "--out",
                str(tmp_path / "killed"), "--store", str(store), "--batch-size", "8", "--quiet", "--no-report",
                "--no-xlsx", "--engine", "ray", "--ray-address", ray_cluster]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -242,7 +242,7 @@ def test_without_ray_the_engine_exits_2_and_names_the_install_command(tmp_path: 
     (archive / "a.jpg").write_bytes(jpeg_bytes(noise_image(32, 32)))
     argv = ["scan", str(archive), "--model", str(model_path), "--out", str(tmp_path / "out"), "--store",
             str(tmp_path / "store.sqlite"), "--quiet", "--no-report", "--engine", "ray"]
-    probe = f"import sys\nsys.modules['ray'] = None\nfrom audit.cli._app import main\nmain({argv!r})\n"
+    probe = f"import sys\nsys.modules['ray'] = None\nfrom audit.cli import main\nmain({argv!r})\n"
     finished = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 2, finished.stderr
     assert "pip install 'ai-image-audit[ray]'" in finished.stderr

@@ -25,7 +25,7 @@ def test_sigterm_mid_scan_leaves_no_partial_outputs(tmp_path: Path, model_path: 
     for i in range(1, 3000):  # hard links: a large archive that costs no disk
         os.link(archive / "0.jpg", archive / f"{i}.jpg")
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "audit.cli._app", "scan", str(archive), "--model", str(model_path),
+    command = [sys.executable, "-m", "audit.cli", "scan", str(archive), "--model", str(model_path),
                "--out", str(out), "--workers", str(workers), "--batch-size", "8", "--quiet", "--no-report"]
     process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 120

@@ -302,6 +302,3 @@ def _add_review_commands() -> None:
 
 _add_review_commands()
 
-
-if __name__ == "__main__":
-    main()
