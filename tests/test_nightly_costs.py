@@ -59,7 +59,7 @@ def test_the_report_names_the_run_store(tmp_path: Path, model_path: Path) -> Non
     from audit.report import build_content, read_run, render_page
 
     write_images(tmp_path / "photos", ["a.jpg"])
-    assert scan_archive(tmp_path / "photos", model_path, tmp_path / "out", "--quiet").exit_code == 0
+    assert scan_archive(tmp_path / "photos", model_path, tmp_path / "out").exit_code == 0
     store = summary_of(tmp_path / "out").store.path
     page = render_page(build_content(read_run(tmp_path / "out"), None, None, "not needed", tmp_path / "h", 0), "html")
     assert f"<code>{store}</code> (run 1; default (follows the archives))" in page
