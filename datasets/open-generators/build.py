@@ -28,8 +28,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent.parent))
 
 import imagehash  # noqa: E402
-
 from sources import SOURCES  # noqa: E402
+
 from training.open_data import BlobReader, snapshot_git_dir, training_copy  # noqa: E402
 
 Image.MAX_IMAGE_PIXELS = 200_000_000
