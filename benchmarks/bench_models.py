@@ -19,10 +19,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from audit.summary import read_summary  # noqa: E402 - after the path
+from audit.summary import RunSummary, read_summary  # noqa: E402 - after the path
 
 
-def timed_scan(data: Path, model: str, work: Path, extra: list[str]) -> tuple[float, int]:
+def timed_scan(data: Path, model: str, work: Path, extra: list[str]) -> tuple[float, RunSummary]:
+    """One `audit scan` of every file in ``data``: its wall-clock seconds and its summary."""
     out = work / f"out-{model}-{time.monotonic_ns()}"
     command = [sys.executable, "-m", "audit.cli", "scan", str(data), "--model", model, "--out", str(out),
                "--store", str(out) + ".sqlite", "--quiet", "--no-report", "--no-xlsx", "--full", "--device", "cpu", *extra]
@@ -31,7 +32,7 @@ def timed_scan(data: Path, model: str, work: Path, extra: list[str]) -> tuple[fl
     seconds = time.perf_counter() - started
     if finished.returncode not in (0, 3, 4):
         raise SystemExit(f"scan failed with exit code {finished.returncode}: {command}")
-    return seconds, read_summary(out / "summary.json").files
+    return seconds, read_summary(out / "summary.json")
 
 
 def main() -> None:
@@ -45,7 +46,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-models-") as work:
         for repeat in range(args.repeats):
             for model in args.models:
-                seconds, files = timed_scan(args.data, model, Path(work), args.scan_args.split())
+                seconds, summary = timed_scan(args.data, model, Path(work), args.scan_args.split())
+                files = summary.files
                 rate = files / seconds if files else 0.0
                 print(f"run {repeat + 1} {model}: {files} files in {seconds:.1f} s = {rate:.0f} images/s (wall clock, with start-up)")
                 best[model] = max(best.get(model, 0.0), rate)

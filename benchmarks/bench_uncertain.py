@@ -15,27 +15,14 @@ score + write) seconds: start-up left out, which dominates a 200-file folder) an
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def timed_scan(data: Path, model: str, work: Path, extra: list[str]) -> tuple[float, float, int]:
-    out = work / f"out-{time.monotonic_ns()}"
-    command = [sys.executable, "-m", "audit.cli", "scan", str(data), "--model", model, "--out", str(out),
-               "--store", str(out) + ".sqlite", "--quiet", "--no-report", "--no-xlsx", "--full", "--device", "cpu", *extra]
-    started = time.perf_counter()
-    finished = subprocess.run(command, cwd=REPO, stdin=subprocess.DEVNULL)
-    seconds = time.perf_counter() - started
-    if finished.returncode not in (0, 3, 4):
-        raise SystemExit(f"scan failed with exit code {finished.returncode}: {command}")
-    summary = json.loads((out / "summary.json").read_text())
-    return seconds, float(summary["throughput_files_per_s"]), int(summary["files"])
+sys.path.insert(0, str(REPO))
+from bench_models import timed_scan  # noqa: E402 - the same timed scan, alternated by model
 
 
 def in_process_cost(data: Path, plain: str, calibrated: str, repeats: int) -> None:
@@ -100,7 +87,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-uncertain-") as work:
         for repeat in range(args.repeats):
             for name, (model, options) in configurations.items():
-                seconds, rate, files = timed_scan(args.data, model, Path(work), options)
+                seconds, summary = timed_scan(args.data, model, Path(work), options)
+                rate, files = float(summary.throughput_files_per_s or 0), summary.files
                 print(f"run {repeat + 1} {name}: {files} files, {rate:.0f} files/s in the stages, {seconds:.1f} s wall")
                 old_rate, old_seconds = best.get(name, (0.0, float("inf")))
                 best[name] = (max(old_rate, rate), min(old_seconds, seconds))
