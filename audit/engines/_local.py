@@ -37,7 +37,7 @@ from audit.model import (
     flatten_views,
     normalize,
 )
-from audit.stopping import die_with_parent
+from audit.stopping import die_with_parent, raise_if_stop_requested
 
 if TYPE_CHECKING:  # imported where the network runs: a rerun that scores nothing never loads torch
     import torch
@@ -294,6 +294,8 @@ def score_records(
         except (RuntimeError, ConnectionError, EOFError) as exc:
             if workers == 0 or not _worker_died(exc):
                 raise
+            # A stop signal can kill the workers too: stop now rather than decode their files again.
+            raise_if_stop_requested()
             # The batches each worker had in flight, plus the one being read.
             in_flight = records[position : position + batch_size * (PREFETCH_FACTOR * workers + 1)]
             yield from score_isolated(in_flight, scorer, options, batch_size)
